@@ -1,0 +1,1 @@
+"""The central side: registry, sessions, media bridge, archive, OTA campaigns, API."""

@@ -1,0 +1,1 @@
+"""The commune box: the agent and the wire contract it shares with the controller."""

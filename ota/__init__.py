@@ -1,0 +1,1 @@
+"""Update bundles and their security: build, sign, publish, fetch, verify, install."""

@@ -1,0 +1,1 @@
+"""Device identity and enrollment: CA, certificates, claim tokens, broker ACLs, technician CLI."""
