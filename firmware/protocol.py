@@ -1,0 +1,349 @@
+"""The wire contract between boxes and the controller: MQTT topics and payload schemas, v1.
+
+Both sides import this module, so a change here is a protocol change. Payloads are JSON with
+`ts` in epoch milliseconds. Fields a receiver knows are validated strictly (type, range,
+pattern, size); fields it does not know are ignored, because a fleet mid-update always runs
+two firmware versions at once and must keep talking. A breaking change moves to `tiepdan/v2`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+
+VERSION: Final = "v1"
+PREFIX: Final = f"tiepdan/{VERSION}"
+
+# Largest payload either side accepts; SDP with candidates and log bundles stay well below.
+MAX_PAYLOAD: Final = 256 * 1024
+
+ID_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+_ID_RE: Final = re.compile(ID_PATTERN)
+_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+DeviceId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+Millis = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+ShortText = Annotated[str, msgspec.Meta(max_length=200)]
+MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this contract: wrong topic, wrong shape, too large."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_device_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
+
+
+def check_device_id(value: str) -> str:
+    if not is_device_id(value):
+        raise ProtocolError(
+            f"invalid device id {value!r}: use 1-63 of a-z, 0-9 and '-', not starting or "
+            "ending with '-'"
+        )
+    return value
+
+
+# -- topics -------------------------------------------------------------------------------------
+
+
+def device_root(device: str) -> str:
+    return f"{PREFIX}/d/{check_device_id(device)}"
+
+
+def state_topic(device: str) -> str:
+    return f"{device_root(device)}/$state"
+
+
+def birth_topic(device: str) -> str:
+    return f"{device_root(device)}/$birth"
+
+
+def tele_topic(device: str, stream: str) -> str:
+    return f"{device_root(device)}/tele/{_name(stream)}"
+
+
+def event_topic(device: str, kind: str) -> str:
+    return f"{device_root(device)}/evt/{_name(kind)}"
+
+
+def desired_topic(device: str) -> str:
+    return f"{device_root(device)}/state/desired"
+
+
+def reported_topic(device: str) -> str:
+    return f"{device_root(device)}/state/reported"
+
+
+def command_topic(device: str, name: str) -> str:
+    return f"{device_root(device)}/cmd/{_name(name)}"
+
+
+def response_topic(device: str, requester: str) -> str:
+    """Responses stay inside the device's subtree so one ACL pattern confines the box."""
+    return f"{device_root(device)}/res/{check_device_id(requester)}"
+
+
+def controller_state_topic(controller: str) -> str:
+    return f"{PREFIX}/ctl/{check_device_id(controller)}/$state"
+
+
+def device_filter(device: str = "+", suffix: str = "#") -> str:
+    """A subscription filter over one device's subtree (or every device's with '+')."""
+    if device != "+":
+        check_device_id(device)
+    return f"{PREFIX}/d/{device}/{suffix}"
+
+
+def _name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ProtocolError(f"invalid topic name segment {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed device topic: `tiepdan/v1/d/<device>/<kind>[/<rest>]`."""
+
+    device: str
+    kind: str  # "$state", "$birth", "tele", "evt", "state", "cmd", "res", "call", "jobs", ...
+    rest: tuple[str, ...]
+
+    @property
+    def leaf(self) -> str:
+        return self.rest[0] if self.rest else ""
+
+
+def parse_topic(topic: str) -> Topic:
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "tiepdan" or parts[1] != VERSION or parts[2] != "d":
+        raise ProtocolError(f"not a {PREFIX} device topic: {topic[:120]!r}")
+    device = parts[3]
+    if not is_device_id(device):
+        raise ProtocolError(f"invalid device id in topic: {topic[:120]!r}")
+    if any(not p for p in parts[4:]):
+        raise ProtocolError(f"empty topic level: {topic[:120]!r}")
+    return Topic(device=device, kind=parts[4], rest=tuple(parts[5:]))
+
+
+def check_response_topic(device: str, topic: str) -> None:
+    """Refuse a response topic outside the device's own `res/` subtree (see ACL design)."""
+    prefix = f"{device_root(device)}/res/"
+    rest = topic[len(prefix):] if topic.startswith(prefix) else ""
+    if not rest or "/" in rest or "+" in rest or "#" in rest:
+        raise ProtocolError(f"response topic {topic[:120]!r} is outside {prefix}")
+
+
+# -- payloads -----------------------------------------------------------------------------------
+
+
+class Point(msgspec.Struct, frozen=True):
+    """Who a box serves: the reception point as the law names it."""
+
+    kind: Literal["central", "province", "commune"]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
+    province: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    commune: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+DeviceStateName = Literal["init", "ready", "disconnected", "lost"]
+
+
+class DeviceState(msgspec.Struct, frozen=True):
+    """Retained on `$state`; the Last Will carries `lost` with the same `seq` as the birth."""
+
+    state: DeviceStateName
+    seq: Seq
+    ts: Millis
+
+
+class Birth(msgspec.Struct, frozen=True):
+    seq: Seq
+    ts: Millis
+    firmware: ShortText
+    board: ShortText
+    boot_id: ShortText
+    point: Point
+    keepalive: Annotated[int, msgspec.Meta(ge=1, le=3600)]
+    capabilities: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
+    clock_synced: bool | None = None
+
+
+class Health(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Periodic health on `tele/health` (QoS 0, message expiry)."""
+
+    ts: Millis
+    uptime_s: Annotated[float, msgspec.Meta(ge=0)]
+    cpu_percent: Annotated[float, msgspec.Meta(ge=0, le=100 * 64)]
+    mem_percent: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    disk_free_bytes: Annotated[int, msgspec.Meta(ge=0)]
+    disk_total_bytes: Annotated[int, msgspec.Meta(ge=0)]
+    load1: Annotated[float, msgspec.Meta(ge=0)]
+    outbox: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cpu_temp_c: float | None = None
+    throttled: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    under_voltage: bool | None = None
+    clock_synced: bool | None = None
+
+
+ButtonName = Literal["call", "mute", "end"]
+
+
+class ButtonEvent(msgspec.Struct, frozen=True, tag="button", tag_field="kind"):
+    button: ButtonName
+    action: Literal["press", "hold"] = "press"
+
+
+class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm", tag_field="kind"):
+    code: Name
+    severity: Literal["info", "warning", "critical"]
+    message: ShortText
+    active: bool = True
+
+
+EventData = ButtonEvent | AlarmEvent
+
+
+class Event(msgspec.Struct, frozen=True):
+    """QoS 1 on `evt/<kind>`; `id` lets the controller drop the duplicates QoS 1 allows."""
+
+    id: MessageId
+    ts: Millis
+    data: EventData
+
+
+def event_kind(data: EventData) -> str:
+    return "button" if isinstance(data, ButtonEvent) else "alarm"
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+Window = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")]
+Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]
+
+
+class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the controller may set on a box. `None` keeps the box's local setting."""
+
+    telemetry_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] | None = None
+    log_level: LogLevel | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
+    maintenance_window: Window | None = None
+    auto_join: bool | None = None
+
+
+class Desired(msgspec.Struct, frozen=True):
+    """Retained on `state/desired`, written only by the controller (AWS-shadow style)."""
+
+    version: Annotated[int, msgspec.Meta(ge=1)]
+    ts: Millis
+    config: RemoteConfig
+
+
+class Reported(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Retained on `state/reported`: the desired version the box processed and what it runs."""
+
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    ts: Millis
+    config: RemoteConfig
+    error: ShortText | None = None
+
+
+class Command(msgspec.Struct, frozen=True):
+    """On `cmd/<name>`, with MQTT 5 response topic, correlation data and message expiry."""
+
+    id: MessageId
+    ts: Millis
+    args: dict[str, Any] = {}
+
+
+ErrorCode = Literal[
+    "bad_request", "unknown_command", "forbidden", "busy", "timeout", "expired", "internal",
+    "not_found", "conflict", "unavailable",
+]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    code: ErrorCode
+    message: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class Response(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: MessageId
+    ok: bool
+    ts: Millis
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class ControllerState(msgspec.Struct, frozen=True):
+    state: Literal["online", "offline", "lost"]
+    ts: Millis
+
+
+# Command arguments, one struct per command that takes any.
+
+
+class CollectLogsArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    lines: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
+
+
+class NoArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[object, msgspec.json.Decoder[Any]] = {}
+
+
+def encode(message: object) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(payload: bytes, kind: type[T]) -> T:
+    """Decode and validate; every failure is a ProtocolError with the offending path."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        return decoder.decode(payload)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid {kind.__name__}: {exc}") from None
+
+
+def convert(value: object, kind: type[T]) -> T:
+    """Validate already-decoded JSON (command args) against a struct."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid {kind.__name__}: {exc}") from None
+
+
+def to_builtins(message: object) -> Any:
+    return msgspec.to_builtins(message)
+
+
+def error_response(request_id: str, code: ErrorCode, message: str) -> Response:
+    return Response(
+        id=request_id, ok=False, ts=now_ms(), error=ErrorInfo(code=code, message=message[:1000])
+    )
