@@ -1,0 +1,122 @@
+"""The agent's TOML configuration: every setting, its default and its check, in one place.
+
+README.md documents each setting; tests/firmware/test_config.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+
+from tiepdan.firmware.protocol import ID_PATTERN
+
+T = TypeVar("T")
+
+DEFAULT_PATH = Path("/etc/tiepdan/agent.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+
+
+class DeviceSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
+    kind: Literal["central", "province", "commune"] = "commune"
+    province: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    commune: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+class BoardSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    profile: str = "auto"
+
+
+class MqttSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "localhost"
+    port: Port = 8883
+    keepalive: Annotated[int, msgspec.Meta(ge=2, le=600)] = 10
+    session_expiry: Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)] = 4 * 3600
+    reconnect_min: Seconds = 0.5
+    reconnect_max: Seconds = 4.0
+    connect_timeout: Seconds = 10.0
+    tls: bool = True
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class TelemetrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+
+
+class StateSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dir: str = "/var/lib/tiepdan"
+
+
+class LogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["kv", "json"] = "kv"
+
+
+class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device: DeviceSection
+    board: BoardSection = BoardSection()
+    mqtt: MqttSection = MqttSection()
+    telemetry: TelemetrySection = TelemetrySection()
+    state: StateSection = StateSection()
+    log: LogSection = LogSection()
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.state.dir)
+
+    def tls_file(self, configured: str, default_name: str) -> Path:
+        """TLS material defaults to where provisioning writes it, under the state directory."""
+        return Path(configured) if configured else self.state_dir / "tls" / default_name
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"(unknown|required) field `(?P<field>[^`]+)`")
+
+
+def read_toml(path: Path, kind: type[T]) -> T:
+    """Load a TOML file into `kind`, turning every failure into one clear ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config {path}: {_explain(str(exc))}") from None
+
+
+def _explain(message: str) -> str:
+    match = _AT.match(message)
+    assert match is not None
+    what, where = match["what"], (match["path"] or "").lstrip(".")
+    field = _FIELD.search(what)
+    if field:
+        key = f"{where}.{field['field']}" if where else field["field"]
+        problem = "unknown setting" if field[1] == "unknown" else "required setting missing"
+        return f"{key}: {problem}"
+    return f"{where or '(top level)'}: {what[0].lower()}{what[1:]}" if what else message
+
+
+def load_config(path: Path = DEFAULT_PATH) -> AgentConfig:
+    config = read_toml(path, AgentConfig)
+    if config.mqtt.reconnect_min > config.mqtt.reconnect_max:
+        raise ConfigError(f"config {path}: mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
+    return config

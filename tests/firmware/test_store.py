@@ -1,0 +1,71 @@
+"""The box's local state: atomic writes, crash safety, outbox and response memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiepdan.firmware.store import AtomicJSONStorage, BoxStore
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    store = BoxStore(tmp_path / "state.json")
+    assert [store.next_seq() for _ in range(3)] == [0, 1, 2]
+    store.outbox_add("e1", "t/1", b'{"a":1}')
+    store.remember_response("c1", b'{"ok":true}')
+    store.close()
+    again = BoxStore(tmp_path / "state.json")
+    assert again.next_seq() == 3
+    assert list(again.outbox_items()) == [("e1", "t/1", b'{"a":1}')]
+    assert again.response_for("c1") == b'{"ok":true}'
+    again.outbox_remove("e1")
+    assert again.outbox_len() == 0
+
+
+def test_a_crash_mid_write_leaves_the_previous_state(tmp_path: Path) -> None:
+    """Kill -9 a writer between writing the temporary file and renaming it."""
+    path = tmp_path / "state.json"
+    store = BoxStore(path)
+    store.put("desired_version", 7)
+    store.close()
+    script = f"""
+import os, sys
+from tiepdan.firmware.store import BoxStore
+real_replace = os.replace
+def die(src, dst):
+    os.kill(os.getpid(), 9)
+os.replace = die
+BoxStore({str(path)!r}).put("desired_version", 8)
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=False)
+    assert result.returncode == -9
+    assert (tmp_path / ".state.json.tmp").exists(), "the crash happened before the rename"
+    reopened = BoxStore(path)
+    assert reopened.get("desired_version") == 7
+
+
+def test_a_damaged_file_is_kept_aside_and_the_box_starts(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b'{"meta": {"1": {"key": "seq", "va')
+    store = BoxStore(path)
+    assert store.next_seq() == 0
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b'{"meta"')
+
+
+def test_writes_are_private_to_the_agent(tmp_path: Path) -> None:
+    storage = AtomicJSONStorage(tmp_path / "s.json")
+    storage.write({"t": {"1": {"a": 1}}})
+    assert os.stat(tmp_path / "s.json").st_mode & 0o077 == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == {"t": {"1": {"a": 1}}}
+
+
+def test_response_memory_is_bounded(tmp_path: Path) -> None:
+    store = BoxStore(tmp_path / "state.json")
+    for i in range(BoxStore.RESPONSES_KEPT + 10):
+        store.remember_response(f"c{i}", b"{}")
+    assert store.response_for("c0") is None
+    assert store.response_for(f"c{BoxStore.RESPONSES_KEPT + 9}") == b"{}"
