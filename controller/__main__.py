@@ -1,0 +1,10 @@
+"""`tiepdan-controller` / `python -m tiepdan.controller`: run and administer the controller."""
+
+from __future__ import annotations
+
+import sys
+
+from tiepdan.controller.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

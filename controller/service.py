@@ -1,0 +1,131 @@
+"""The controller process: MQTT link, registry, command client and HTTP API under one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+
+from aiohttp import web
+
+from tiepdan.controller.api import admin_token, build_app
+from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.ingest import Ingest
+from tiepdan.controller.registry import Registry
+from tiepdan.controller.rpc import CommandClient
+from tiepdan.controller.store import Database
+from tiepdan.firmware import protocol
+from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings, Will
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.id = config.controller.id
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(config.data_dir / "controller.db")
+        self.registry = Registry(self.db)
+        self.link = MqttLink(
+            _link_settings(config),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            before_connect=self._will,
+            manual_ack=True,
+        )
+        self.rpc = CommandClient(self.link, self.id)
+        self.ingest = Ingest(self.registry, self.rpc, self.link)
+        self.token = admin_token(config.token_file)
+        self.app = build_app(self, self.token)
+        self.http_port: int | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        self.http_port = int(runner.addresses[0][1])
+        log.info("controller_start id=%s api=http://%s:%s", self.id, self.config.http.host,
+                 self.http_port)
+        self.spawn(self.link.run(), "mqtt")
+        self.spawn(self._flush_loop(), "registry-flush")
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("controller_stop id=%s", self.id)
+            if self.link.connected:
+                state = protocol.ControllerState(state="offline", ts=protocol.now_ms())
+                done = self.link.publish(protocol.controller_state_topic(self.id),
+                                         protocol.encode(state), retain=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(done, 2.0)
+            await self.link.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.registry.flush()
+            await runner.cleanup()
+            self.db.close()
+
+    async def set_desired(self, device: str, config: protocol.RemoteConfig) -> protocol.Desired:
+        document = self.registry.set_desired(device, config)
+        await self.link.publish(protocol.desired_topic(device), protocol.encode(document),
+                                retain=True)
+        return document
+
+    def _on_message(self, message: Inbound) -> None:
+        self.ingest.on_message(message)
+
+    def _will(self) -> Will:
+        lost = protocol.ControllerState(state="lost", ts=protocol.now_ms())
+        return Will(protocol.controller_state_topic(self.id), protocol.encode(lost))
+
+    async def _on_connect(self, session_present: bool) -> None:
+        await self.link.subscribe(*[(f, 1) for f in self.ingest.filters])
+        online = protocol.ControllerState(state="online", ts=protocol.now_ms())
+        self.link.publish(protocol.controller_state_topic(self.id), protocol.encode(online),
+                          retain=True)
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.registry.flush_interval
+        rounds = 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.registry.flush()
+                rounds += 1
+                if rounds % 600 == 0:
+                    self.registry.prune_events(self.config.registry.events_kept)
+            except Exception:
+                log.exception("registry_flush_failed")
+
+
+def _link_settings(config: ControllerConfig) -> LinkSettings:
+    m = config.mqtt
+    tls = None
+    if m.tls:
+        tls = TlsSettings(
+            ca_file=config.tls_file(m.ca_file, "ca.pem"),
+            cert_file=config.tls_file(m.cert_file, "controller.pem"),
+            key_file=config.tls_file(m.key_file, "controller.key"),
+        )
+    return LinkSettings(
+        host=m.host, port=m.port, client_id=f"controller-{config.controller.id}",
+        keepalive=m.keepalive, session_expiry=m.session_expiry,
+        reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max,
+        connect_timeout=m.connect_timeout, tls=tls,
+    )
