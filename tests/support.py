@@ -1,0 +1,190 @@
+"""Test support shared by the suites: configs, running controller and agents, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import tomli_w
+from gpiozero.pins.mock import MockFactory
+
+from tiepdan.board.panel import Panel
+from tiepdan.board.profile import load_profile
+from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.service import Controller
+from tiepdan.firmware.agent import Agent, Exit
+from tiepdan.firmware.config import AgentConfig
+from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink
+from tiepdan.tools.broker import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0,
+                     interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; fail the test with `what` when time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def agent_settings(tmp_path: Path, broker: Mosquitto, device_id: str,
+                   **sections: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "device": {"id": device_id, "name": f"UBND {device_id}", "kind": "commune"},
+        "board": {"profile": "sim"},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 2,
+                 "reconnect_min": 0.2, "reconnect_max": 1.0, "connect_timeout": 3.0},
+        "telemetry": {"interval": 1.0},
+        "state": {"dir": str(tmp_path / device_id)},
+        "log": {"level": "debug"},
+    }
+    for section, values in sections.items():
+        settings.setdefault(section, {}).update(values)
+    return settings
+
+
+def make_agent_config(tmp_path: Path, broker: Mosquitto, device_id: str,
+                      **sections: Any) -> AgentConfig:
+    return msgspec.convert(agent_settings(tmp_path, broker, device_id, **sections), AgentConfig)
+
+
+def write_agent_config(tmp_path: Path, broker: Mosquitto, device_id: str,
+                       **sections: Any) -> Path:
+    path = tmp_path / f"{device_id}.toml"
+    path.write_text(tomli_w.dumps(agent_settings(tmp_path, broker, device_id, **sections)))
+    return path
+
+
+def make_controller_config(tmp_path: Path, broker: Mosquitto,
+                           **sections: Any) -> ControllerConfig:
+    settings: dict[str, Any] = {
+        "controller": {"id": "central", "data_dir": str(tmp_path / "controller")},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 5,
+                 "reconnect_min": 0.2, "reconnect_max": 1.0},
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "registry": {"flush_interval": 0.2},
+        "log": {"level": "debug"},
+    }
+    for section, values in sections.items():
+        settings.setdefault(section, {}).update(values)
+    return msgspec.convert(settings, ControllerConfig)
+
+
+@contextlib.asynccontextmanager
+async def running_controller(config: ControllerConfig) -> AsyncIterator[Controller]:
+    controller = Controller(config)
+    ready = asyncio.Event()
+    task = asyncio.create_task(controller.run(ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    await controller.link.wait_connected(10)
+    try:
+        yield controller
+    finally:
+        controller.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+class RunningAgent:
+    def __init__(self, agent: Agent, task: asyncio.Task[Exit], factory: MockFactory) -> None:
+        self.agent = agent
+        self.task = task
+        self.factory = factory
+
+    async def stop(self) -> Exit:
+        self.agent.request_stop()
+        return await asyncio.wait_for(self.task, 15)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig, connect: bool = True) -> AsyncIterator[RunningAgent]:
+    profile = load_profile("sim")
+    factory = MockFactory()
+    agent = Agent(config, profile=profile, panel=Panel(profile, pin_factory=factory))
+    task = asyncio.create_task(agent.run())
+    running = RunningAgent(agent, task, factory)
+    try:
+        if connect:
+            await agent.link.wait_connected(10)
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
+
+
+class AgentProcess:
+    """An agent in its own process, for kill -9 and restart tests."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tiepdan.firmware", "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+            )
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Observer:
+    """A third MQTT client on the real broker: sees what boxes and controller publish, injects
+    what an attacker or a broken peer would."""
+
+    def __init__(self, broker: Mosquitto, client_id: str) -> None:
+        self.messages: list[Inbound] = []
+        self.link = MqttLink(
+            LinkSettings(host=broker.host, port=broker.port, client_id=client_id,
+                         keepalive=5, session_expiry=0, reconnect_min=0.2, reconnect_max=1.0),
+            on_message=self.messages.append,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Observer:
+        self._task = asyncio.create_task(self.link.run())
+        await self.link.wait_connected(10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.stop()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 10)
+
+    def on(self, topic_prefix: str) -> list[Inbound]:
+        return [m for m in self.messages if m.topic.startswith(topic_prefix)]

@@ -1,0 +1,46 @@
+"""The README's first command: the demo brings every simulated box online and stops cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tiepdan.tools.demo", "--duration", "8",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fleet: 5/5 online" in result.stdout
+    assert "all 5 boxes were online" in result.stdout
+    for name in ("tw-ban-tcd", "nghe-an-ban-tcd", "xa-hung-nguyen", "xa-dien-chau",
+                 "xa-quynh-luu"):
+        log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert "agent_stop" in log, f"{name} did not stop cleanly"
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "tiepdan.tools.demo", "--workdir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    logs = tmp_path / "logs"
+    while time.monotonic() < deadline:
+        if all((logs / f"{n}.log").exists() and "mqtt_connected" in (logs / f"{n}.log").read_text()
+               for n in ("tw-ban-tcd", "xa-quynh-luu")):
+            break
+        time.sleep(0.2)
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, out[-2000:] + err[-2000:]
+    broker_log = (tmp_path / "broker" / "mosquitto.log").read_text()
+    assert "mosquitto version" in broker_log and "terminating" in broker_log
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
+                               check=False).stdout.split()
+    assert leftovers == [], "the demo left processes behind"

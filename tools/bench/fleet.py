@@ -1,0 +1,302 @@
+"""Fleet benchmark: N agents against one Mosquitto and the controller.
+
+The agents are the real `Agent` class, each with its own MQTT connection, hosted many to a
+process (the lightweight mode: a quiet panel and canned sensor readings instead of gpiozero
+threads and psutil). The controller runs as its own `tiepdan-controller run` process. Printed:
+connected count and time to connect, telemetry messages/s arriving at the controller, command
+round trip p50/p99 (a requester -> broker -> agent -> broker -> requester), and, measured in the
+same run under the same load, the raw Mosquitto publish -> subscribe round trip as the floor.
+
+    python -m tiepdan.tools.bench.fleet --agents 1000
+
+The last line of output is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import tomli_w
+
+from tiepdan.board.profile import load_profile
+from tiepdan.board.sensors import Health
+from tiepdan.controller.client import ApiClient, ApiError
+from tiepdan.controller.rpc import CommandClient
+from tiepdan.firmware import protocol
+from tiepdan.firmware.agent import Agent
+from tiepdan.firmware.config import AgentConfig
+from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink
+from tiepdan.tools.broker import Mosquitto, free_port
+
+log = logging.getLogger(__name__)
+
+
+class QuietPanel:
+    """A panel without GPIO threads, so thousands of agents fit in one process."""
+
+    def __init__(self) -> None:
+        self._leds: dict[str, str] = {}
+
+    def on_button(self, callback: Callable[[str], None]) -> None:
+        pass
+
+    def set_led(self, name: str, pattern: str) -> None:
+        self._leds[name] = pattern
+
+    def led_states(self) -> dict[str, str]:
+        return dict(self._leds)
+
+    def close(self) -> None:
+        pass
+
+
+class CannedSensors:
+    def read(self) -> Health:
+        return Health(cpu_temp_c=48.0, throttled=0, under_voltage=False, cpu_percent=7.0,
+                      mem_percent=31.0, disk_free_bytes=20 * 2**30, disk_total_bytes=32 * 2**30,
+                      load1=0.3, uptime_s=1000.0, clock_synced=True)
+
+
+def raise_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def agent_config(workdir: Path, port: int, n: int, interval: float) -> AgentConfig:
+    return msgspec.convert({
+        "device": {"id": f"bench-{n:05d}", "name": f"Bench {n}"},
+        "board": {"profile": "sim"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "tls": False, "keepalive": 30,
+                 "reconnect_min": 1.0, "reconnect_max": 10.0},
+        "telemetry": {"interval": interval},
+        "state": {"dir": str(workdir / "boxes" / f"bench-{n:05d}")},
+        "log": {"level": "warning"},
+    }, AgentConfig)
+
+
+def host_agents(workdir: Path, port: int, first: int, count: int, interval: float,
+                ready: Any, stop: Any) -> None:
+    """A worker process hosting `count` agents until `stop` is set."""
+    raise_fd_limit()
+    logging.basicConfig(level=logging.WARNING)
+    profile = load_profile("sim")
+
+    async def run() -> None:
+        agents = []
+        tasks = []
+        for n in range(first, first + count):
+            agent = Agent(agent_config(workdir, port, n, interval), profile=profile,
+                          panel=QuietPanel(), sensors=CannedSensors())
+            agents.append(agent)
+            tasks.append(asyncio.create_task(agent.run()))
+            # Stagger connects as a real fleet would, and as the broker's listen backlog needs.
+            if n % 50 == 0:
+                await asyncio.sleep(0.05)
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        for agent in agents:
+            agent.request_stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+async def raw_round_trips(port: int, count: int) -> list[float]:
+    """The floor: the same request -> reply -> response shape as a command, between two plain
+    MQTT 5 connections that do nothing but echo."""
+    loop = asyncio.get_running_loop()
+    waiting: dict[bytes, asyncio.Future[float]] = {}
+    links: list[MqttLink] = []
+
+    def answer(message: Inbound) -> None:
+        links[1].publish("bench/res", message.payload, qos=1)
+
+    def got(message: Inbound) -> None:
+        future = waiting.get(message.payload)
+        if future is not None and not future.done():
+            future.set_result(time.perf_counter())
+
+    for client_id, handler in (("bench-floor-req", got), ("bench-floor-echo", answer)):
+        links.append(MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id,
+                                           session_expiry=0), on_message=handler))
+    tasks = [asyncio.create_task(link.run()) for link in links]
+    for link in links:
+        await link.wait_connected(10)
+    await links[0].subscribe(("bench/res", 1))
+    await links[1].subscribe(("bench/req", 1))
+    samples = []
+    for i in range(count):
+        key = f"{i}".encode()
+        waiting[key] = loop.create_future()
+        start = time.perf_counter()
+        links[0].publish("bench/req", key, qos=1)
+        samples.append(await asyncio.wait_for(waiting[key], 10) - start)
+    for link in links:
+        await link.stop()
+    await asyncio.gather(*tasks)
+    return samples
+
+
+async def command_round_trips(port: int, devices: list[str], count: int) -> list[float]:
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id="bench-requester",
+                                 session_expiry=0),
+                    on_message=lambda m: rpc.on_response(protocol.parse_topic(m.topic).device, m))
+    rpc = CommandClient(link, "bench-requester")
+    task = asyncio.create_task(link.run())
+    await link.wait_connected(10)
+    await link.subscribe((rpc.response_filter, 1))
+    samples = []
+    failures = 0
+    for i in range(count):
+        device = devices[(i * 7919) % len(devices)]
+        start = time.perf_counter()
+        answer = await rpc.request(device, "ping", timeout=10)
+        if answer.ok:
+            samples.append(time.perf_counter() - start)
+        else:
+            failures += 1
+    await link.stop()
+    await task
+    if failures:
+        log.warning("bench_command_failures count=%d", failures)
+    return samples
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def run(agents: int, procs: int, interval: float, window: float, pings: int) -> dict[str, Any]:
+    raise_fd_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="tiepdan-bench-"))
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    http_port = free_port()
+    ctl_config = workdir / "controller.toml"
+    ctl_config.write_text(tomli_w.dumps({
+        "controller": {"id": "central", "data_dir": str(workdir / "controller")},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": False},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "log": {"level": "warning"},
+    }))
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "tiepdan.controller", "--config", str(ctl_config), "run"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "controller.log").open("wb"))
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    workers = []
+    try:
+        token = workdir / "controller" / "admin.token"
+        deadline = time.monotonic() + 30
+        while not token.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        api = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
+        started = time.monotonic()
+        share = -(-agents // procs)
+        for k in range(procs):
+            first, count = k * share, min(share, agents - k * share)
+            if count <= 0:
+                break
+            ready = ctx.Event()
+            worker = ctx.Process(target=host_agents, args=(workdir, broker.port, first, count,
+                                                           interval, ready, stop))
+            worker.start()
+            workers.append(worker)
+        online = 0
+        deadline = time.monotonic() + max(60, agents / 20)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ApiError):
+                online = api.get("/api/stats")["online"]
+            if online >= agents:
+                break
+            time.sleep(0.5)
+        connect_s = time.monotonic() - started
+
+        # Telemetry rate at the controller, and where the CPU goes, over the same window.
+        watched = {"broker": psutil.Process(broker.process.pid),  # type: ignore[union-attr]
+                   "controller": psutil.Process(controller.pid)}
+        watched |= {f"agents-{i}": psutil.Process(w.pid) for i, w in enumerate(workers)}
+        for p in watched.values():
+            p.cpu_percent()
+        before = api.get("/api/stats")["received"].get("tele", 0)
+        time.sleep(window)
+        after = api.get("/api/stats")["received"].get("tele", 0)
+        cpu = {name: round(p.cpu_percent(), 1) for name, p in watched.items()}
+        memory = {name: round(p.memory_info().rss / 2**20, 1) for name, p in watched.items()}
+
+        devices = [f"bench-{n:05d}" for n in range(agents)]
+        commands = asyncio.run(command_round_trips(broker.port, devices, pings))
+        floor = asyncio.run(raw_round_trips(broker.port, pings))
+        p50, p99 = percentile(commands, 50) * 1e3, percentile(commands, 99) * 1e3
+        f50, f99 = percentile(floor, 50) * 1e3, percentile(floor, 99) * 1e3
+        return {
+            "benchmark": "fleet",
+            "agents": agents,
+            "agent_processes": len(workers),
+            "connected": online,
+            "connect_s": round(connect_s, 1),
+            "telemetry_interval_s": interval,
+            "telemetry_msgs_per_s": round((after - before) / window, 1),
+            "telemetry_expected_per_s": round(agents / interval, 1),
+            "command_rtt_p50_ms": round(p50, 2),
+            "command_rtt_p99_ms": round(p99, 2),
+            "command_samples": len(commands),
+            "floor_rtt_p50_ms": round(f50, 2),
+            "floor_rtt_p99_ms": round(f99, 2),
+            "command_vs_floor_p50": round(p50 / f50, 2),
+            "cpu_percent": cpu,
+            "rss_mib": memory,
+            "mean_agent_rss_kib": round(sum(v for k, v in memory.items() if k.startswith("agents"))
+                                        * 1024 / max(agents, 1), 1),
+        }
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+            if worker.is_alive():
+                worker.kill()
+        controller.terminate()
+        controller.wait(15)
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tiepdan.tools.bench.fleet",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="processes hosting the agents (default: cores - 1)")
+    parser.add_argument("--interval", type=float, default=10.0, help="telemetry interval, s")
+    parser.add_argument("--window", type=float, default=20.0,
+                        help="seconds over which telemetry and CPU are measured")
+    parser.add_argument("--pings", type=int, default=300, help="command round trips sampled")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args.agents, args.procs, args.interval, args.window, args.pings)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(result))
+    return 0 if result["connected"] >= args.agents else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""A real Mosquitto on loopback for the demo, the tests and the benchmarks.
+
+Persistence is on: a broker restart keeps the controller's persistent session and the QoS 1
+messages queued for it, which is what "no event lost across a broker restart" rests on.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if not found:
+        raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    return found
+
+
+class Mosquitto:
+    """One broker process; `listeners` is the config text for its listeners and security.
+
+    Without `listeners`, it serves plain MQTT to anonymous clients on `host:port`: fine for a
+    unit test on loopback, never for a deployment (provisioning writes the TLS configuration).
+    """
+
+    def __init__(self, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 listeners: str | None = None) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = port or free_port(host)
+        self.listeners = listeners or (
+            f"listener {self.port} {host}\nallow_anonymous true\n"
+        )
+        self.conf = workdir / "mosquitto.conf"
+        self.logfile = workdir / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            "# written by tiepdan.tools.broker\n"
+            f"user {getpass.getuser()}\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            "autosave_on_changes false\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "set_tcp_nodelay true\n"
+            f"log_dest file {self.logfile}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+            "connection_messages true\n"
+            f"{self.listeners}"
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        if not self.conf.exists():
+            self.write_config()
+        self.process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise BrokerError(f"mosquitto exited with {self.process.returncode}: {err} "
+                                  f"{self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    log.info("broker_up port=%d pid=%d", self.port, self.process.pid)
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: mosquitto saves its persistence file and closes every connection."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: reread the configuration (ACLs, CRL) without dropping clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+
+    def _close(self) -> None:
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,210 @@
+"""`tiepdan-demo`: a broker, the controller and simulated boxes, with a live fleet table.
+
+Every part is the real program in its own process (Mosquitto, `tiepdan-controller run`, one
+`tiepdan-agent` per box on the simulated board); only the hardware is simulated. Ctrl-C stops
+everything; `--duration` stops it after that many seconds, for scripts. The exit status is 0
+when every box was seen online.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import tomli_w
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from tiepdan.controller.client import ApiClient, ApiError
+from tiepdan.controller.fleet_table import fleet_table
+from tiepdan.tools.broker import Mosquitto, free_port
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoPoint:
+    id: str
+    name: str
+    kind: str
+    province: str = ""
+
+
+POINTS = [
+    DemoPoint("tw-ban-tcd", "Ban Tiếp công dân Trung ương", "central"),
+    DemoPoint("nghe-an-ban-tcd", "Ban Tiếp công dân tỉnh Nghệ An", "province", "nghe-an"),
+    DemoPoint("xa-hung-nguyen", "UBND xã Hưng Nguyên", "commune", "nghe-an"),
+    DemoPoint("xa-dien-chau", "UBND xã Diễn Châu", "commune", "nghe-an"),
+    DemoPoint("xa-quynh-luu", "UBND xã Quỳnh Lưu", "commune", "nghe-an"),
+]
+
+
+def demo_points(count: int) -> list[DemoPoint]:
+    points = POINTS[:count]
+    for n in range(len(points), count):
+        points.append(DemoPoint(f"xa-demo-{n:03d}", f"UBND xã Demo {n}", "commune", "nghe-an"))
+    return points
+
+
+class Processes:
+    """Child processes, each logging to its own file, stopped in reverse order."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.logdir / f"{name}.log").open("ab") as out:
+            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.append((name, child))
+        return child
+
+    def dead(self) -> list[str]:
+        return [name for name, child in self.children if child.poll() is not None]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for _, child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, child in reversed(self.children):
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dict[str, Any]:
+    return {
+        "controller": {"id": "central", "data_dir": str(workdir / "controller")},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "log": {"level": "info"},
+    }
+
+
+def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint) -> dict[str, Any]:
+    return {
+        "device": {"id": point.id, "name": point.name, "kind": point.kind,
+                   "province": point.province},
+        "board": {"profile": "sim"},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 10},
+        "telemetry": {"interval": 2.0},
+        "state": {"dir": str(workdir / "boxes" / point.id)},
+        "log": {"level": "info"},
+    }
+
+
+def wait_for_api(config_path: Path, token_file: Path, url: str, timeout: float) -> ApiClient:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if token_file.exists():
+            client = ApiClient(url, token_file.read_text().strip(), timeout=2)
+            with contextlib.suppress(ApiError):
+                if client.get("/api/health").get("mqtt"):
+                    return client
+        time.sleep(0.1)
+    raise RuntimeError(f"the controller ({config_path}) did not come up in {timeout:g}s")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tiepdan-"))
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    broker = Mosquitto(workdir / "broker")
+    processes = Processes(logdir)
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    seen_online: set[str] = set()
+    points = demo_points(args.boxes)
+    try:
+        broker.start()
+        http_port = free_port()
+        ctl_config = write_toml(workdir / "controller.toml",
+                                controller_settings(workdir, broker, http_port))
+        python = sys.executable
+        processes.start("controller", [python, "-m", "tiepdan.controller", "--config",
+                                       str(ctl_config), "run"])
+        client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
+                              f"http://127.0.0.1:{http_port}", timeout=30)
+        for point in points:
+            config = write_toml(workdir / f"{point.id}.toml",
+                                agent_settings(workdir, broker, point))
+            processes.start(point.id, [python, "-m", "tiepdan.firmware", "--config",
+                                       str(config)])
+        started = time.monotonic()
+        header = Text.assemble(
+            ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",
+            f"controller http://127.0.0.1:{http_port}  logs {logdir}",
+        )
+        devices: list[dict[str, Any]] = []
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not stop["now"]:
+                with contextlib.suppress(ApiError):
+                    devices = client.get("/api/devices")
+                seen_online |= {d["id"] for d in devices if d["online"]}
+                elapsed = time.monotonic() - started
+                footer = Text(f"{elapsed:4.0f}s  Ctrl-C stops", style="dim")
+                if processes.dead():
+                    footer = Text(f"stopped unexpectedly: {', '.join(processes.dead())}",
+                                  style="red")
+                live.update(Group(header, fleet_table(devices, title="fleet"), footer))
+                if args.duration and elapsed >= args.duration:
+                    break
+                time.sleep(0.5)
+    finally:
+        processes.stop()
+        broker.stop()
+    console.print()
+    missing = sorted({p.id for p in points} - seen_online)
+    if missing:
+        console.print(f"[red]never online:[/red] {', '.join(missing)} (logs in {logdir})")
+    else:
+        console.print(f"all {len(points)} boxes were online; logs in {logdir}")
+    if not args.workdir and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if missing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tiepdan-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=0,
+                        help="stop after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--boxes", type=int, default=len(POINTS),
+                        help="number of simulated boxes (default %(default)s: 1 central, "
+                             "1 province, 3 communes)")
+    parser.add_argument("--workdir", help="keep everything (configs, state, logs) here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.boxes < 1:
+        parser.error("--boxes must be at least 1")
+    return run(args, Console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
