@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tiepdan.controller.api import admin_token, build_app
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.identities import Identities
 from tiepdan.controller.ingest import Ingest
 from tiepdan.controller.registry import Registry
 from tiepdan.controller.rpc import CommandClient
@@ -28,6 +29,7 @@ class Controller:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.data_dir / "controller.db")
         self.registry = Registry(self.db)
+        self.identities = Identities(self.db)
         self.link = MqttLink(
             _link_settings(config),
             on_message=self._on_message,

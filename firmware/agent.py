@@ -99,6 +99,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._exit = Exit.STOPPED
         self._ready_sent = False
+        self._holds: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._register_commands()
         logs.ring()
@@ -118,6 +119,18 @@ class Agent:
 
     def add_status(self, name: str, provider: Callable[[], Any]) -> None:
         self._status[name] = provider
+
+    def hold(self, reason: str) -> None:
+        """Mark the box busy (a live session, a recording upload): disruptive work waits."""
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        self._holds.discard(reason)
+
+    @property
+    def holds(self) -> frozenset[str]:
+        """Why the box must not be disrupted now; an update installs only when this is empty."""
+        return frozenset(self._holds)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         """Run a long-lived task under the agent's supervision.
@@ -339,6 +352,7 @@ class Agent:
             "config": protocol.to_builtins(self.shadow.config),
             "health": protocol.to_builtins(health),
             "commands": self.commands.names,
+            "holds": sorted(self._holds),
         }
         for name, provider in self._status.items():
             status[name] = provider()

@@ -103,6 +103,22 @@ def controller_state_topic(controller: str) -> str:
     return f"{PREFIX}/ctl/{check_device_id(controller)}/$state"
 
 
+# Who writes what under `tiepdan/v1/d/<dev>/`. A box publishes only to BOX_PUBLISHES and
+# subscribes only to BOX_SUBSCRIBES; everything else in its subtree is written by the controller.
+# Provisioning turns these into the broker's per-device ACL, so a new topic kind must be added
+# here, with its direction in its name: `call/<call>/up` box -> bridge, `call/<call>/down`
+# bridge -> box; `jobs/notify` controller -> box, `jobs/<job>/update` box -> controller.
+BOX_PUBLISHES: Final = (
+    "$state", "$birth", "tele/+", "evt/+", "state/reported", "res/+",
+    "call/+/up", "jobs/+/update", "uploads/+",
+)
+BOX_SUBSCRIBES: Final = (
+    "$state", "cmd/+", "state/desired", "call/+/down", "jobs/notify",
+)
+# Outside its own subtree a box may only read the controllers' presence.
+BOX_READS_SHARED: Final = (f"{PREFIX}/ctl/+/$state",)
+
+
 def device_filter(device: str = "+", suffix: str = "#") -> str:
     """A subscription filter over one device's subtree (or every device's with '+')."""
     if device != "+":

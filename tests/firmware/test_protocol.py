@@ -77,3 +77,11 @@ def test_events_are_tagged_by_kind() -> None:
 def test_desired_round_trips(config: protocol.RemoteConfig) -> None:
     desired = protocol.Desired(version=1, ts=2, config=config)
     assert protocol.decode(protocol.encode(desired), protocol.Desired) == desired
+
+
+def test_topic_directions_do_not_overlap() -> None:
+    """A filter the box both publishes and subscribes to would let it command itself."""
+    both = set(protocol.BOX_PUBLISHES) & set(protocol.BOX_SUBSCRIBES)
+    assert both == {"$state"}, "only its own presence is both written and read by a box"
+    assert "cmd/+" not in protocol.BOX_PUBLISHES
+    assert "state/desired" not in protocol.BOX_PUBLISHES
