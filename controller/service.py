@@ -17,7 +17,8 @@ from tiepdan.controller.registry import Registry
 from tiepdan.controller.rpc import CommandClient
 from tiepdan.controller.store import Database
 from tiepdan.firmware import protocol
-from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings, Will
+from tiepdan.firmware.config import link_settings
+from tiepdan.firmware.mqtt import Inbound, MqttLink, Will
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class Controller:
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
         self.link = MqttLink(
-            _link_settings(config),
+            link_settings(config.mqtt, f"controller-{config.controller.id}", config.tls_file,
+                          "controller"),
             on_message=self._on_message,
             on_connect=self._on_connect,
             before_connect=self._will,
@@ -114,20 +116,3 @@ class Controller:
                     self.registry.prune_events(self.config.registry.events_kept)
             except Exception:
                 log.exception("registry_flush_failed")
-
-
-def _link_settings(config: ControllerConfig) -> LinkSettings:
-    m = config.mqtt
-    tls = None
-    if m.tls:
-        tls = TlsSettings(
-            ca_file=config.tls_file(m.ca_file, "ca.pem"),
-            cert_file=config.tls_file(m.cert_file, "controller.pem"),
-            key_file=config.tls_file(m.key_file, "controller.key"),
-        )
-    return LinkSettings(
-        host=m.host, port=m.port, client_id=f"controller-{config.controller.id}",
-        keepalive=m.keepalive, session_expiry=m.session_expiry,
-        reconnect_min=m.reconnect_min, reconnect_max=m.reconnect_max,
-        connect_timeout=m.connect_timeout, tls=tls,
-    )

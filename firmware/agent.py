@@ -22,9 +22,9 @@ from tiepdan.board.profile import BoardProfile, load_profile
 from tiepdan.board.sensors import Health, Sensors
 from tiepdan.firmware import logs, protocol
 from tiepdan.firmware.commands import Commands
-from tiepdan.firmware.config import AgentConfig
+from tiepdan.firmware.config import AgentConfig, link_settings
 from tiepdan.firmware.indicators import Indicators
-from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings, Will
+from tiepdan.firmware.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.outbox import Outbox
 from tiepdan.firmware.shadow import Shadow
 from tiepdan.firmware.store import BoxStore
@@ -76,7 +76,7 @@ class Agent:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = BoxStore(config.state_dir / "state.json")
         self.link = MqttLink(
-            _link_settings(config),
+            link_settings(config.mqtt, config.device.id, config.tls_file, "device"),
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
@@ -374,22 +374,6 @@ class Agent:
                 break
             kept.append(line)
         return {"lines": kept[::-1], "truncated": len(kept) < len(lines)}
-
-
-def _link_settings(config: AgentConfig) -> LinkSettings:
-    m = config.mqtt
-    tls = None
-    if m.tls:
-        tls = TlsSettings(
-            ca_file=config.tls_file(m.ca_file, "ca.pem"),
-            cert_file=config.tls_file(m.cert_file, "device.pem"),
-            key_file=config.tls_file(m.key_file, "device.key"),
-        )
-    return LinkSettings(
-        host=m.host, port=m.port, client_id=config.device.id, keepalive=m.keepalive,
-        session_expiry=m.session_expiry, reconnect_min=m.reconnect_min,
-        reconnect_max=m.reconnect_max, connect_timeout=m.connect_timeout, tls=tls,
-    )
 
 
 def _boot_id() -> str:

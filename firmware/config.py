@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
+from tiepdan.firmware.mqtt import LinkSettings, TlsSettings
 from tiepdan.firmware.protocol import ID_PATTERN
 
 T = TypeVar("T")
@@ -51,6 +53,23 @@ class MqttSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+
+
+def link_settings(mqtt: MqttSection, client_id: str,
+                  tls_file: Callable[[str, str], Path], name: str) -> LinkSettings:
+    """The link a `[mqtt]` section describes; `tls_file(configured, default)` places TLS files."""
+    tls = None
+    if mqtt.tls:
+        tls = TlsSettings(
+            ca_file=tls_file(mqtt.ca_file, "ca.pem"),
+            cert_file=tls_file(mqtt.cert_file, f"{name}.pem"),
+            key_file=tls_file(mqtt.key_file, f"{name}.key"),
+        )
+    return LinkSettings(
+        host=mqtt.host, port=mqtt.port, client_id=client_id, keepalive=mqtt.keepalive,
+        session_expiry=mqtt.session_expiry, reconnect_min=mqtt.reconnect_min,
+        reconnect_max=mqtt.reconnect_max, connect_timeout=mqtt.connect_timeout, tls=tls,
+    )
 
 
 class TelemetrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import abc
 import logging
 from fractions import Fraction
-from types import TracebackType
-from typing import Self
 
 import av
 import av.audio.resampler
 import numpy as np
 import numpy.typing as npt
 
+from tiepdan.board.device import MediaDevice
 from tiepdan.board.errors import BoardError
 from tiepdan.board.profile import AudioSpec
 
@@ -30,7 +29,7 @@ FRAME_SECONDS = 0.02
 Pcm = npt.NDArray[np.int16]
 
 
-class Microphone(abc.ABC):
+class Microphone(MediaDevice):
     """Yields s16 mono frames of 20 ms at `rate`; `read` never blocks the loop."""
 
     def __init__(self, spec: AudioSpec) -> None:
@@ -56,20 +55,8 @@ class Microphone(abc.ABC):
         frame.time_base = self.time_base
         return frame
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class Speaker(abc.ABC):
+class Speaker(MediaDevice):
     """Plays frames of any format; they are converted to s16 at the device's rate and channels."""
 
     def __init__(self, spec: AudioSpec) -> None:
@@ -106,18 +93,6 @@ class Speaker(abc.ABC):
         return (
             np.concatenate(chunks).astype(np.int16, copy=False) if chunks else np.empty(0, np.int16)
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def open_microphone(spec: AudioSpec, *, label: str, tone_hz: float | None = None) -> Microphone:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import abc
 import logging
 from fractions import Fraction
-from types import TracebackType
-from typing import Self
 
 import av
 from av.stream import Stream
 
+from tiepdan.board.device import MediaDevice
 from tiepdan.board.errors import BoardError
 from tiepdan.board.profile import CameraSpec
 
@@ -27,7 +26,7 @@ VIDEO_CLOCK_RATE = 90000
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 
 
-class Camera(abc.ABC):
+class Camera(MediaDevice):
     """A started camera yields yuv420p frames at about `fps`; `read` never blocks the loop."""
 
     hardware_encoder: bool = False
@@ -51,18 +50,6 @@ class Camera(abc.ABC):
     async def read_encoded(self) -> av.Packet[Stream]:
         """The next H.264 access unit from the board's encoder (only if `hardware_encoder`)."""
         raise NotImplementedError(f"{type(self).__name__} has no hardware encoder")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def open_camera(spec: CameraSpec, *, label: str) -> Camera:
