@@ -41,6 +41,8 @@ class FrontPanel(Protocol):
     """What the agent needs of a panel: `tiepdan.board.panel.Panel` on a box."""
 
     def on_button(self, callback: Callable[[str], None]) -> None: ...
+    def on_power_fail(self, callback: Callable[[bool], None]) -> None: ...
+    def power_lost(self) -> bool | None: ...
     def set_led(self, name: str, pattern: str) -> None: ...
     def led_states(self) -> dict[str, str]: ...
     def close(self) -> None: ...
@@ -164,6 +166,14 @@ class Agent:
             loop.call_soon_threadsafe(self._button, name)
 
         self.panel.on_button(pressed)
+        if self.panel.power_lost() is not None:
+
+            def power(lost: bool) -> None:  # on gpiozero's thread
+                loop.call_soon_threadsafe(self._power_changed, lost)
+
+            self.panel.on_power_fail(power)
+            if self.panel.power_lost():
+                self._power_changed(True)
         log.info("agent_start device=%s firmware=%s board=%s", self.device, __version__,
                  self.profile.name)
         self.notifier.status("connecting to broker")
@@ -313,6 +323,14 @@ class Agent:
             except Exception:
                 log.exception("button_hook_failed button=%s", name)
 
+    def _power_changed(self, lost: bool) -> None:
+        """Mains lost or back (the UPS HAT's line): the controller learns the box is on battery."""
+        log.warning("power_changed device=%s mains_lost=%s", self.device, lost)
+        if lost:
+            self.raise_alarm("mains-lost", "critical", "mains power lost; running on battery")
+        else:
+            self.raise_alarm("mains-lost", "info", "mains power restored", active=False)
+
     def raise_alarm(self, code: str, severity: str, message: str, active: bool = True) -> None:
         self.outbox.send(protocol.AlarmEvent(code=code, severity=severity,  # type: ignore[arg-type]
                                              message=message, active=active))
@@ -353,6 +371,7 @@ class Agent:
             "health": protocol.to_builtins(health),
             "commands": self.commands.names,
             "holds": sorted(self._holds),
+            "on_battery": self.panel.power_lost(),
         }
         for name, provider in self._status.items():
             status[name] = provider()

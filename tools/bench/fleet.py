@@ -56,6 +56,12 @@ class QuietPanel:
     def on_button(self, callback: Callable[[str], None]) -> None:
         pass
 
+    def on_power_fail(self, callback: Callable[[bool], None]) -> None:
+        pass
+
+    def power_lost(self) -> bool | None:
+        return None
+
     def set_led(self, name: str, pattern: str) -> None:
         self._leds[name] = pattern
 
