@@ -130,7 +130,7 @@ class Schedules:
         self._db.ensure(SCHEMA)
         zone(self._timezone)
 
-    def list(self) -> list[Schedule]:
+    def all(self) -> list[Schedule]:
         rows = self._db.conn.execute("SELECT * FROM schedules ORDER BY created")
         return [_schedule(r) for r in rows]
 
@@ -185,7 +185,7 @@ class Schedules:
 
     async def tick(self) -> None:
         """Once an occurrence has started (or was skipped), create the next one."""
-        for schedule in self.list():
+        for schedule in self.all():
             if not schedule.active:
                 continue
             pending = self._sessions.get(schedule.next_session or "")

@@ -49,11 +49,11 @@ async def list_sessions(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "100")), 10_000)
     except ValueError:
         return error(400, "bad_request", "limit must be an integer")
-    sessions = c.sessions.list(request.query.get("state") or None, limit)
+    sessions = c.sessions.find(request.query.get("state") or None, limit)
     return web.json_response({
         "sessions": [{**s.to_json(), "points": [p.to_json() for p in c.sessions.points(s.id)]}
                      for s in sessions],
-        "schedules": [s.to_json() for s in c.schedules.list()],
+        "schedules": [s.to_json() for s in c.schedules.all()],
     })
 
 

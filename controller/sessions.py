@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tiepdan.controller.bridge import Bridge, BridgeError, PeerEvent
 from tiepdan.firmware import protocol
@@ -163,8 +162,8 @@ class Sessions:
                                     (session_id,)).fetchone()
         return None if row is None else _session(row)
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Session]:
-        query, params = "SELECT * FROM sessions", ()
+    def find(self, state: str | None = None, limit: int = 100) -> list[Session]:
+        query, params = "SELECT * FROM sessions", cast(tuple[str, ...], ())
         if state:
             query, params = query + " WHERE state = ?", (state,)
         rows = self._db.conn.execute(query + " ORDER BY created DESC LIMIT ?", (*params, limit))
@@ -205,7 +204,7 @@ class Sessions:
                    schedule: str | None = None) -> Session:
         """Create a session now (inviting) or for later (scheduled, when `at` is ahead)."""
         protocol.check_device_id(host)
-        guests = list(dict.fromkeys(invite))
+        guests: list[str] = [*dict.fromkeys(invite)]
         for device in guests:
             protocol.check_device_id(device)
         if not guests:
@@ -319,14 +318,14 @@ class Sessions:
 
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        for session in self.list("scheduled", limit=1000):
+        for session in self.find("scheduled", limit=1000):
             if session.starts_at is not None and session.starts_at <= now:
                 log.info("session_due session=%s", session.id)
                 self._start(session)
-        for session in self.list("inviting", limit=1000):
+        for session in self.find("inviting", limit=1000):
             if now - (session.starts_at or session.created) > self._config.start_timeout:
                 await self.end(session.id, "not_started")
-        for session in [*self.list("inviting", limit=1000), *self.list("live", limit=1000)]:
+        for session in [*self.find("inviting", limit=1000), *self.find("live", limit=1000)]:
             for point in self.points(session.id):
                 if point.state in ("invited", "ringing") and point.invited_at is not None \
                         and now - point.invited_at > self._config.ring_timeout:
@@ -504,7 +503,7 @@ class Sessions:
         if point.state == state and point.detail == detail:
             return
         now = time.time()
-        sets = {"state": state, "detail": detail}
+        sets: dict[str, object] = {"state": state, "detail": detail}
         if state == "invited":
             sets["invited_at"] = now
         elif state == "live" and point.joined_at is None:
@@ -594,6 +593,3 @@ def _participant(row: Any) -> Participant:
     values.pop("answer", None)
     return Participant(**values)
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -31,6 +31,7 @@ import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.stream import Stream
 
 from tiepdan.board.audio import Microphone, Speaker, open_microphone, open_speaker
 from tiepdan.board.camera import open_camera
@@ -47,6 +48,7 @@ from tiepdan.firmware.rtc import (
     close_quietly,
     describe,
     on_keyframe_request,
+    peer_connection,
     prefer_h264,
 )
 
@@ -88,7 +90,7 @@ class CallClient:
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
-        self._sent_video: Fanout[av.Packet] | None = None
+        self._sent_video: Fanout[av.Packet[Stream]] | None = None
         self._on_live: list[LiveCallback] = []
         self._on_left: list[LeftCallback] = []
         self._session_task: asyncio.Task[None] | None = None
@@ -109,7 +111,7 @@ class CallClient:
     # -- the recorder's seam -----------------------------------------------------------------
 
     @property
-    def sent_video(self) -> Fanout[av.Packet]:
+    def sent_video(self) -> Fanout[av.Packet[Stream]]:
         """The camera's encoded stream (the encoder is built on first use, then kept)."""
         return self._media()[0].video
 
@@ -350,7 +352,7 @@ class CallClient:
 
     async def _attempt(self, invite: protocol.SessionInvite) -> None:
         """One peer connection, from offer until it is lost; raises AttemptFailed."""
-        pc = RTCPeerConnection()
+        pc = peer_connection()
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}"))
         audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",

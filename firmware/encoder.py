@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 import av
+from av.stream import Stream
 
 from tiepdan.board.camera import Camera
 from tiepdan.firmware.h264 import H264Encoder
@@ -26,7 +27,7 @@ class CameraEncoder:
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._encoder: H264Encoder | None = None
-        self.video: Fanout[av.Packet] = Fanout(
+        self.video: Fanout[av.Packet[Stream]] = Fanout(
             "camera-h264", is_key=lambda p: bool(p.is_keyframe), on_key_request=self.request_key)
 
     def request_key(self) -> None:

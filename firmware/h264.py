@@ -17,6 +17,7 @@ import time
 from fractions import Fraction
 
 import av
+from av.stream import Stream
 from av.video.frame import PictureType
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class H264Encoder:
         """Make one of the next frames an IDR (at most one per MIN_KEY_SPACING_S)."""
         self._force_key = True
 
-    def encode(self, frame: av.VideoFrame) -> list[av.Packet]:
+    def encode(self, frame: av.VideoFrame) -> list[av.Packet[Stream]]:
         """Encode one frame (any size or format: it is converted); returns whole access units."""
         if frame.width != self.width or frame.height != self.height or \
                 frame.format.name != "yuv420p":

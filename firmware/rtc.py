@@ -16,24 +16,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import av
 from aiortc import (
     MediaStreamTrack,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
+from av.stream import Stream
 
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media import Subscription
 
 log = logging.getLogger(__name__)
 
-Source = Subscription[av.Packet] | Subscription[av.AudioFrame] | Subscription[av.VideoFrame]
+Source = Subscription[av.Packet[Stream]] | Subscription[av.AudioFrame] | Subscription[av.VideoFrame]
 
 
 class PacketTrack(MediaStreamTrack):
@@ -41,12 +43,12 @@ class PacketTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, source: Subscription[av.Packet]) -> None:
+    def __init__(self, source: Subscription[av.Packet[Stream]]) -> None:
         super().__init__()
         self._source = source
         self.sent = 0
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet[Stream]:
         packet = await self._source.get()
         if packet is None or self.readyState != "live":
             raise MediaStreamError
@@ -68,7 +70,7 @@ class FrameTrack(MediaStreamTrack):
         self._source = source
         self.sent = 0
 
-    async def recv(self) -> av.AudioFrame | av.VideoFrame:  # type: ignore[override]
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
         frame = await self._source.get()
         if frame is None or self.readyState != "live":
             raise MediaStreamError
@@ -78,6 +80,17 @@ class FrameTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._source.close()
+
+
+def peer_connection() -> RTCPeerConnection:
+    """A peer connection that gathers host candidates only.
+
+    Without an explicit configuration aiortc asks a public STUN server, which a box on a
+    provincial network cannot reach (each gathering then waits ~5 s for DNS). Boxes reach the
+    bridge's host candidates; the bridge learns a box behind NAT as a peer-reflexive
+    candidate from its connectivity checks.
+    """
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
@@ -107,7 +120,7 @@ def check_sdp(sdp: str, kind: Literal["offer", "answer"]) -> None:
         raise protocol.ProtocolError(f"{kind} SDP must have one audio and one video section, "
                                      f"has {kinds}")
     for media in description.media:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise protocol.ProtocolError(f"{kind} SDP {media.kind}: no ICE credentials")
         if media.dtls is None or not media.dtls.fingerprints:
             raise protocol.ProtocolError(f"{kind} SDP {media.kind}: no DTLS fingerprint")
@@ -178,6 +191,3 @@ async def close_quietly(pc: RTCPeerConnection, timeout: float = 5.0) -> None:
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
 
-
-def stats_dict(qos: protocol.CallQos) -> dict[str, Any]:
-    return protocol.to_builtins(qos)  # type: ignore[no-any-return]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import av
+from av.stream import Stream
 
 from tiepdan.controller.config import BridgeSection
 from tiepdan.firmware import protocol
@@ -39,7 +40,7 @@ class BridgeSession(abc.ABC):
     """One session's media on the bridge."""
 
     id: str
-    composed_video: Fanout[av.Packet]  # the one encoded picture every point receives
+    composed_video: Fanout[av.Packet[Stream]]  # the one encoded picture every point receives
     mixed_audio: Fanout[av.AudioFrame]  # every point's audio, mixed
 
     @abc.abstractmethod

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.stream import Stream
 
 from tiepdan.controller.bridge import Bridge, BridgeError, BridgeSession
 from tiepdan.controller.bridge.compositor import Compositor, TileView, grid
@@ -35,7 +36,7 @@ from tiepdan.controller.bridge.mixer import FRAME, RATE, Mixer, to_frame
 from tiepdan.controller.config import BridgeSection
 from tiepdan.firmware import protocol
 from tiepdan.firmware.h264 import VIDEO_TIME_BASE, H264Encoder
-from tiepdan.firmware.media import Fanout, Subscription
+from tiepdan.firmware.media import Fanout
 from tiepdan.firmware.rtc import (
     FrameTrack,
     PacketTrack,
@@ -44,6 +45,7 @@ from tiepdan.firmware.rtc import (
     close_quietly,
     describe,
     on_keyframe_request,
+    peer_connection,
     prefer_h264,
 )
 
@@ -81,7 +83,7 @@ class AiortcSession(BridgeSession):
         self.encoder = H264Encoder(config.width, config.height, config.fps, config.bitrate,
                                    keyframe_interval=config.keyframe_interval,
                                    preset=config.preset)
-        self.composed_video: Fanout[av.Packet] = Fanout(
+        self.composed_video: Fanout[av.Packet[Stream]] = Fanout(
             f"composed-{session_id}", is_key=lambda p: bool(p.is_keyframe),
             on_key_request=self.encoder.request_key)
         # The raw composed picture, for a consumer that must encode for itself.
@@ -119,7 +121,7 @@ class AiortcSession(BridgeSession):
             await self._disconnect(member, "replaced")
         member.attempt, member.state, member.since = attempt, "connecting", time.monotonic()
         member.frames_received = 0
-        pc = member.pc = RTCPeerConnection()
+        pc = member.pc = peer_connection()
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
             video_track, on_key = self._video_source(member)
@@ -281,7 +283,7 @@ class AiortcSession(BridgeSession):
             await asyncio.sleep(max(0.0, due - now))
 
     def _render(self, views: list[TileView], gutter: int,
-                pts: int) -> tuple[av.VideoFrame, list[av.Packet]]:
+                pts: int) -> tuple[av.VideoFrame, list[av.Packet[Stream]]]:
         frame = self._compositor.compose(views, gutter)
         frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
         return frame, self.encoder.encode(frame)

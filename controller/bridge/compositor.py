@@ -120,7 +120,7 @@ class Compositor:
              r.width // 2, r.height // 2),
         )):
             plane = scaled.planes[index]
-            source = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)
+            source = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
             target[:] = source[:h, :w]
 
     def _label(self, name: str, r: Rect) -> None:

@@ -11,11 +11,14 @@ from typing import Any
 import av
 import numpy as np
 
-from tests.support import make_agent_config, make_controller_config, running_agent, \
-    running_controller
+from tests.support import (
+    make_agent_config,
+    make_controller_config,
+    running_agent,
+    running_controller,
+)
 from tiepdan.board.audio.synthetic import dominant_tones, tone_for
 from tiepdan.board.camera.tag import label_hash, read_tag
-from tiepdan.board.profile import load_profile_file
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent import Agent
 from tiepdan.tools.broker import Mosquitto

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import AudioStreamTrack
 
-from tiepdan.firmware.agent import Agent
-
 from tests.sessions.points import latest_picture, points, session_controller
 from tests.support import Observer, eventually
 from tiepdan.firmware import protocol
+from tiepdan.firmware.agent import Agent
 from tiepdan.firmware.rtc import prefer_h264
 from tiepdan.tools.broker import Mosquitto
 

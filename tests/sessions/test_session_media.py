@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.sessions.points import hashes, hears, latest_picture, points, session_controller, \
-    tags_seen
+from tests.sessions.points import (
+    hashes,
+    hears,
+    latest_picture,
+    points,
+    session_controller,
+    tags_seen,
+)
 from tests.support import eventually
+from tiepdan.firmware.agent import Agent
 from tiepdan.tools.broker import Mosquitto
 
 DEVICES = ["pt-host", "pt-1", "pt-2", "pt-3"]
@@ -25,9 +32,11 @@ async def test_every_point_sees_and_hears_the_others(tmp_path: Path, broker: Mos
                          what="session live")
         expected = hashes(DEVICES)
         for device, agent in agents.items():
-            async def sees_all(agent=agent) -> bool:
+            others = [d for d in DEVICES if d != device]
+
+            async def sees_all(agent: Agent = agent, others: list[str] = others) -> bool:
                 seen = tags_seen(agent, await latest_picture(agent))
-                return all(seen.get(d) == expected[d] for d in DEVICES if d != device)
+                return all(seen.get(d) == expected[d] for d in others)
             await eventually(sees_all, 15, what=f"{device} seeing every other point")
         await asyncio.sleep(1.5)
         for device, agent in agents.items():
