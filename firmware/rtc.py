@@ -35,8 +35,6 @@ from tiepdan.firmware.media import Subscription
 
 log = logging.getLogger(__name__)
 
-Source = Subscription[av.Packet[Stream]] | Subscription[av.AudioFrame] | Subscription[av.VideoFrame]
-
 
 class PacketTrack(MediaStreamTrack):
     """A video track whose items are already encoded: `recv()` returns `av.Packet`s."""
