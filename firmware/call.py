@@ -41,6 +41,8 @@ from tiepdan.firmware.encoder import CameraEncoder
 from tiepdan.firmware.media import Fanout
 from tiepdan.firmware.mqtt import Inbound
 from tiepdan.firmware.rtc import (
+    LIVE_AUDIO_QUEUE,
+    LIVE_VIDEO_QUEUE,
     FrameTrack,
     PacketTrack,
     QosMeter,
@@ -354,9 +356,10 @@ class CallClient:
         """One peer connection, from offer until it is lost; raises AttemptFailed."""
         pc = peer_connection()
         receivers: list[asyncio.Future[None]] = []
-        video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}"))
+        video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
+                                                            capacity=LIVE_VIDEO_QUEUE))
         audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
-                                                                    capacity=50))
+                                                                    capacity=LIVE_AUDIO_QUEUE))
         video = pc.addTransceiver(video_track, direction="sendrecv")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)

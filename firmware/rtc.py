@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import av
 from aiortc import (
@@ -36,12 +36,26 @@ from tiepdan.firmware.media import Subscription
 log = logging.getLogger(__name__)
 
 
+# Live media is useless late: a sender's queue holds about half a second of video or 200 ms of
+# audio; a sender that falls further behind skips to the next key frame (and asks for one)
+# instead of building up delay. The recorder subscribes with its own, larger queue.
+LIVE_VIDEO_QUEUE = 8
+LIVE_AUDIO_QUEUE = 10
+
+
+class PacketSource(Protocol):
+    """Where a `PacketTrack` takes its packets: a `Fanout` subscription, usually."""
+
+    async def get(self) -> av.Packet[Stream] | None: ...
+    def close(self) -> None: ...
+
+
 class PacketTrack(MediaStreamTrack):
     """A video track whose items are already encoded: `recv()` returns `av.Packet`s."""
 
     kind = "video"
 
-    def __init__(self, source: Subscription[av.Packet[Stream]]) -> None:
+    def __init__(self, source: PacketSource) -> None:
         super().__init__()
         self._source = source
         self.sent = 0

@@ -38,6 +38,8 @@ from tiepdan.firmware import protocol
 from tiepdan.firmware.h264 import VIDEO_TIME_BASE, H264Encoder
 from tiepdan.firmware.media import Fanout
 from tiepdan.firmware.rtc import (
+    LIVE_AUDIO_QUEUE,
+    LIVE_VIDEO_QUEUE,
     FrameTrack,
     PacketTrack,
     QosMeter,
@@ -51,7 +53,6 @@ from tiepdan.firmware.rtc import (
 
 log = logging.getLogger(__name__)
 
-AUDIO_QUEUE = 10  # 200 ms of mix-minus waiting for a point's sender; older frames are dropped
 
 
 @dataclass
@@ -128,8 +129,8 @@ class AiortcSession(BridgeSession):
             member.video_track = video_track
             pc.addTrack(video_track)
             member.audio_out = Fanout(f"minus-{device}")
-            pc.addTrack(FrameTrack("audio", member.audio_out.subscribe("sender",
-                                                                       capacity=AUDIO_QUEUE)))
+            pc.addTrack(FrameTrack("audio", member.audio_out.subscribe(
+                "sender", capacity=LIVE_AUDIO_QUEUE)))
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
                     prefer_h264(transceiver)
@@ -153,7 +154,8 @@ class AiortcSession(BridgeSession):
     def _video_source(self, member: Member) -> tuple[PacketTrack | FrameTrack,
                                                      Callable[[], None]]:
         """The composed stream for one point's sender, and where its PLIs go."""
-        track = PacketTrack(self.composed_video.subscribe(member.device))
+        track = PacketTrack(self.composed_video.subscribe(member.device,
+                                                          capacity=LIVE_VIDEO_QUEUE))
         return track, self.composed_video.request_key
 
     async def leave(self, device: str) -> None:
