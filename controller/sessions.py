@@ -284,7 +284,8 @@ class Sessions:
             session=session.id, call=point.call, role=point.role,  # type: ignore[arg-type]
             host=session.host, host_name=(host.name if host and host.name else session.host),
             expires=protocol.now_ms() + int(self._config.ring_timeout * 1000),
-            title=session.title[:200], auto_join=session.auto_join or rejoin)
+            title=session.title[:200], auto_join=session.auto_join or rejoin,
+            attempt=point.attempt)
         if point.state in PENDING:
             self._set_point(point, "invited", "")
         response = await self._controller.rpc.request(

@@ -151,7 +151,7 @@ class CallClient:
             return self.status()  # a repeated invitation (controller restart, rejoin)
         if invite.expires <= protocol.now_ms():
             raise CommandError("expired", "the invitation has already expired")
-        self.invite, self.attempt, self.error, self.layout = invite, 0, None, None
+        self.invite, self.attempt, self.error, self.layout = invite, invite.attempt, None, None
         log.info("call_invited device=%s session=%s call=%s role=%s auto_join=%s", self.device,
                  invite.session, invite.call, invite.role, invite.auto_join)
         if invite.auto_join or self._agent.shadow.config.auto_join:

@@ -400,6 +400,9 @@ class SessionInvite(msgspec.Struct, frozen=True):
     expires: Millis  # the box stops ringing at this time (epoch ms)
     title: ShortText = ""
     auto_join: bool = False
+    # The last attempt the controller saw from this box in this call: a box that restarted
+    # numbers its next offers above it, so they are not taken for stale ones.
+    attempt: Attempt = 0
 
 
 class SessionRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

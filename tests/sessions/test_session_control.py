@@ -30,7 +30,8 @@ async def test_buttons_drive_join_mute_and_end_and_leds_follow(tmp_path: Path,
         session = await controller.sessions.open("bt-host", ["bt-1"])
         guest, host = agents["bt-1"], agents["bt-host"]
         await eventually(lambda: led(guest, "in_call") == "blink", 10, what="invited blink")
-        assert controller.sessions.point(session.id, "bt-1").state == "ringing"
+        await eventually(lambda: controller.sessions.point(session.id, "bt-1").state
+                         == "ringing", 5, what="controller knows the box rings")
         assert guest.call.state == "invited" and not guest.holds
         await press(host, "call")
         await press(guest, "call")
@@ -97,3 +98,26 @@ async def test_host_ends_the_session_and_every_box_leaves_and_reports(
         assert transitions == [(None, "inviting"), ("inviting", "live"), ("live", "ended")]
         assert all(p.state == "left" for p in controller.sessions.points(session.id))
         assert controller.bridge.session(session.id) is None
+
+
+async def test_a_box_restarted_mid_session_is_invited_again_and_rejoins(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    async with session_controller(tmp_path, broker) as controller, \
+            points(tmp_path, broker, ["rs-host"]) as hosts:
+        async with points(tmp_path, broker, ["rs-1"]) as guests:
+            await eventually(lambda: controller.registry.get("rs-1"), 10, what="registered")
+            session = await controller.sessions.open("rs-host", ["rs-1"], auto_join=True)
+            await eventually(lambda: controller.sessions.point(session.id, "rs-1").state
+                             == "live", 30, what="guest live")
+            before = controller.sessions.point(session.id, "rs-1").attempt
+            assert guests["rs-1"].call.attempt == before
+        # The guest's agent is gone (power cut); the bridge notices the silence.
+        await eventually(lambda: controller.sessions.point(session.id, "rs-1").state
+                         == "away", 10, what="guest away")
+        async with points(tmp_path, broker, ["rs-1"]) as guests:
+            await eventually(lambda: controller.sessions.point(session.id, "rs-1").state
+                             == "live", 30, what="guest rejoined after its restart")
+            assert controller.sessions.point(session.id, "rs-1").attempt > before
+            await eventually(lambda: guests["rs-1"].call.state == "live", 10,
+                             what="restarted box live")
+        assert hosts["rs-host"].call.state == "live"
