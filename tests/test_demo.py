@@ -36,7 +36,8 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     while time.monotonic() < deadline:
         if all((logs / f"{n}.log").exists() and "mqtt_connected" in (logs / f"{n}.log").read_text()
-               for n in ("tw-ban-tcd", "xa-quynh-luu")):
+               for n in ("tw-ban-tcd", "nghe-an-ban-tcd", "xa-hung-nguyen", "xa-dien-chau",
+                         "xa-quynh-luu")):
             break
         time.sleep(0.2)
     demo.send_signal(signal.SIGINT)

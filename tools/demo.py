@@ -208,6 +208,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 if args.duration and elapsed >= args.duration:
                     break
                 time.sleep(0.5)
+        # A Ctrl-C can land between two polls: look once more before stopping everything.
+        with contextlib.suppress(ApiError):
+            seen_online |= {d["id"] for d in client.get("/api/devices") if d["online"]}
     finally:
         processes.stop()
         broker.stop()
