@@ -108,6 +108,12 @@ def _set_config(config: ControllerConfig, args: argparse.Namespace, console: Con
     return 0 if args.wait == 0 else 1
 
 
+def _session(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
+    from tiepdan.controller.session_view import session_command
+
+    return session_command(ApiClient.from_config(config), args, console)
+
+
 COMMANDS = {
     "run": _run,
     "devices": _devices,
@@ -115,6 +121,7 @@ COMMANDS = {
     "events": _events,
     "cmd": _cmd,
     "set-config": _set_config,
+    "session": _session,
 }
 
 
@@ -144,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
                     help="telemetry_interval, log_level, tags, maintenance_window, auto_join")
     sc.add_argument("--wait", type=float, default=15.0,
                     help="seconds to wait for the box to report (0: do not wait)")
+    from tiepdan.controller.session_view import add_session_parser
+
+    add_session_parser(sub)
     return p
 
 

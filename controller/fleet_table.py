@@ -57,6 +57,32 @@ COLUMNS: list[Column] = [
 # Other parts add columns for what they track in a device's `extra` (call state, QoS, update).
 EXTRA_COLUMNS: list[Column] = []
 
+CALL_STYLE = {"live": "green", "joining": "yellow", "reconnecting": "red", "invited": "cyan"}
+
+
+def _call(d: dict[str, Any]) -> str | Text:
+    call = (d.get("extra") or {}).get("call")
+    if not call or call.get("state") in (None, "idle"):
+        return "-"
+    muted = " muted" if call.get("muted") else ""
+    return Text(f"{call['state']}{muted}", style=CALL_STYLE.get(call["state"], ""))
+
+
+def _qos(d: dict[str, Any]) -> str:
+    extra = d.get("extra") or {}
+    qos, call = extra.get("call_qos"), extra.get("call") or {}
+    if not qos or call.get("state") != "live":
+        return "-"
+    rtt = qos.get("rtt_ms")
+    loss = qos.get("loss_received")
+    return (f"{qos.get('fps_received', 0):.0f}/{qos.get('fps_sent', 0):.0f}fps "
+            f"{qos.get('kbps_received', 0):.0f}k "
+            f"rtt {'-' if rtt is None else f'{rtt:.0f}ms'} "
+            f"loss {'-' if loss is None else f'{100 * loss:.1f}%'}")
+
+
+EXTRA_COLUMNS += [("call", _call), ("call qos (rx/tx)", _qos)]
+
 
 def fleet_table(devices: Sequence[dict[str, Any]], title: str = "fleet") -> Table:
     online = sum(1 for d in devices if d.get("online"))

@@ -10,11 +10,15 @@ from collections.abc import Awaitable
 from aiohttp import web
 
 from tiepdan.controller.api import admin_token, build_app
+from tiepdan.controller.bridge import build_bridge
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.ingest import Ingest
 from tiepdan.controller.registry import Registry
 from tiepdan.controller.rpc import CommandClient
+from tiepdan.controller.schedule import Schedules
+from tiepdan.controller.session_api import add_session_routes
+from tiepdan.controller.sessions import Sessions
 from tiepdan.controller.store import Database
 from tiepdan.firmware import protocol
 from tiepdan.firmware.config import link_settings
@@ -42,7 +46,11 @@ class Controller:
         self.rpc = CommandClient(self.link, self.id)
         self.ingest = Ingest(self.registry, self.rpc, self.link)
         self.token = admin_token(config.token_file)
+        self.bridge = build_bridge(config.bridge)
+        self.sessions = Sessions(self, self.bridge)
+        self.schedules = Schedules(self, self.sessions)
         self.app = build_app(self, self.token)
+        add_session_routes(self.app)
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -65,6 +73,8 @@ class Controller:
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self._flush_loop(), "registry-flush")
+        self.spawn(self.sessions.run(), "sessions")
+        self.spawn(self.schedules.run(), "schedules")
         if ready is not None:
             ready.set()
         try:
@@ -81,6 +91,7 @@ class Controller:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.sessions.close()
             self.registry.flush()
             await runner.cleanup()
             self.db.close()

@@ -21,6 +21,7 @@ from tiepdan.board.panel import Panel
 from tiepdan.board.profile import BoardProfile, load_profile
 from tiepdan.board.sensors import Health, Sensors
 from tiepdan.firmware import logs, protocol
+from tiepdan.firmware.call import CallClient
 from tiepdan.firmware.commands import Commands
 from tiepdan.firmware.config import AgentConfig, link_settings
 from tiepdan.firmware.indicators import Indicators
@@ -104,16 +105,18 @@ class Agent:
         self._holds: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._register_commands()
+        self.call = CallClient(self)
         logs.ring()
         # The last desired document applies from boot, before the broker is reachable.
         self.shadow.listen(self._apply_remote_config)
 
     # -- extension points ------------------------------------------------------------------------
 
-    def route(self, kind: str, handler: Route, qos: int = 1) -> None:
-        """Deliver messages on this box's `<kind>/#` subtree to `handler`."""
+    def route(self, kind: str, handler: Route, qos: int = 1, suffix: str | None = None) -> None:
+        """Deliver messages on this box's `<kind>/#` subtree (or `suffix`) to `handler`."""
         self._routes[kind] = handler
-        self._subscriptions.append((protocol.device_filter(self.device, f"{kind}/#"), qos))
+        self._subscriptions.append((protocol.device_filter(self.device, suffix or f"{kind}/#"),
+                                    qos))
 
     def on_button(self, hook: ButtonHook) -> None:
         """`hook(name)` returns True when it acted on the press; every press is also an event."""

@@ -85,6 +85,14 @@ class LogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: Literal["kv", "json"] = "kv"
 
 
+class CallSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    join_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    media_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
+    qos_interval: Annotated[float, msgspec.Meta(ge=0.5, le=600)] = 5.0
+    video_bitrate: Annotated[int, msgspec.Meta(ge=100_000, le=20_000_000)] = 1_000_000
+    keyframe_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 4.0
+
+
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceSection
     board: BoardSection = BoardSection()
@@ -92,6 +100,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     telemetry: TelemetrySection = TelemetrySection()
     state: StateSection = StateSection()
     log: LogSection = LogSection()
+    call: CallSection = CallSection()
 
     @property
     def state_dir(self) -> Path:

@@ -363,3 +363,183 @@ def error_response(request_id: str, code: ErrorCode, message: str) -> Response:
     return Response(
         id=request_id, ok=False, ts=now_ms(), error=ErrorInfo(code=code, message=message[:1000])
     )
+
+
+# -- sessions and calls (issue 3) ---------------------------------------------------------------
+# The controller invites a box with `cmd/session-invite` (and may order `session-join` or
+# `session-leave`); the box joins by publishing an offer on `call/<call>/up`, where `<call>` is
+# the id the invitation gave this box for this session. Everything else about the call travels
+# on the same two topics: box -> bridge on `up`, bridge -> box on `down`, QoS 1 with a message
+# expiry so a stale offer or answer is never delivered to a peer that has moved on. aiortc is
+# half-trickle: an SDP carries every candidate and `a=end-of-candidates`. `attempt` counts the
+# box's peer connections within one call (a rejoin is a new attempt); a message for another
+# attempt is stale. Call quality goes out as telemetry on `tele/call`.
+
+SIGNAL_EXPIRY: Final = 30  # seconds an offer, answer or bye stays deliverable
+MAX_SDP: Final = 64 * 1024
+
+CallId = Name
+Attempt = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SDP)]
+PointRole = Literal["host", "guest"]
+CallStateName = Literal["idle", "invited", "joining", "live", "reconnecting"]
+
+
+def call_topic(device: str, call: str, direction: Literal["up", "down"]) -> str:
+    return f"{device_root(device)}/call/{_name(call)}/{direction}"
+
+
+class SessionInvite(msgspec.Struct, frozen=True):
+    """Arguments of `session-invite`: which session, this box's call id in it, who chairs it."""
+
+    session: Name
+    call: CallId
+    role: PointRole
+    host: DeviceId
+    host_name: ShortText
+    expires: Millis  # the box stops ringing at this time (epoch ms)
+    title: ShortText = ""
+    auto_join: bool = False
+    # The last attempt the controller saw from this box in this call: a box that restarted
+    # numbers its next offers above it, so they are not taken for stale ones.
+    attempt: Attempt = 0
+
+
+class SessionRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Arguments of `session-join` and `session-leave`."""
+
+    session: Name
+    reason: Name = "command"
+
+
+class CallOffer(msgspec.Struct, frozen=True, tag="offer", tag_field="type"):
+    session: Name
+    attempt: Attempt
+    sdp: Sdp
+    ts: Millis
+
+
+class CallAnswer(msgspec.Struct, frozen=True, tag="answer", tag_field="type"):
+    session: Name
+    attempt: Attempt
+    sdp: Sdp
+    ts: Millis
+
+
+class CallBye(msgspec.Struct, frozen=True, tag="bye", tag_field="type"):
+    """Either side leaves; `reason` says why (button, command, ended, removed, timeout, ...)."""
+
+    session: Name
+    attempt: Attempt
+    reason: Name
+    ts: Millis
+
+
+class CallDecline(msgspec.Struct, frozen=True, tag="decline", tag_field="type"):
+    """The officer pressed End while the box was ringing."""
+
+    session: Name
+    ts: Millis
+
+
+class CallReport(msgspec.Struct, frozen=True, tag="report", tag_field="type"):
+    """The box's own view of the call, sent on every change: the controller's registry shows it."""
+
+    session: Name
+    attempt: Attempt
+    state: CallStateName
+    muted: bool
+    ts: Millis
+    error: ShortText | None = None
+
+
+class CallRefused(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
+    """The bridge refuses an offer (unknown or ended session, stale attempt, bad SDP, ...)."""
+
+    session: Name
+    attempt: Attempt
+    code: ErrorCode
+    message: Annotated[str, msgspec.Meta(max_length=1000)]
+    ts: Millis
+
+
+class KeyframeRequest(msgspec.Struct, frozen=True, tag="keyframe", tag_field="type"):
+    """The bridge cannot decode this box's video: send a key frame (RTCP PLI can be lost)."""
+
+    session: Name
+    attempt: Attempt
+    ts: Millis
+
+
+Pixels = Annotated[int, msgspec.Meta(ge=0, le=8192)]
+
+
+class Tile(msgspec.Struct, frozen=True):
+    device: DeviceId
+    name: ShortText
+    x: Pixels
+    y: Pixels
+    width: Pixels
+    height: Pixels
+
+
+class CallLayout(msgspec.Struct, frozen=True, tag="layout", tag_field="type"):
+    """Where each point sits in the composed picture, sent whenever it changes."""
+
+    session: Name
+    width: Pixels
+    height: Pixels
+    tiles: Annotated[list[Tile], msgspec.Meta(max_length=64)]
+    ts: Millis
+    speaker: DeviceId | None = None
+
+
+CallUp = CallOffer | CallBye | CallDecline | CallReport
+CallDown = CallAnswer | CallBye | CallRefused | KeyframeRequest | CallLayout
+
+_call_up = msgspec.json.Decoder(CallUp)
+_call_down = msgspec.json.Decoder(CallDown)
+
+
+def decode_call_up(payload: bytes) -> CallUp:
+    return _decode_with(_call_up, payload, "call message (up)")  # type: ignore[no-any-return]
+
+
+def decode_call_down(payload: bytes) -> CallDown:
+    return _decode_with(_call_down, payload, "call message (down)")  # type: ignore[no-any-return]
+
+
+def _decode_with(decoder: msgspec.json.Decoder[Any], payload: bytes, what: str) -> Any:
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        return decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"invalid {what}: {exc}") from None
+
+
+Rate = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class CallQos(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What aiortc's getStats() (plus the frame counters it lacks) says about one call."""
+
+    fps_sent: Rate = 0.0
+    fps_received: Rate = 0.0
+    kbps_sent: Rate = 0.0
+    kbps_received: Rate = 0.0
+    rtt_ms: Rate | None = None
+    loss_sent: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    loss_received: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    jitter_ms: Rate | None = None
+
+
+class CallTelemetry(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Periodic on `tele/call` (QoS 0, message expiry) while the box is in a session."""
+
+    ts: Millis
+    session: Name
+    call: CallId
+    state: CallStateName
+    muted: bool
+    qos: CallQos | None = None

@@ -113,8 +113,9 @@ class RunningAgent:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig, connect: bool = True) -> AsyncIterator[RunningAgent]:
-    profile = load_profile("sim")
+async def running_agent(config: AgentConfig, connect: bool = True,
+                        profile_name: str = "sim") -> AsyncIterator[RunningAgent]:
+    profile = load_profile(profile_name)
     factory = MockFactory()
     agent = Agent(config, profile=profile, panel=Panel(profile, pin_factory=factory))
     task = asyncio.create_task(agent.run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tiepdan.tools.demo", "--duration", "8",
+        [sys.executable, "-m", "tiepdan.tools.demo", "--duration", "20",
          "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
@@ -19,6 +20,8 @@ def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fleet: 5/5 online" in result.stdout
     assert "all 5 boxes were online" in result.stdout
+    assert re.search(r"session s-[0-9a-f]+ went live with 5 points", result.stdout), \
+        result.stdout[-3000:]
     for name in ("tw-ban-tcd", "nghe-an-ban-tcd", "xa-hung-nguyen", "xa-dien-chau",
                  "xa-quynh-luu"):
         log = (tmp_path / "logs" / f"{name}.log").read_text()
@@ -33,7 +36,8 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     while time.monotonic() < deadline:
         if all((logs / f"{n}.log").exists() and "mqtt_connected" in (logs / f"{n}.log").read_text()
-               for n in ("tw-ban-tcd", "xa-quynh-luu")):
+               for n in ("tw-ban-tcd", "nghe-an-ban-tcd", "xa-hung-nguyen", "xa-dien-chau",
+                         "xa-quynh-luu")):
             break
         time.sleep(0.2)
     demo.send_signal(signal.SIGINT)

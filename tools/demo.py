@@ -126,6 +126,28 @@ def wait_for_api(config_path: Path, token_file: Path, url: str, timeout: float) 
     raise RuntimeError(f"the controller ({config_path}) did not come up in {timeout:g}s")
 
 
+def open_session(client: ApiClient, points: list[DemoPoint]) -> dict[str, Any] | None:
+    """A reception session chaired by the first point, every other point invited."""
+    try:
+        result = client.call("POST", "/api/sessions", body={
+            "host": points[0].id, "invite": [p.id for p in points[1:]],
+            "title": "Tiếp công dân trực tuyến (demo)", "auto_join": True})
+    except ApiError as exc:
+        log.error("demo_session_failed error=%s", exc)
+        return None
+    return dict(result["session"])
+
+
+def session_line(session: dict[str, Any] | None) -> Text:
+    if session is None:
+        return Text("session: waiting for every box", style="dim")
+    points = session.get("points", [])
+    live = sum(1 for p in points if p["state"] == "live")
+    return Text.assemble(("session ", "bold"), f"{session['id']} ",
+                         (session["state"], "green" if session["state"] == "live" else "yellow"),
+                         f"  {live}/{len(points)} points live  host {session['host']}")
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tiepdan-"))
     logdir = workdir / "logs"
@@ -141,6 +163,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     seen_online: set[str] = set()
     points = demo_points(args.boxes)
+    session: dict[str, Any] | None = None
+    went_live = False
     try:
         broker.start()
         http_port = free_port()
@@ -167,15 +191,26 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 with contextlib.suppress(ApiError):
                     devices = client.get("/api/devices")
                 seen_online |= {d["id"] for d in devices if d["online"]}
+                if session is None and len(points) > 1 and \
+                        seen_online >= {p.id for p in points}:
+                    session = open_session(client, points)
+                if session is not None:
+                    with contextlib.suppress(ApiError):
+                        session = client.get(f"/api/sessions/{session['id']}")
+                        went_live = went_live or session["state"] == "live"
                 elapsed = time.monotonic() - started
                 footer = Text(f"{elapsed:4.0f}s  Ctrl-C stops", style="dim")
                 if processes.dead():
                     footer = Text(f"stopped unexpectedly: {', '.join(processes.dead())}",
                                   style="red")
-                live.update(Group(header, fleet_table(devices, title="fleet"), footer))
+                live.update(Group(header, fleet_table(devices, title="fleet"),
+                                  session_line(session), footer))
                 if args.duration and elapsed >= args.duration:
                     break
                 time.sleep(0.5)
+        # A Ctrl-C can land between two polls: look once more before stopping everything.
+        with contextlib.suppress(ApiError):
+            seen_online |= {d["id"] for d in client.get("/api/devices") if d["online"]}
     finally:
         processes.stop()
         broker.stop()
@@ -185,6 +220,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]never online:[/red] {', '.join(missing)} (logs in {logdir})")
     else:
         console.print(f"all {len(points)} boxes were online; logs in {logdir}")
+    if session is not None:
+        live_points = sum(1 for p in session.get("points", []) if p.get("joined_at"))
+        console.print(f"session {session['id']} "
+                      + (f"went live with {live_points} points" if went_live
+                         else f"did not go live ({session['state']})"))
     if not args.workdir and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if missing else 0

@@ -1,0 +1,313 @@
+"""Session benchmark: 1 host + N points through the bridge, against a naive relay, same run.
+
+Every box is a real agent in its own process on the simulated board (synthetic camera
+640x360 at 15 fps with its burned-in tag, a tone for a microphone); the bridge is the real
+controller in its own process. A probe in each box process counts the composed pictures it
+decodes and, once a second, reads the tag in every tile: the tag's capture time against the
+receiver's clock is the latency camera -> encode -> bridge (decode, compose, encode) ->
+decode, all on one host clock.
+
+Two bridges, measured one after the other for each N, with the same boxes and settings:
+- shared: the built-in bridge, which encodes the composed picture once for everybody;
+- naive: the same bridge with one encoder per receiver (what aiortc's MediaRelay gives).
+
+    python -m tiepdan.tools.bench.session --points 2 4 8 --window 15
+
+Printed per N and bridge: received fps at every point (min / median), latency p50 / p95,
+bridge CPU per point, box CPU; then the naive / shared ratios. The last line is one JSON
+object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import psutil
+import tomli_w
+from av.stream import Stream
+
+from tiepdan.board.camera.tag import read_tag
+from tiepdan.controller.bridge.aiortc_bridge import AiortcSession, Member
+from tiepdan.controller.client import ApiClient, ApiError
+from tiepdan.firmware.h264 import H264Encoder
+from tiepdan.firmware.media import Subscription
+from tiepdan.firmware.rtc import PacketTrack
+from tiepdan.tools.broker import Mosquitto, free_port
+
+log = logging.getLogger(__name__)
+
+FPS = 15
+
+
+# -- the naive relay --------------------------------------------------------------------------
+
+
+class PerReceiverEncoder:
+    """A packet source that encodes the composed picture for one receiver (N receivers, N
+    encoders), with the same encoder settings as the shared one."""
+
+    def __init__(self, frames: Subscription[av.VideoFrame], encoder: H264Encoder) -> None:
+        self._frames = frames
+        self.encoder = encoder
+        self._pending: list[av.Packet[Stream]] = []
+
+    async def get(self) -> av.Packet[Stream] | None:
+        loop = asyncio.get_running_loop()
+        while not self._pending:
+            frame = await self._frames.get()
+            if frame is None:
+                return None
+            self._pending = await loop.run_in_executor(None, self.encoder.encode, frame)
+        return self._pending.pop(0)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+class NaiveSession(AiortcSession):
+    def _video_source(self, member: Member) -> Any:
+        c = self.config
+        encoder = H264Encoder(c.width, c.height, c.fps, c.bitrate,
+                              keyframe_interval=c.keyframe_interval, preset=c.preset)
+        source = PerReceiverEncoder(self.composed_frames.subscribe(member.device), encoder)
+        return PacketTrack(source), encoder.request_key
+
+
+async def run_bridge(config_path: Path, mode: str) -> None:
+    from tiepdan.controller.config import load_config
+    from tiepdan.controller.service import Controller
+    from tiepdan.firmware import logs
+
+    config = load_config(config_path)
+    logs.setup(config.log.level, config.log.format)
+    controller = Controller(config)
+    if mode == "naive":
+        controller.bridge.session_class = NaiveSession  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, controller.request_stop)
+    await controller.run()
+
+
+# -- the box with its probe -------------------------------------------------------------------
+
+
+async def run_box(config_path: Path, out: Path) -> None:
+    from tiepdan.firmware import logs
+    from tiepdan.firmware.agent import Agent
+    from tiepdan.firmware.config import load_config
+
+    config = load_config(config_path)
+    logs.setup(config.log.level, config.log.format)
+    agent = Agent(config)
+    arrivals: list[float] = []
+    ages: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    async def probe() -> None:
+        subscription = agent.call.received_video.subscribe("bench", capacity=30)
+        next_read = 0.0
+        async for frame in subscription:
+            now = time.time()
+            arrivals.append(now)
+            layout = agent.call.layout
+            if layout is None or now < next_read:
+                continue
+            next_read = now + 1.0
+            luma = frame.to_ndarray()[: frame.height]
+            for tile in layout.tiles:
+                tag = read_tag(luma[tile.y:tile.y + tile.height, tile.x:tile.x + tile.width])
+                if tag is not None:
+                    ages.append((now, tag.age_ms(int(now * 1000) & 0xFFFFFFFF)))
+
+    task = asyncio.create_task(agent.run())
+    probing = asyncio.create_task(probe())
+    await stop.wait()
+    probing.cancel()
+    agent.request_stop()
+    await asyncio.gather(task, probing, return_exceptions=True)
+    await asyncio.to_thread(out.write_text, json.dumps({"arrivals": arrivals, "ages": ages}))
+
+
+# -- the orchestra ----------------------------------------------------------------------------
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tiepdan.tools.bench.session", *args]
+
+
+def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: float,
+            size: tuple[int, int]) -> dict[str, Any]:
+    run_dir = workdir / f"{mode}-{points}"
+    run_dir.mkdir(parents=True)
+    http_port = free_port()
+    ctl = run_dir / "controller.toml"
+    ctl.write_text(tomli_w.dumps({
+        "controller": {"id": f"bench-{mode}-{points}", "data_dir": str(run_dir / "controller")},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "bridge": {"width": size[0], "height": size[1], "fps": FPS},
+        "log": {"level": "warning"},
+    }))
+    logs = run_dir / "logs"
+    logs.mkdir()
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (logs / f"{name}.log").open("wb") as out:
+            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        children.append(child)
+        return child
+
+    devices = [f"b{points}-{mode[0]}-{n:02d}" for n in range(points + 1)]
+    try:
+        bridge = spawn("controller", _python("bridge", "--config", str(ctl), "--mode", mode))
+        boxes = []
+        for n, device in enumerate(devices):
+            cfg = run_dir / f"{device}.toml"
+            cfg.write_text(tomli_w.dumps({
+                "device": {"id": device, "name": f"Điểm {n}",
+                           "kind": "central" if n == 0 else "commune"},
+                "board": {"profile": "sim"},
+                "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
+                "state": {"dir": str(run_dir / device)},
+                "call": {"qos_interval": 2.0},
+                "log": {"level": "warning"},
+            }))
+            boxes.append(spawn(device, _python("box", "--config", str(cfg), "--out",
+                                               str(run_dir / f"{device}.json"))))
+        token = run_dir / "controller" / "admin.token"
+        deadline = time.monotonic() + 60
+        while not token.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ApiError):
+                online = {d["id"] for d in client.get("/api/devices") if d["online"]}
+                if online >= set(devices):
+                    break
+            time.sleep(0.5)
+        session = client.call("POST", "/api/sessions", body={
+            "host": devices[0], "invite": devices[1:], "auto_join": True})["session"]
+        while time.monotonic() < deadline:
+            state = client.get(f"/api/sessions/{session['id']}")
+            if all(p["state"] == "live" for p in state["points"]):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"{mode} N={points}: not every point went live")
+        time.sleep(3.0)  # past the first key frames and the jitter buffers' start
+        processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
+        before = [p.cpu_times() for p in processes]
+        start, started = time.time(), time.monotonic()
+        time.sleep(window)
+        end, elapsed = time.time(), time.monotonic() - started
+        after = [p.cpu_times() for p in processes]
+        cpu = [((a.user + a.system) - (b.user + b.system)) / elapsed * 100
+               for a, b in zip(after, before, strict=True)]
+        for box in boxes:
+            box.send_signal(signal.SIGTERM)
+        for box in boxes:
+            box.wait(30)
+        fps, ages = [], []
+        for device in devices:
+            data = json.loads((run_dir / f"{device}.json").read_text())
+            fps.append(sum(1 for t in data["arrivals"] if start <= t < end) / (end - start))
+            ages += [age for t, age in data["ages"] if start <= t < end]
+        ages.sort()
+        return {
+            "points": points, "bridge": mode,
+            "fps_min": round(min(fps), 2), "fps_median": round(statistics.median(fps), 2),
+            "latency_p50_ms": ages[len(ages) // 2] if ages else None,
+            "latency_p95_ms": ages[int(len(ages) * 0.95)] if ages else None,
+            "bridge_cpu_per_point": round(cpu[0] / len(devices), 1),
+            "bridge_cpu": round(cpu[0], 1),
+            "box_cpu": round(statistics.mean(cpu[1:]), 1),
+        }
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.session", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="role")
+    bridge = sub.add_parser("bridge")
+    bridge.add_argument("--config", type=Path, required=True)
+    bridge.add_argument("--mode", choices=["shared", "naive"], required=True)
+    box = sub.add_parser("box")
+    box.add_argument("--config", type=Path, required=True)
+    box.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--points", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--window", type=float, default=15.0)
+    parser.add_argument("--composed", default="1280x720",
+                        help="size of the composed picture (the bridge's width x height)")
+    args = parser.parse_args(argv)
+    if args.role == "bridge":
+        asyncio.run(run_bridge(args.config, args.mode))
+        return 0
+    if args.role == "box":
+        asyncio.run(run_box(args.config, args.out))
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    width, _, height = args.composed.partition("x")
+    size = (int(width), int(height))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tiepdan-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = Mosquitto(workdir / "broker")
+        broker.start()
+        try:
+            for points in args.points:
+                for mode in ("shared", "naive"):
+                    result = measure(workdir, broker, points, mode, args.window, size)
+                    results.append(result)
+                    print(f"N={points:<2} {mode:6}  fps min/median {result['fps_min']:5.1f} / "
+                          f"{result['fps_median']:5.1f}  latency p50/p95 "
+                          f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms  "
+                          f"bridge {result['bridge_cpu']:5.1f}% "
+                          f"({result['bridge_cpu_per_point']:.1f}%/point)  "
+                          f"box {result['box_cpu']:.1f}%", flush=True)
+        finally:
+            broker.stop()
+    ratios = {}
+    for points in args.points:
+        shared, naive = (next(r for r in results if r["points"] == points and r["bridge"] == m)
+                         for m in ("shared", "naive"))
+        ratios[points] = {
+            "bridge_cpu_shared_over_naive": round(shared["bridge_cpu"] / naive["bridge_cpu"], 2)
+            if naive["bridge_cpu"] else None,
+            "fps_min_shared_over_naive": round(shared["fps_min"] / naive["fps_min"], 2)
+            if naive["fps_min"] else None,
+        }
+        print(f"N={points:<2} bridge CPU shared/naive "
+              f"{ratios[points]['bridge_cpu_shared_over_naive']}"
+              f"  min fps shared/naive {ratios[points]['fps_min_shared_over_naive']}")
+    print(json.dumps({"bench": "session", "camera": "640x360@15",
+                      "composed": f"{args.composed}@{FPS}", "results": results,
+                      "ratios": ratios}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
