@@ -13,6 +13,7 @@ from tiepdan.controller.api import admin_token, build_app
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.ingest import Ingest
+from tiepdan.controller.provisioning import Provisioning
 from tiepdan.controller.registry import Registry
 from tiepdan.controller.rpc import CommandClient
 from tiepdan.controller.store import Database
@@ -41,6 +42,7 @@ class Controller:
         self.ingest = Ingest(self.registry, self.rpc, self.link)
         self.token = admin_token(config.token_file)
         self.app = build_app(self, self.token)
+        self.provisioning = Provisioning(self)
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -63,6 +65,7 @@ class Controller:
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self._flush_loop(), "registry-flush")
+        self.spawn(self.provisioning.run(), "provisioning")
         if ready is not None:
             ready.set()
         try:
