@@ -82,7 +82,8 @@ CRL_CHECK_S = 3600.0
 EPHEMERAL_DAYS = 10 / (24 * 60)
 KIND_PREFIX = {"commune": "xa", "province": "tinh", "central": "tw"}
 
-Commune = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
+# Empty only for the central and provincial offices' boxes, which serve no commune.
+Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?$")]
 
 
 class NewBox(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -182,7 +183,9 @@ class Provisioning:
 
     def new_box(self, request: NewBox) -> tuple[str, Box]:
         self.authority()  # no claim without a CA that could honour it
-        device = request.device or _device_id(request.kind, request.commune)
+        if request.kind == "commune" and not request.commune:
+            raise ClaimRefused("bad_commune", "a commune hall's box needs its commune code")
+        device = request.device or _device_id(request.kind, request.commune or request.province)
         try:
             check_box_id(device)
         except ValueError as exc:
@@ -329,10 +332,25 @@ class Provisioning:
             with self.controller.db.transaction():
                 self._revoke_ephemeral(evictor, device, "session takeover", time.time())
             await self.sync_broker(f"revoke:{device}:takeover")
+            await self._mark_lost(device, at)
             log.warning("device_revoked device=%s reason=%s serials=%s broker_refuses=%s "
                         "connection_cut=%s", device, reason, ",".join(serials) or "-",
                         refuses, evicted)
             return Revocation(device, reason, at, serials, refuses, evicted)
+
+    async def _mark_lost(self, device: str, at: float) -> None:
+        """The box's own Last Will is refused by its deny-all ACL: say it for the box, retained,
+        so neither the registry nor a later subscription sees it as still online."""
+        registry = self.controller.registry
+        registry.set_extra(device, "revoked_at", at)
+        known = registry.get(device)
+        if known is None or known.seq < 0:
+            return
+        lost = protocol.DeviceState(state="lost", seq=known.seq, ts=protocol.now_ms())
+        registry.on_state(device, lost)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.controller.link.publish(
+                protocol.state_topic(device), protocol.encode(lost), retain=True), 5)
 
     def _revoke_ephemeral(self, cert: x509.Certificate, device: str, reason: str,
                           at: float) -> None:
@@ -377,8 +395,8 @@ class Unavailable(RuntimeError):
     """Provisioning is not set up on this controller (no CA yet)."""
 
 
-def _device_id(kind: str, commune: str) -> str:
-    return f"{KIND_PREFIX[kind]}-{commune}-{secrets.token_hex(3)}"
+def _device_id(kind: str, place: str) -> str:
+    return "-".join(filter(None, (KIND_PREFIX[kind], place, secrets.token_hex(3))))
 
 
 def _iso(epoch: float) -> str:
@@ -498,6 +516,8 @@ async def _new_box(request: web.Request) -> web.Response:
     except Unavailable as exc:
         return error(503, "unavailable", str(exc))
     except ClaimRefused as exc:
+        if exc.code in ("bad_device", "bad_commune"):
+            return error(400, "bad_request", str(exc))
         return error(409, "conflict", str(exc))
     return web.json_response({
         "device": box.device,

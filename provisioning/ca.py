@@ -148,13 +148,14 @@ class CertificateAuthority:
 
     def _leaf(self, public_key: ec.EllipticCurvePublicKey, cn: str, days: float,
               usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
-        start = now() - BACKDATE
+        issued = now()
         return (
             x509.CertificateBuilder()
             .subject_name(_name(cn)).issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .not_valid_before(issued - BACKDATE)
+            .not_valid_after(issued + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=True, content_commitment=False, key_encipherment=False,
@@ -184,10 +185,11 @@ class CertificateAuthority:
                 .sign(self.key, hashes.SHA256()))
 
     def crl(self, revoked: Iterable[Revoked], days: float) -> x509.CertificateRevocationList:
-        start = now() - BACKDATE
+        issued = now()
         builder = (x509.CertificateRevocationListBuilder()
                    .issuer_name(self.cert.subject)
-                   .last_update(start).next_update(start + dt.timedelta(days=days)))
+                   .last_update(issued - BACKDATE)
+                   .next_update(issued + dt.timedelta(days=days)))
         for entry in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(entry.serial)

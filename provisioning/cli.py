@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,10 @@ from tiepdan.provisioning.label import Label, write_labels
 from tiepdan.provisioning.material import initialise
 
 
-def _when(epoch: float | None) -> str:
+def _when(epoch: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     if not epoch:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(epoch, UTC).astimezone().strftime(fmt)
 
 
 def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
@@ -79,34 +80,55 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     return 0
 
 
+@dataclass(frozen=True)
+class NewBoxResult:
+    device: str
+    expires_at: float
+    provision: Provision
+    folder: Path
+    labels: tuple[Path, Path]
+
+
+def new_box(client: ApiClient, *, commune: str, hall: str, boot: Path, labels: Path,
+            device: str | None = None, province: str = "", kind: str = "commune",
+            days: float | None = None) -> NewBoxResult:
+    """Claim a token from the controller, write the SD card's first-boot folder and the label.
+
+    The token goes straight from the controller's answer onto the card; it is never shown."""
+    body: dict[str, Any] = {"commune": commune, "hall": hall, "kind": kind,
+                            "province": province}
+    if device:
+        body["device"] = device
+    if days:
+        body["days"] = days
+    answer = client.call("POST", "/api/provisioning/boxes", body=body)
+    provision = msgspec.convert(answer["provision"], Provision)
+    folder = write_boot_folder(boot, provision, answer["ca"].encode(), answer["token"])
+    files = write_labels(labels, Label(answer["device"], commune, hall, province))
+    return NewBoxResult(answer["device"], answer["expires_at"], provision, folder, files)
+
+
 def _new_box(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
     boot = Path(args.boot)
     if not boot.is_dir():
         console.print(f"[red]{boot} is not a directory[/red]: mount the SD card's boot "
                       "partition and give its path with --boot")
         return 1
-    body: dict[str, Any] = {"commune": args.commune, "hall": args.hall, "kind": args.kind,
-                            "province": args.province}
-    if args.device:
-        body["device"] = args.device
-    if args.days:
-        body["days"] = args.days
-    answer = ApiClient.from_config(config).call("POST", "/api/provisioning/boxes", body=body)
-    provision = msgspec.convert(answer["provision"], Provision)
-    folder = write_boot_folder(boot, provision, answer["ca"].encode(), answer["token"])
-    label = Label(answer["device"], args.commune, args.hall, args.province)
-    png, svg = write_labels(Path(args.labels), label)
-    table = Table(show_header=False, box=None, title=f"new box {answer['device']}")
+    result = new_box(ApiClient.from_config(config), commune=args.commune, hall=args.hall,
+                     boot=boot, labels=Path(args.labels), device=args.device,
+                     province=args.province, kind=args.kind, days=args.days)
+    provision = result.provision
+    table = Table(show_header=False, box=None, title=f"new box {result.device}")
     for key, value in [
-        ("device id", answer["device"]), ("hall", args.hall), ("commune", args.commune),
-        ("first-boot folder", str(folder)), ("claim expires", _when(answer["expires_at"])),
+        ("device id", result.device), ("hall", args.hall), ("commune", args.commune),
+        ("first-boot folder", str(result.folder)), ("claim expires", _when(result.expires_at)),
         ("broker", f"{provision.broker.host}:{provision.broker.port}"),
-        ("enrollment", provision.enroll_url), ("label", f"{png}  {svg}"),
+        ("enrollment", provision.enroll_url), ("label", "  ".join(map(str, result.labels))),
     ]:
         table.add_row(key, value)
     console.print(table)
     console.print("Put the card in the box and power it on, then run "
-                  f"`tiepdan-provision verify {answer['device']}`.")
+                  f"`tiepdan-provision verify {result.device}`.")
     return 0
 
 
@@ -164,7 +186,7 @@ def _verify(config: ControllerConfig, args: argparse.Namespace, console: Console
                               f"{health.get('cpu_temp_c') or '-'} °C"),
         ("memory", f"{health.get('mem_percent', 0):.0f} %"),
         ("disk free", f"{health.get('disk_free_bytes', 0) / 2**30:.1f} GiB"),
-        ("clock synchronised", str(health.get("clock_synced"))),
+        ("clock synchronised", _yes_no(health.get("clock_synced"))),
         ("LEDs", ", ".join(f"{k}={v}" for k, v in (result.get("leds") or {}).items())),
     ]
     for key, value in rows:
@@ -178,6 +200,10 @@ def _verify(config: ControllerConfig, args: argparse.Namespace, console: Console
     console.print(f"[bold green]OK[/bold green]: {args.device} is enrolled, online over mutual "
                   "TLS and healthy. You can leave the hall.")
     return 0
+
+
+def _yes_no(value: object) -> str:
+    return "unknown" if value is None else "yes" if value else "NO"
 
 
 def _provisioned(client: ApiClient, device: str) -> dict[str, Any] | None:
@@ -212,15 +238,16 @@ def _list(config: ControllerConfig, args: argparse.Namespace, console: Console) 
         return 0
     table = Table(title=f"provisioned boxes ({len(boxes)})")
     for column in ("device", "commune", "hall", "state", "presence", "enrolled", "expires",
-                   "certificate"):
+                   "serial"):
         table.add_column(column)
     for box in boxes:
         state = box["state"]
         table.add_row(box["device"], box["commune"], box["hall"],
                       f"[{STATE_STYLE.get(state, '')}]{state}[/]", box["presence"],
-                      _when(box["enrolled_at"]),
-                      _when(box["cert_not_after"] if box["enrolled_at"] else box["token_expires"]),
-                      box["cert_serial"] or "-")
+                      _when(box["enrolled_at"], "%Y-%m-%d"),
+                      _when(box["cert_not_after"] if box["enrolled_at"] else box["token_expires"],
+                            "%Y-%m-%d"),
+                      (box["cert_serial"] or "-")[:12])
     console.print(table)
     return 0
 
@@ -250,7 +277,8 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true",
                       help="replace an existing CA (every enrolled box must enroll again)")
     n = sub.add_parser("new-box", help="claim token, first-boot folder and QR label for a box")
-    n.add_argument("--commune", required=True, help="commune code, e.g. 17980")
+    n.add_argument("--commune", default="", help="commune code, e.g. 17980 (required for a "
+                                                  "commune hall's box)")
     n.add_argument("--hall", required=True, help='reception point, e.g. "UBND xã Hưng Nguyên"')
     n.add_argument("--boot", required=True, help="the SD card's mounted boot partition")
     n.add_argument("--device", help="device id (default: generated from kind and commune)")

@@ -42,7 +42,8 @@ def svg_text(label: Label) -> str:
     qr = qr_code(label)
     size = qr.symbol_size(scale=SCALE, border=BORDER)[0]
     font, gap = 18, 8
-    place = f"commune {label.commune}" + (f" · {label.province}" if label.province else "")
+    place = " · ".join(filter(None, (label.commune and f"commune {label.commune}",
+                                     label.province)))
     lines = [label.device, label.hall, place]
     height = size + gap + len(lines) * (font + 6)
     code = qr.svg_inline(scale=SCALE, border=BORDER, dark="#000", light="#fff")
