@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.integration.test_fuzz import LoopThread
 from tests.provisioning.support import (
     agent_config,
     post_enroll,
@@ -27,13 +31,20 @@ from tests.provisioning.support import (
     request_for,
     token_of,
 )
-from tests.support import SecureBroker, eventually, running_agent, running_controller
-from tiepdan.controller.provisioning import NewBox
+from tests.support import (
+    SecureBroker,
+    eventually,
+    make_controller_config,
+    running_agent,
+    running_controller,
+)
+from tiepdan.controller.provisioning import NewBox, Unavailable
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.enroll import EnrollError, enroll, make_csr, tls_key
+from tiepdan.firmware.enroll import EnrollError, Paths, enroll, make_csr, tls_key
 from tiepdan.firmware.identity import Identity
 from tiepdan.provisioning.ca import CertificateAuthority
 from tiepdan.provisioning.claims import ClaimRefused
+from tiepdan.tools.broker import Mosquitto, free_port
 
 
 @pytest.fixture
@@ -239,3 +250,93 @@ async def test_a_revoked_or_enrolled_device_id_is_never_reissued(
     await enroll(paths)
     with pytest.raises(ClaimRefused, match="already enrolled"):
         controller.provisioning.new_box(NewBox(commune="x", hall="h", device="xa-a"))
+
+
+async def test_a_box_keeps_trying_until_the_controller_is_back(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    config = secure_broker.controller_config(provisioning={"enroll_port": free_port()})
+    async with running_controller(config) as controller:
+        paths = provision(controller, tmp_path, "xa-a")
+    first_boot = asyncio.create_task(enroll(paths, retry_min=0.2, retry_max=0.5))
+    await asyncio.sleep(1.0)
+    assert not first_boot.done(), "an unreachable controller is not a refusal"
+    async with running_controller(config) as controller:
+        enrolled = await asyncio.wait_for(first_boot, 30)
+        assert controller.identities.get("xa-a") is not None
+    assert enrolled.device == "xa-a" and not paths.token.exists()
+
+
+async def test_many_boxes_enroll_at_once(secure_broker: SecureBroker, tmp_path: Path,
+                                         soak: bool) -> None:
+    count = 200 if soak else 20
+    config = secure_broker.controller_config(provisioning={"enroll_rate": 1000,
+                                                           "enroll_burst": 1000})
+    async with running_controller(config) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port)
+        boxes = [provision(controller, tmp_path, f"xa-{n:03d}") for n in range(count)]
+        results = await asyncio.gather(*(enroll(paths) for paths in boxes))
+        assert len({r.serial for r in results}) == count
+        assert sum(1 for b in controller.provisioning.claims.all()
+                   if b.state() == "enrolled") == count
+
+
+async def test_without_a_ca_the_controller_runs_and_refuses_to_provision(
+        broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        async with running_controller(make_controller_config(tmp_path, broker)) as controller:
+            await eventually(lambda: "provisioning_disabled" in caplog.text)
+            assert controller.provisioning.enrollment.port is None
+            with pytest.raises(Unavailable, match="ca init"):
+                controller.provisioning.new_box(NewBox(commune="c", hall="h"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+fields = {"device": st.sampled_from(["xa-a", "xa-b", "controller-central", "", "X"]),
+          "commune": st.sampled_from(["hung-nguyen", "", "x" * 17]),
+          "token": st.text(min_size=16, max_size=60), "csr": st.text(max_size=300),
+          "sign_key": st.sampled_from(["A" * 43 + "=", "A" * 44, ""])}
+bodies = st.one_of(
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({}, optional={k: v | json_values for k, v in fields.items()})
+    .map(lambda v: json.dumps(v).encode()),
+)
+
+
+@pytest.fixture
+def fuzz_target(secure_broker: SecureBroker, tmp_path: Path
+                ) -> Iterator[tuple[LoopThread, Controller, Paths]]:
+    lt = LoopThread()
+    config = secure_broker.controller_config(provisioning={"enroll_rate": 10_000,
+                                                           "enroll_burst": 10_000})
+    manager = running_controller(config)
+    controller = lt.run(manager.__aenter__())
+    lt.run(eventually(lambda: controller.provisioning.enrollment.port))
+    paths = provision(controller, tmp_path, "xa-a")
+    yield lt, controller, paths
+    lt.run(manager.__aexit__(None, None, None))
+    lt.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies)
+def test_the_enrollment_endpoint_refuses_garbage_and_lives_on(
+        fuzz_target: tuple[LoopThread, Controller, Paths], body: bytes) -> None:
+    lt, controller, _ = fuzz_target
+    status, answer = lt.run(post_enroll(controller, body))
+    assert status in (400, 403, 413), (status, answer)
+    assert refusal_code(answer)
+
+
+def test_after_fuzzing_a_real_box_still_enrolls(
+        fuzz_target: tuple[LoopThread, Controller, Paths]) -> None:
+    lt, controller, paths = fuzz_target
+    for body in (b"\x00", b"{}", b'{"device": 1}'):
+        lt.run(post_enroll(controller, body))
+    assert lt.run(enroll(paths)).device == "xa-a"

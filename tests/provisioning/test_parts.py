@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -236,3 +239,24 @@ def test_enroll_request_is_checked_strictly() -> None:
                 {**good, "token": "short"}):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode(msgspec.json.encode(bad), protocol.EnrollRequest)
+
+
+def test_the_first_boot_unit_runs_enrollment_once_before_the_agent(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    unit = (root / "firmware/systemd/tiepdan-firstboot.service").read_text()
+    for line in ("Type=oneshot", "Before=tiepdan-agent.service",
+                 "ConditionPathExists=/boot/firmware/tiepdan/claim.token",
+                 "TimeoutStartSec=infinity", "After=network-online.target time-sync.target"):
+        assert line in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    local = tmp_path / "tiepdan-firstboot.service"
+    enroll_bin = Path(sys.executable).parent / "tiepdan-enroll"
+    local.write_text(unit.replace("/opt/tiepdan/current/venv/bin/tiepdan-enroll",
+                                  str(enroll_bin)))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
+                            check=False)
+    problems = [line for line in result.stderr.splitlines()
+                if "tiepdan-firstboot.service" in line and str(local) not in line]
+    assert not problems, result.stderr
