@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CRL_CHECK_S = 3600.0
+CA_WAIT_S = 30.0
 # Throw-away certificates (the reload probe, the session takeover) live this long at most.
 EPHEMERAL_DAYS = 10 / (24 * 60)
 KIND_PREFIX = {"commune": "xa", "province": "tinh", "central": "tw"}
@@ -168,16 +169,30 @@ class Provisioning:
         if not self.material.exists():
             log.warning("provisioning_disabled reason=no_ca hint=%s",
                         "run `tiepdan-provision ca init` to enable enrollment")
-            return
-        await self.sync_broker("start")
-        await self.enrollment.start()
+            while True:  # `ca init` may still come; the controller runs on meanwhile
+                await asyncio.sleep(CA_WAIT_S)
+                if self.material.exists():
+                    break
+        await self._sync_logged("start")
         try:
+            try:
+                await self.enrollment.start()
+            except OSError as exc:
+                # Revocation and the CRL still matter without it; say so and carry on.
+                log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port,
+                          exc)
             while True:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
-                    await self.sync_broker("crl_refresh")
+                    await self._sync_logged("crl_refresh")
         finally:
             await self.enrollment.stop()
+
+    async def _sync_logged(self, why: str) -> None:
+        try:
+            await self.sync_broker(why)
+        except (OSError, ValueError) as exc:
+            log.error("broker_files_failed why=%s error=%s", why, exc)
 
     # -- claim tokens and enrollment ---------------------------------------------------------------
 
