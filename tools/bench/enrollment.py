@@ -5,7 +5,8 @@ Mosquitto with provisioning's TLS listener, set up as `tiepdan-provision ca init
 simulated box has its own P-256 TLS key and Ed25519 signing key (made before the clock starts:
 on a real fleet every box makes its own in parallel), a claim token from the admin API, and
 sends its CSR over its own new HTTPS connection, `--concurrency` boxes at a time. Printed:
-boxes enrolled per second and the enrollment round trip; then, for every enrolled box, the time
+boxes enrolled per second and the enrollment round trip, against the floor of the same number of
+HTTPS requests the endpoint refuses at once (transport and TLS only); then, for every box, the time
 to connect to the broker (TCP, TLS handshake with both certificates, MQTT CONNECT/CONNACK)
 against the same MQTT connect over plain TCP to a second Mosquitto in the same run, the floor.
 
@@ -75,6 +76,23 @@ def make_boxes(count: int) -> list[Box]:
         boxes.append(Box(device, key_pem(key), make_csr(key, device),
                          base64.b64encode(sign).decode()))
     return boxes
+
+
+async def https_floor(count: int, url: str, ca_pem: bytes, concurrency: int) -> float:
+    """The floor: the same HTTPS request shape (new connection, TLS handshake, POST) that the
+    endpoint refuses at once (an empty body), so no CSR check, signing or database write."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        async with gate, session.post(url, data=b"{}", ssl=context) as reply:
+            await reply.read()
+
+    connector = aiohttp.TCPConnector(force_close=True, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(session) for _ in range(count)))
+        return time.perf_counter() - start
 
 
 async def enroll_all(boxes: list[Box], url: str, ca_pem: bytes,
@@ -200,6 +218,7 @@ def run(count: int, concurrency: int) -> dict[str, Any]:
         url = f"https://127.0.0.1:{enroll_port}{protocol.ENROLL_PATH}"
         ca_pem = material.ca_cert.read_bytes()
         enroll_s, latencies = asyncio.run(enroll_all(boxes, url, ca_pem, concurrency))
+        floor_s = asyncio.run(https_floor(count, url, ca_pem, concurrency))
         enrolled = sum(1 for box in boxes if box.certificate)
         (workdir / "boxes").mkdir()
         tls, plain = connect_all(boxes, workdir / "boxes", tls_broker.port, plain_broker.port,
@@ -214,6 +233,8 @@ def run(count: int, concurrency: int) -> dict[str, Any]:
             "tokens_per_s": round(count / tokens_s, 1),
             "enroll_s": round(enroll_s, 2),
             "boxes_enrolled_per_s": round(enrolled / enroll_s, 1),
+            "https_floor_per_s": round(count / floor_s, 1),
+            "enroll_vs_floor": round((enrolled / enroll_s) / (count / floor_s), 2),
             "enroll_rtt_p50_ms": round(percentile(latencies, 50) * 1e3, 1),
             "enroll_rtt_p99_ms": round(percentile(latencies, 99) * 1e3, 1),
             "tls_connects": len(tls),
