@@ -106,7 +106,8 @@ def listener_text(files: BrokerFiles, port: int, host: str | None = None, *,
     bind = f"listener {port} {host}" if host else f"listener {port}"
     lines = [
         "# tiepdan fleet listener (provisioning/mosquitto.py): mutual TLS only, identity from the",
-        "# certificate, per-device ACL, CRL. SIGHUP reloads the ACL and the CRL.",
+        "# certificate, per-device ACL, CRL. SIGHUP reloads the ACL and the CRL. The first lines",
+        "# apply to the whole broker: no anonymous client, one ACL for every listener.",
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {files.acl}",
