@@ -49,6 +49,23 @@ class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start_timeout: Annotated[float, msgspec.Meta(ge=60, le=7 * 86400)] = 4 * 3600.0
 
 
+class ProvisioningSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Enrollment and the broker's security files (provisioning, issue 6)."""
+
+    broker_host: str = ""
+    broker_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    broker_dir: str = ""
+    broker_reload: tuple[str, ...] = ("systemctl", "reload", "mosquitto")
+    enroll_host: str = "0.0.0.0"
+    enroll_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8443
+    enroll_url: str = ""
+    enroll_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 1.0
+    enroll_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    token_days: Annotated[float, msgspec.Meta(gt=0, le=365)] = 7.0
+    cert_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] = 3650
+    crl_days: Annotated[int, msgspec.Meta(ge=2, le=3650)] = 365
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
@@ -57,6 +74,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogSection = LogSection()
     bridge: BridgeSection = BridgeSection()
     sessions: SessionsSection = SessionsSection()
+    provisioning: ProvisioningSection = ProvisioningSection()
 
     @property
     def data_dir(self) -> Path:

@@ -14,6 +14,7 @@ from tiepdan.controller.bridge import build_bridge
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.ingest import Ingest
+from tiepdan.controller.provisioning import Provisioning
 from tiepdan.controller.registry import Registry
 from tiepdan.controller.rpc import CommandClient
 from tiepdan.controller.schedule import Schedules
@@ -51,6 +52,7 @@ class Controller:
         self.schedules = Schedules(self, self.sessions)
         self.app = build_app(self, self.token)
         add_session_routes(self.app)
+        self.provisioning = Provisioning(self)
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,6 +77,7 @@ class Controller:
         self.spawn(self._flush_loop(), "registry-flush")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
+        self.spawn(self.provisioning.run(), "provisioning")
         if ready is not None:
             ready.set()
         try:

@@ -131,6 +131,7 @@ class MqttLink:
         self._client.on_socket_close = self._socket_close
         self._client.on_socket_register_write = self._socket_register_write
         self._client.on_socket_unregister_write = self._socket_unregister_write
+        self._client.on_log = self._handle_log
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._sock: socket.socket | None = None
@@ -395,6 +396,13 @@ class MqttLink:
         future = self._subscribing.pop(mid, None)
         if future is not None and not future.done():
             future.set_result([r.value for r in reasons])
+
+    def _handle_log(self, client: paho.Client, userdata: object, level: int, buf: str) -> None:
+        # Only here does paho say why a connection broke, e.g. the broker's TLS alert
+        # "certificate revoked" arriving after a TLS 1.3 handshake; its debug chatter is dropped.
+        if level == paho.MQTT_LOG_ERR:
+            log.warning("mqtt_client_error client=%s error=%s", self.settings.client_id,
+                        buf.replace("\n", " ")[:300])
 
     # -- socket plumbing --------------------------------------------------------------------------
     # paho announces a socket right after opening it and right before closing it. On the loop

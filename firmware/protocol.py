@@ -543,3 +543,33 @@ class CallTelemetry(msgspec.Struct, frozen=True, omit_defaults=True):
     state: CallStateName
     muted: bool
     qos: CallQos | None = None
+
+
+# -- enrollment (provisioning, issue 6) ----------------------------------------------------------
+# Not MQTT: a box that has no certificate yet POSTs this JSON over HTTPS to the controller's
+# enrollment endpoint (the URL and the CA to check it come from the SD card). Every field is
+# checked strictly; the answer is an EnrollResponse (200) or {"error": EnrollRefusal}.
+
+ENROLL_PATH: Final = "/v1/enroll"
+# base64 of a raw 32-byte Ed25519 public key
+SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+
+
+class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device: DeviceId
+    commune: Annotated[str, msgspec.Meta(max_length=16)]
+    token: Annotated[str, msgspec.Meta(min_length=16, max_length=128)]
+    csr: Annotated[str, msgspec.Meta(max_length=8192)]
+    sign_key: SignKey
+
+
+class EnrollResponse(msgspec.Struct, frozen=True):
+    device: DeviceId
+    certificate: str
+    ca: str
+    controller_sign_key: SignKey
+
+
+class EnrollRefusal(msgspec.Struct, frozen=True):
+    code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
+    message: Annotated[str, msgspec.Meta(max_length=1000)]

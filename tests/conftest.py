@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import AgentProcess, make_controller_config, running_controller
+from tests.support import (
+    AgentProcess,
+    SecureBroker,
+    make_controller_config,
+    running_controller,
+)
 from tiepdan.controller.service import Controller
 from tiepdan.tools.broker import Mosquitto
 
@@ -57,3 +62,12 @@ def agent_process() -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    """A real Mosquitto with provisioning's mutual-TLS listener, per-device ACL and CRL."""
+    secure = SecureBroker(tmp_path)
+    with secure.broker:
+        yield secure
+    secure.broker.kill()

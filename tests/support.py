@@ -20,10 +20,14 @@ from gpiozero.pins.mock import MockFactory
 from tiepdan.board.panel import Panel
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.provisioning import material_for
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent import Agent, Exit
 from tiepdan.firmware.config import AgentConfig
-from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink
+from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
+from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
+from tiepdan.provisioning.material import initialise
+from tiepdan.provisioning.mosquitto import listener_text
 from tiepdan.tools.broker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +184,83 @@ class Observer:
     async def __aenter__(self) -> Observer:
         self._task = asyncio.create_task(self.link.run())
         await self.link.wait_connected(10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.stop()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 10)
+
+    def on(self, topic_prefix: str) -> list[Inbound]:
+        return [m for m in self.messages if m.topic.startswith(topic_prefix)]
+
+
+# -- mutual TLS (provisioning, issue 6) ----------------------------------------------------------
+
+
+class SecureBroker:
+    """A Mosquitto set up by provisioning's own code: the CA, the broker's and the controller's
+    TLS material and the listener config of `tiepdan-provision ca init`, with debug logging on
+    (where Mosquitto reports refused publishes) and a reload command the controller can run."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.broker = Mosquitto(tmp_path / "broker")
+        self.material = material_for(self.controller_config())
+        initialise(self.material, controller="central", hosts=["127.0.0.1", "localhost"],
+                   broker_port=self.broker.port, listen_host=self.broker.host, cert_days=30,
+                   crl_days=30, debug_log=True)
+        self.broker.listeners = listener_text(self.material.broker, self.broker.port,
+                                              self.broker.host, debug_log=True)
+
+    @property
+    def host(self) -> str:
+        return self.broker.host
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    def controller_config(self, **sections: Any) -> ControllerConfig:
+        merged: dict[str, Any] = {
+            "mqtt": {"tls": True},
+            "provisioning": {"broker_reload": self.broker.reload_command(),
+                             "enroll_host": "127.0.0.1", "enroll_port": 0,
+                             "broker_host": "127.0.0.1"},
+        }
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        return make_controller_config(self.tmp_path, self.broker, **merged)
+
+    def issue(self, cn: str, directory: Path) -> TlsSettings:
+        """A client certificate straight from the CA (what enrollment would have produced)."""
+        key = new_key()
+        cert = self.material.authority().issue_client(key.public_key(), cn, 30)
+        write_key(directory / "device.key", key)
+        write_public(directory / "device.pem", cert_pem(cert))
+        write_public(directory / "ca.pem", self.material.authority().pem)
+        return TlsSettings(ca_file=directory / "ca.pem", cert_file=directory / "device.pem",
+                           key_file=directory / "device.key")
+
+    def log(self) -> str:
+        return self.broker.logfile.read_text(errors="replace")
+
+
+class TlsClient:
+    """A raw MQTT client with a certificate: a box as an attacker would drive it."""
+
+    def __init__(self, broker: SecureBroker, client_id: str, tls: TlsSettings | None) -> None:
+        self.messages: list[Inbound] = []
+        self.link = MqttLink(
+            LinkSettings(host=broker.host, port=broker.port, client_id=client_id, keepalive=5,
+                         session_expiry=0, reconnect_min=0.2, reconnect_max=1.0,
+                         connect_timeout=3.0, tls=tls),
+            on_message=self.messages.append,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TlsClient:
+        self._task = asyncio.create_task(self.link.run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -52,6 +52,7 @@ class Mosquitto:
         )
         self.conf = workdir / "mosquitto.conf"
         self.logfile = workdir / "mosquitto.log"
+        self.pidfile = workdir / "mosquitto.pid"
         self.process: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
@@ -67,6 +68,7 @@ class Mosquitto:
             "max_inflight_messages 100\n"
             "set_tcp_nodelay true\n"
             f"log_dest file {self.logfile}\n"
+            f"pid_file {self.pidfile}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
             "connection_messages true\n"
@@ -123,6 +125,10 @@ class Mosquitto:
         """SIGHUP: reread the configuration (ACLs, CRL) without dropping clients."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
+
+    def reload_command(self) -> list[str]:
+        """A command that reloads this broker, for `provisioning.broker_reload`."""
+        return ["sh", "-c", 'exec kill -HUP "$(cat "$0")"', str(self.pidfile)]
 
     def _close(self) -> None:
         if self.process is not None and self.process.stderr is not None:

@@ -1,9 +1,12 @@
 """`tiepdan-demo`: a broker, the controller and simulated boxes, with a live fleet table.
 
 Every part is the real program in its own process (Mosquitto, `tiepdan-controller run`, one
-`tiepdan-agent` per box on the simulated board); only the hardware is simulated. Ctrl-C stops
-everything; `--duration` stops it after that many seconds, for scripts. The exit status is 0
-when every box was seen online.
+`tiepdan-agent` per box on the simulated board); only the hardware is simulated. Security is
+the real thing too: the demo creates the provisioning CA as `tiepdan-provision ca init` does,
+the broker accepts mutual TLS only, and each box is provisioned like a new one (claim token and
+first-boot folder from the controller) and enrolls itself with `tiepdan-enroll` before its agent
+starts. Ctrl-C stops everything; `--duration` stops it after that many seconds, for scripts.
+The exit status is 0 when every box was seen online.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +26,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
 import tomli_w
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
 from tiepdan.controller.client import ApiClient, ApiError
+from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.fleet_table import fleet_table
+from tiepdan.controller.provisioning import material_for
+from tiepdan.provisioning.cli import new_box
+from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto, free_port
 
 log = logging.getLogger(__name__)
@@ -40,21 +49,23 @@ class DemoPoint:
     name: str
     kind: str
     province: str = ""
+    commune: str = ""
 
 
 POINTS = [
     DemoPoint("tw-ban-tcd", "Ban Tiếp công dân Trung ương", "central"),
     DemoPoint("nghe-an-ban-tcd", "Ban Tiếp công dân tỉnh Nghệ An", "province", "nghe-an"),
-    DemoPoint("xa-hung-nguyen", "UBND xã Hưng Nguyên", "commune", "nghe-an"),
-    DemoPoint("xa-dien-chau", "UBND xã Diễn Châu", "commune", "nghe-an"),
-    DemoPoint("xa-quynh-luu", "UBND xã Quỳnh Lưu", "commune", "nghe-an"),
+    DemoPoint("xa-hung-nguyen", "UBND xã Hưng Nguyên", "commune", "nghe-an", "hung-nguyen"),
+    DemoPoint("xa-dien-chau", "UBND xã Diễn Châu", "commune", "nghe-an", "dien-chau"),
+    DemoPoint("xa-quynh-luu", "UBND xã Quỳnh Lưu", "commune", "nghe-an", "quynh-luu"),
 ]
 
 
 def demo_points(count: int) -> list[DemoPoint]:
     points = POINTS[:count]
     for n in range(len(points), count):
-        points.append(DemoPoint(f"xa-demo-{n:03d}", f"UBND xã Demo {n}", "commune", "nghe-an"))
+        points.append(DemoPoint(f"xa-demo-{n:03d}", f"UBND xã Demo {n}", "commune", "nghe-an",
+                                f"demo-{n:03d}"))
     return points
 
 
@@ -96,22 +107,73 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dict[str, Any]:
     return {
         "controller": {"id": "central", "data_dir": str(workdir / "controller")},
-        "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": True},
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "info"},
+        "provisioning": {"broker_host": broker.host, "broker_reload": broker.reload_command(),
+                         "enroll_host": "127.0.0.1", "enroll_port": free_port()},
     }
 
 
 def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint) -> dict[str, Any]:
     return {
         "device": {"id": point.id, "name": point.name, "kind": point.kind,
-                   "province": point.province},
+                   "province": point.province, "commune": point.commune},
         "board": {"profile": "sim"},
-        "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 10},
+        "mqtt": {"host": broker.host, "port": broker.port, "tls": True, "keepalive": 10},
         "telemetry": {"interval": 2.0},
         "state": {"dir": str(workdir / "boxes" / point.id)},
         "log": {"level": "info"},
     }
+
+
+def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) -> None:
+    """`tiepdan-provision ca init`: the CA, the TLS material, and the broker's TLS listener."""
+    material = material_for(config)
+    initialise(material, controller=config.controller.id, hosts=[broker.host, "localhost"],
+               broker_port=broker.port, listen_host=broker.host,
+               cert_days=config.provisioning.cert_days, crl_days=config.provisioning.crl_days)
+    broker.listeners = material.broker.conf.read_text()
+
+
+def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
+                    points: list[DemoPoint], logdir: Path, stop: dict[str, bool],
+                    timeout: float = 90) -> list[str]:
+    """Each box as a technician would: SD-card folder from the controller, then first boot
+    (`tiepdan-enroll`, all boxes at once). Returns the boxes that failed to enroll."""
+    enrolling: dict[str, subprocess.Popen[bytes]] = {}
+    for point in points:
+        boot = workdir / "boot" / point.id
+        boot.mkdir(parents=True, exist_ok=True)
+        new_box(client, commune=point.commune, hall=point.name, boot=boot,
+                labels=workdir / "labels", device=point.id, province=point.province,
+                kind=point.kind)
+        config = write_toml(workdir / f"{point.id}.toml", agent_settings(workdir, broker, point))
+        with (logdir / f"{point.id}.log").open("ab") as out:
+            enrolling[point.id] = subprocess.Popen(
+                [sys.executable, "-m", "tiepdan.firmware.enroll", "--boot", str(boot),
+                 "--state-dir", str(workdir / "boxes" / point.id), "--config", str(config),
+                 "--give-up-after", str(timeout)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in enrolling.values()) and not stop["now"] \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for process in enrolling.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return [name for name, p in enrolling.items() if p.returncode != 0]
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:g}s")
 
 
 def wait_for_api(config_path: Path, token_file: Path, url: str, timeout: float) -> ApiClient:
@@ -166,24 +228,28 @@ def run(args: argparse.Namespace, console: Console) -> int:
     session: dict[str, Any] | None = None
     went_live = False
     try:
-        broker.start()
         http_port = free_port()
-        ctl_config = write_toml(workdir / "controller.toml",
-                                controller_settings(workdir, broker, http_port))
+        settings = controller_settings(workdir, broker, http_port)
+        ctl_config = write_toml(workdir / "controller.toml", settings)
+        secure_broker(workdir, broker, msgspec.convert(settings, ControllerConfig))
+        broker.start()
         python = sys.executable
         processes.start("controller", [python, "-m", "tiepdan.controller", "--config",
                                        str(ctl_config), "run"])
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
+        wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
+        failed = provision_boxes(workdir, client, broker, points, logdir, stop)
+        if failed:
+            console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
         for point in points:
-            config = write_toml(workdir / f"{point.id}.toml",
-                                agent_settings(workdir, broker, point))
             processes.start(point.id, [python, "-m", "tiepdan.firmware", "--config",
-                                       str(config)])
+                                       str(workdir / f"{point.id}.toml")])
         started = time.monotonic()
         header = Text.assemble(
             ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",
-            f"controller http://127.0.0.1:{http_port}  logs {logdir}",
+            f"controller http://127.0.0.1:{http_port}  mutual TLS, "
+            f"{len(points) - len(failed)}/{len(points)} boxes enrolled  logs {logdir}",
         )
         devices: list[dict[str, Any]] = []
         with Live(console=console, refresh_per_second=4, transient=False) as live:
