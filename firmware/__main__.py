@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tiepdan.board.profile import BoardError
     from tiepdan.firmware.agent import Agent, Exit
+    from tiepdan.firmware.mqtt import LinkError
 
     async def run() -> Exit:
         agent = Agent(config)
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = asyncio.run(run())
     except BoardError as exc:
         log.error("board_unavailable error=%s", exc)
+        return 3
+    except LinkError as exc:
+        log.error("mqtt_unusable error=%s", exc)
         return 3
     if outcome == Exit.RESTART:
         # Same PID, so systemd's Type=notify tracking and the demo's supervision both hold.

@@ -485,10 +485,20 @@ def _properties(packet_type: int) -> Properties:
 
 
 def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    """Raises LinkError naming the missing or unusable file (a box not yet enrolled, say)."""
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        if path is not None and not path.is_file():
+            raise LinkError(f"TLS file {path} does not exist: has this box enrolled "
+                            "(tiepdan-enroll)?")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file is not None:
+            context.load_cert_chain(str(tls.cert_file),
+                                    str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise LinkError(f"TLS material unusable ({tls.ca_file}, {tls.cert_file}, "
+                        f"{tls.key_file}): {exc}") from None
     return context
 
 

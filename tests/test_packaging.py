@@ -67,3 +67,14 @@ def test_systemd_unit_is_valid_and_uses_notify_with_a_watchdog(tmp_path: Path) -
     problems = [line for line in result.stderr.splitlines()
                 if "tiepdan-agent.service" in line and str(local) not in line]
     assert not problems, result.stderr
+
+
+def test_agent_not_yet_enrolled_says_so_instead_of_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nid = "xa-a"\nname = "n"\n[board]\nprofile = "sim"\n'
+                      f'[state]\ndir = "{tmp_path}"\n')
+    result = subprocess.run([sys.executable, "-m", "tiepdan.firmware", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 3
+    assert f"TLS file {tmp_path}/tls/ca.pem does not exist" in result.stderr
+    assert "tiepdan-enroll" in result.stderr and "Traceback" not in result.stderr
