@@ -42,7 +42,9 @@ def _age(d: dict[str, Any]) -> str:
 
 COLUMNS: list[Column] = [
     ("device", lambda d: d["id"]),
-    ("point", lambda d: d.get("name") or "-"),
+    ("point", lambda d: Text.assemble(
+        ("(!) ", "bold red") if (d.get("extra") or {}).get("identity_mismatch") else "",
+        d.get("name") or "-")),
     ("kind", lambda d: d.get("kind") or "-"),
     ("state", _state),
     ("fw", lambda d: d.get("firmware") or "-"),

@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 from tiepdan.controller.api import CONTROLLER_KEY, error
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment import Enrollment, Refused
+from tiepdan.controller.registry import Device
 from tiepdan.controller.signing import SigningKey
 from tiepdan.firmware import protocol
 from tiepdan.firmware.config import DeviceSection
@@ -140,12 +141,34 @@ class Provisioning:
         self.enrollment = Enrollment(self)
         self._ca: CertificateAuthority | None = None
         self._lock = asyncio.Lock()
+        controller.registry.listen(self._check_birth)
         controller.app.add_routes([
             web.get("/api/provisioning/boxes", _list),
             web.post("/api/provisioning/boxes", _new_box),
             web.get("/api/provisioning/boxes/{id}", _box),
             web.post("/api/provisioning/boxes/{id}/revoke", _revoke),
         ])
+
+    def _check_birth(self, device: Device, what: str) -> None:
+        """A box may only speak in its own subtree, but it chooses what it calls itself: flag a
+        birth that disagrees with what the box was provisioned as (moved without re-provisioning,
+        a wrong config, or a tampered one)."""
+        if what != "birth":
+            return
+        box = self.claims.get(device.id)
+        if box is None:
+            return
+        claimed = {"commune": device.commune, "name": device.name, "kind": device.kind}
+        issued = {"commune": box.commune, "name": box.hall, "kind": box.kind}
+        if box.province:
+            claimed["province"], issued["province"] = device.province, box.province
+        wrong = sorted(k for k in issued if claimed[k] != issued[k])
+        if wrong:
+            log.warning("device_identity_mismatch device=%s fields=%s birth=%s provisioned=%s",
+                        device.id, ",".join(wrong), {k: claimed[k] for k in wrong},
+                        {k: issued[k] for k in wrong})
+        if wrong or device.extra.get("identity_mismatch"):
+            self.controller.registry.set_extra(device.id, "identity_mismatch", wrong)
 
     def authority(self) -> CertificateAuthority:
         """The provisioning CA; Unavailable until `tiepdan-provision ca init` has run."""

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import json
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -340,3 +342,26 @@ def test_after_fuzzing_a_real_box_still_enrolls(
     for body in (b"\x00", b"{}", b'{"device": 1}'):
         lt.run(post_enroll(controller, body))
     assert lt.run(enroll(paths)).device == "xa-a"
+
+
+async def test_a_box_that_misnames_itself_is_flagged(controller: Controller,
+                                                     tmp_path: Path) -> None:
+    """A box chooses what its birth says; the controller compares it with what was issued."""
+    paths = provision(controller, tmp_path, "xa-dien-chau")
+    await enroll(paths)
+    settings = tomllib.loads(paths.agent_config.read_text())
+    settings["device"]["commune"] = "quynh-luu"
+    paths.agent_config.write_text(tomli_w.dumps(settings))
+    async with running_agent(agent_config(paths)):
+        device = await eventually(lambda: (d := controller.registry.get("xa-dien-chau"))
+                                  and d.online and d, what="the birth")
+        await eventually(lambda: device.extra.get("identity_mismatch") == ["commune"],
+                         what="the mismatch flagged")
+
+    settings["device"]["commune"] = "hung-nguyen"
+    paths.agent_config.write_text(tomli_w.dumps(settings))
+    async with running_agent(agent_config(paths)):
+        await eventually(lambda: device.online and device.commune == "hung-nguyen",
+                         what="the corrected birth")
+        await eventually(lambda: device.extra.get("identity_mismatch") == [],
+                         what="the flag cleared")
