@@ -13,7 +13,7 @@ import psutil
 
 from tiepdan.board.profile import BoardProfile
 
-__all__ = ["UNDER_VOLTAGE_NOW", "Health", "Sensors"]
+__all__ = ["UNDER_VOLTAGE_NOW", "Health", "Sensors", "clock_synced"]
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,17 @@ class Sensors:
             return None
 
     def _clock_synced(self) -> bool | None:
-        # systemd-timesyncd touches this file once it has synchronised; without timesyncd
-        # (e.g. chrony) there is no cheap, reliable answer.
-        folder = self.root / TIMESYNC_DIR
-        if (folder / "synchronized").exists():
-            return True
-        return False if folder.is_dir() else None
+        return clock_synced(self.root)
+
+
+def clock_synced(root: Path = Path("/")) -> bool | None:
+    """Has systemd-timesyncd synchronised the clock? None when this box cannot tell."""
+    # timesyncd touches this file once it has synchronised; without timesyncd (e.g. chrony)
+    # there is no cheap, reliable answer.
+    folder = root / TIMESYNC_DIR
+    if (folder / "synchronized").exists():
+        return True
+    return False if folder.is_dir() else None
 
 
 def _read(path: Path) -> str | None:

@@ -61,7 +61,7 @@ def test_systemd_unit_is_valid_and_uses_notify_with_a_watchdog(tmp_path: Path) -
         pytest.skip("systemd-analyze is not installed")
     local = tmp_path / "tiepdan-agent.service"
     agent = Path(sys.executable).parent / "tiepdan-agent"
-    local.write_text(unit.replace("/opt/tiepdan/current/venv/bin/tiepdan-agent", str(agent)))
+    local.write_text(unit.replace("/opt/tiepdan/current/bin/tiepdan-agent", str(agent)))
     result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
                             check=False)
     problems = [line for line in result.stderr.splitlines()

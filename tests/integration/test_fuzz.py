@@ -135,7 +135,8 @@ def box(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[LoopThread, Any, Ob
 
 agent_topics = st.one_of(
     st.sampled_from(["cmd/ping", "cmd/get-status", "cmd/collect-logs", "cmd/nope",
-                     "state/desired", "$state", "call/x/offer", "evt/button", "cmd/a/b"]),
+                     "state/desired", "$state", "call/x/offer", "evt/button", "cmd/a/b",
+                     "jobs/notify", "jobs/j1/update"]),
     st.text(alphabet="abc/$#+-", min_size=1, max_size=12),
 )
 reply_topics = st.sampled_from([None, "RES", "tiepdan/v1/d/xa-other/res/central", "x/y", ""])
@@ -211,7 +212,7 @@ def central(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[LoopThread, Any
 
 controller_topics = st.one_of(
     st.sampled_from(["$birth", "$state", "tele/health", "state/reported", "evt/button",
-                     "evt/alarm", "res/central", "tele/other", "jobs/x"]),
+                     "evt/alarm", "res/central", "tele/other", "jobs/x", "jobs/j1/update"]),
     st.text(alphabet="abc/$#+-", min_size=1, max_size=12),
 )
 devices = st.sampled_from(["xa-ok", "XA-BAD", "-x", "a" * 70, "xa-ok/extra"])
