@@ -49,7 +49,8 @@ def _devices(config: ControllerConfig, args: argparse.Namespace, console: Consol
     if args.json:
         console.print_json(data=devices)
     else:
-        console.print(fleet_table(devices, title=f"controller {config.controller.id}"))
+        console.print(fleet_table(devices, title=f"controller {config.controller.id}",
+                                  width=console.width))
     return 0
 
 

@@ -66,6 +66,28 @@ class ProvisioningSection(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     crl_days: Annotated[int, msgspec.Meta(ge=2, le=3650)] = 365
 
 
+class OtaSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Updates (issue 5): the TUF repository served to boxes and the campaign engine."""
+
+    repository: str = ""
+    keys: str = ""
+    public_url: str = ""
+    tick: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    refresh_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 3600.0
+
+
+class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The recording archive (issue 4): where sealed segments rest and whom they are sealed to."""
+
+    dir: str = ""  # default <data dir>/archive
+    recipients: tuple[str, ...] = ()  # age X25519 recipients ("age1..."); empty: see README
+    escrow_recipient: str = ""
+    max_segment_mb: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
+    record_bridge: bool = True
+    segment_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=10)] = 2.0
+    close_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
@@ -75,6 +97,8 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bridge: BridgeSection = BridgeSection()
     sessions: SessionsSection = SessionsSection()
     provisioning: ProvisioningSection = ProvisioningSection()
+    ota: OtaSection = OtaSection()
+    archive: ArchiveSection = ArchiveSection()
 
     @property
     def data_dir(self) -> Path:

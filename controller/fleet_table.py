@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -26,18 +27,26 @@ def _health(key: str, fmt: str, default: object = None) -> Callable[[dict[str, A
     return cell
 
 
-def _disk(d: dict[str, Any]) -> str:
-    h = d.get("health") or {}
-    if not h.get("disk_total_bytes"):
+def _health_cell(d: dict[str, Any]) -> str:
+    """CPU, temperature, memory and free disk in one narrow cell: "12% 48°C m31% 40G"."""
+    h = d.get("health")
+    if not h:
         return "-"
-    return f"{h['disk_free_bytes'] / 2**30:.0f}G"
+    parts = [f"{h['cpu_percent']:.0f}%" if h.get("cpu_percent") is not None else "-",
+             f"{h['cpu_temp_c']:.0f}°C" if h.get("cpu_temp_c") is not None else "-",
+             f"m{h['mem_percent']:.0f}%" if h.get("mem_percent") is not None else "-"]
+    if h.get("disk_total_bytes"):
+        parts.append(f"{h['disk_free_bytes'] / 2**30:.0f}G")
+    return " ".join(parts)
 
 
-def _age(d: dict[str, Any]) -> str:
-    if not d.get("last_seen"):
-        return "-"
-    seconds = max(0, time.time() - d["last_seen"])
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+def _state_seen(d: dict[str, Any]) -> Text:
+    text = _state(d)
+    if d.get("last_seen"):
+        seconds = max(0, time.time() - d["last_seen"])
+        text.append(f" {seconds:.0f}s" if seconds < 120 else f" {seconds / 60:.0f}m",
+                    style="dim")
+    return text
 
 
 COLUMNS: list[Column] = [
@@ -45,15 +54,10 @@ COLUMNS: list[Column] = [
     ("point", lambda d: Text.assemble(
         ("(!) ", "bold red") if (d.get("extra") or {}).get("identity_mismatch") else "",
         d.get("name") or "-")),
-    ("kind", lambda d: d.get("kind") or "-"),
-    ("state", _state),
+    ("state", _state_seen),
     ("fw", lambda d: d.get("firmware") or "-"),
-    ("cpu", _health("cpu_percent", "{:.0f}%")),
-    ("temp", _health("cpu_temp_c", "{:.0f}°C")),
-    ("mem", _health("mem_percent", "{:.0f}%")),
-    ("disk", _disk),
-    ("queued", _health("outbox", "{}", default=0)),
-    ("seen", _age),
+    ("health", _health_cell),
+    ("q", _health("outbox", "{}", default=0)),
 ]
 
 # Other parts add columns for what they track in a device's `extra` (call state, QoS, update).
@@ -77,23 +81,36 @@ def _qos(d: dict[str, Any]) -> str:
         return "-"
     rtt = qos.get("rtt_ms")
     loss = qos.get("loss_received")
-    return (f"{qos.get('fps_received', 0):.0f}/{qos.get('fps_sent', 0):.0f}fps "
-            f"{qos.get('kbps_received', 0):.0f}k "
-            f"rtt {'-' if rtt is None else f'{rtt:.0f}ms'} "
-            f"loss {'-' if loss is None else f'{100 * loss:.1f}%'}")
+    return (f"{qos.get('fps_received', 0):.0f}/{qos.get('fps_sent', 0):.0f} "
+            f"{qos.get('kbps_received', 0) / 1000:.1f}M "
+            f"{'-' if rtt is None else f'{rtt:.0f}ms'} "
+            f"{'-' if loss is None else f'{100 * loss:.1f}%'}")
 
 
-EXTRA_COLUMNS += [("call", _call), ("call qos (rx/tx)", _qos)]
+EXTRA_COLUMNS += [("call", _call), ("call qos rx/tx", _qos)]
 
 
-def fleet_table(devices: Sequence[dict[str, Any]], title: str = "fleet") -> Table:
+# What a cell needs to stay readable when the terminal is narrow (the point name gives way).
+MIN_WIDTH = {"device": 14, "point": 8, "state": 8, "fw": 5, "health": 16, "q": 1,
+             "call": 10, "call qos rx/tx": 22}
+
+
+def fleet_table(devices: Sequence[dict[str, Any]], title: str = "fleet",
+                width: int | None = None) -> Table:
+    """`width`: the terminal's; the point name shrinks so that every figure stays on screen."""
     online = sum(1 for d in devices if d.get("online"))
-    table = Table(title=f"{title}: {online}/{len(devices)} online", title_justify="left")
+    table = Table(title=f"{title}: {online}/{len(devices)} online", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = COLUMNS + EXTRA_COLUMNS
+    point_width = 26
+    if width is not None:
+        others = sum(MIN_WIDTH.get(name, len(name)) + 2 for name, _ in columns if name != "point")
+        point_width = max(8, min(point_width, width - others - 2))
     for name, _ in columns:
         # Only the point's name may shrink; ids and figures must stay whole.
         table.add_column(name, no_wrap=True, overflow="ellipsis",
-                         max_width=30 if name == "point" else None)
+                         min_width=MIN_WIDTH.get(name),
+                         max_width=point_width if name == "point" else None)
     for d in devices:
         table.add_row(*(cell(d) for _, cell in columns))
     return table

@@ -48,7 +48,6 @@ from tiepdan.controller.api import CONTROLLER_KEY, error
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment import Enrollment, Refused
 from tiepdan.controller.registry import Device
-from tiepdan.controller.signing import SigningKey
 from tiepdan.firmware import protocol
 from tiepdan.firmware.config import DeviceSection
 from tiepdan.firmware.enroll import BrokerSection, Provision
@@ -137,7 +136,6 @@ class Provisioning:
         self.settings = controller.config.provisioning
         self.material = material_for(controller.config)
         self.claims = ClaimStore(controller.db.conn)
-        self.signing = SigningKey(controller.config.data_dir / "signing.key")
         self.enrollment = Enrollment(self)
         self._ca: CertificateAuthority | None = None
         self._lock = asyncio.Lock()
@@ -290,7 +288,7 @@ class Provisioning:
                  serial)
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
-            controller_sign_key=base64.b64encode(self.signing.public_raw()).decode())
+            controller_sign_key=base64.b64encode(self.controller.signing.public_raw()).decode())
 
     # -- the broker's files ------------------------------------------------------------------------
 

@@ -10,7 +10,11 @@ from collections.abc import Awaitable
 from aiohttp import web
 
 from tiepdan.controller.api import admin_token, build_app
+from tiepdan.controller.archive import Archive
+from tiepdan.controller.archive_api import add_archive_routes
 from tiepdan.controller.bridge import build_bridge
+from tiepdan.controller.bridge_recording import BridgeRecording
+from tiepdan.controller.closing import Closer
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.ingest import Ingest
@@ -20,7 +24,9 @@ from tiepdan.controller.rpc import CommandClient
 from tiepdan.controller.schedule import Schedules
 from tiepdan.controller.session_api import add_session_routes
 from tiepdan.controller.sessions import Sessions
+from tiepdan.controller.signing import SigningKey
 from tiepdan.controller.store import Database
+from tiepdan.controller.updates import Updates
 from tiepdan.firmware import protocol
 from tiepdan.firmware.config import link_settings
 from tiepdan.firmware.mqtt import Inbound, MqttLink, Will
@@ -36,6 +42,7 @@ class Controller:
         self.db = Database(config.data_dir / "controller.db")
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
+        self.signing = SigningKey(config.data_dir / "signing.key")
         self.link = MqttLink(
             link_settings(config.mqtt, f"controller-{config.controller.id}", config.tls_file,
                           "controller"),
@@ -52,10 +59,16 @@ class Controller:
         self.schedules = Schedules(self, self.sessions)
         self.app = build_app(self, self.token)
         add_session_routes(self.app)
+        self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
+                               self.signing.public_raw(), self.id, self._session_points)
+        add_archive_routes(self.app)
+        self.closer = Closer(self)
+        self.bridge_recording = BridgeRecording(self)
         self.provisioning = Provisioning(self)
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.updates = Updates(self)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -78,6 +91,8 @@ class Controller:
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")
+        self.spawn(self.closer.run(), "closer")
+        await asyncio.to_thread(self.bridge_recording.recover)
         if ready is not None:
             ready.set()
         try:
@@ -94,9 +109,11 @@ class Controller:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.bridge_recording.close()
             await self.sessions.close()
             self.registry.flush()
             await runner.cleanup()
+            self.archive.close()
             self.db.close()
 
     async def set_desired(self, device: str, config: protocol.RemoteConfig) -> protocol.Desired:
@@ -104,6 +121,12 @@ class Controller:
         await self.link.publish(protocol.desired_topic(device), protocol.encode(document),
                                 retain=True)
         return document
+
+    def _session_points(self, session_id: str) -> list[str] | None:
+        """For the archive: who may record in a session (None: no such session)."""
+        if self.sessions.get(session_id) is None:
+            return None
+        return [p.device for p in self.sessions.points(session_id)]
 
     def _on_message(self, message: Inbound) -> None:
         self.ingest.on_message(message)

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from tiepdan.controller.client import ApiClient
 
-STATE_STYLE = {"scheduled": "cyan", "inviting": "yellow", "live": "green", "ended": "dim"}
+STATE_STYLE = {"scheduled": "cyan", "inviting": "yellow", "live": "green", "ended": "dim",
+               "closed": "blue"}
 
 
 def add_session_parser(sub: Any) -> None:
@@ -29,7 +30,8 @@ def add_session_parser(sub: Any) -> None:
     o.add_argument("--auto-join", action="store_true",
                    help="boxes join by themselves instead of waiting for Call")
     lst = ss.add_parser("list", help="sessions and recurring schedules")
-    lst.add_argument("--state", choices=["scheduled", "inviting", "live", "ended"])
+    lst.add_argument("--state", choices=["scheduled", "inviting", "live", "ended",
+                                              "closed"])
     lst.add_argument("--json", action="store_true")
     sh = ss.add_parser("show", help="one session: points, layout, log, bridge QoS")
     sh.add_argument("session")

@@ -76,14 +76,15 @@ CREATE TABLE IF NOT EXISTS session_log (
 CREATE INDEX IF NOT EXISTS session_log_by_session ON session_log (session, n);
 """
 
-SessionState = Literal["scheduled", "inviting", "live", "ended"]
+SessionState = Literal["scheduled", "inviting", "live", "ended", "closed"]
 ACTIVE = ("inviting", "live")
 # Allowed transitions; the archive extends this with its own final step after "ended".
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "scheduled": ("inviting", "ended"),
     "inviting": ("live", "ended"),
     "live": ("ended",),
-    "ended": (),
+    "ended": ("closed",),  # the archive holds every recording whole (controller/closing.py)
+    "closed": (),
 }
 IN_CALL = ("joining", "live", "away")
 PENDING = ("invited", "ringing", "unreachable")
@@ -551,6 +552,10 @@ class Sessions:
         updated = self.get(session_id)
         assert updated is not None
         return updated
+
+    def note(self, session_id: str, device: str | None, what: str, detail: str) -> None:
+        """Add a line to a session's log (e.g. why the archive cannot close it yet)."""
+        self._log(session_id, device, what, detail)
 
     def _notify(self, session: Session, old: str | None, new: str) -> None:
         for callback in self._listeners:

@@ -27,10 +27,14 @@ from tiepdan.firmware.config import AgentConfig, link_settings
 from tiepdan.firmware.indicators import Indicators
 from tiepdan.firmware.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.outbox import Outbox
+from tiepdan.firmware.recipients import Recipients
+from tiepdan.firmware.recording import BoxRecording
 from tiepdan.firmware.shadow import Shadow
 from tiepdan.firmware.store import BoxStore
 from tiepdan.firmware.systemd import Notifier
 from tiepdan.firmware.telemetry import Telemetry
+from tiepdan.firmware.uploader import Uploader
+from tiepdan.ota.client import OtaClient
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +110,13 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._register_commands()
         self.call = CallClient(self)
+        self.recording = BoxRecording(self)
         logs.ring()
         # The last desired document applies from boot, before the broker is reachable.
         self.shadow.listen(self._apply_remote_config)
+        self.ota = OtaClient(self)
+        self.recipients = Recipients(config.state_dir)
+        self.uploader = Uploader(self)
 
     # -- extension points ------------------------------------------------------------------------
 
@@ -182,6 +190,7 @@ class Agent:
         self.notifier.status("connecting to broker")
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self.telemetry.run(), "telemetry")
+        self.spawn(self.uploader.run(), "uploader")
         if self.notifier.watchdog_interval:
             self.spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
         try:

@@ -93,6 +93,37 @@ class CallSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keyframe_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 4.0
 
 
+class OtaSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Updates (issue 5): where the slots live, what the box trusts, how patient it is."""
+
+    root: str = "/opt/tiepdan"
+    trusted_root: str = "/etc/tiepdan/ota-root.json"
+    boot_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    health_timeout: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 180.0
+    download_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    retry_delay: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    http_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    clock: Literal["timesyncd", "trust"] = "timesyncd"
+    clock_root: str = "/"
+
+
+class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Recording (issue 4): segments, disk policy, and the archive that takes them."""
+
+    enabled: bool = True
+    dir: str = ""  # default <state dir>/recordings; sealed segments and manifests only
+    segment_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=10)] = 2.0
+    received_fps: Annotated[int, msgspec.Meta(ge=1, le=30)] = 10
+    received_width: Annotated[int, msgspec.Meta(ge=160, le=1920, multiple_of=2)] = 640
+    received_height: Annotated[int, msgspec.Meta(ge=90, le=1080, multiple_of=2)] = 360
+    max_session_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60)] = 240
+    reserve_mb: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 200
+    archive_url: str = ""  # e.g. https://central.example:8600; empty: keep segments until set
+    upload_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    upload_retry_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    delete_grace: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 86400.0
+
+
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceSection
     board: BoardSection = BoardSection()
@@ -101,10 +132,16 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state: StateSection = StateSection()
     log: LogSection = LogSection()
     call: CallSection = CallSection()
+    ota: OtaSection = OtaSection()
+    recording: RecordingSection = RecordingSection()
 
     @property
     def state_dir(self) -> Path:
         return Path(self.state.dir)
+
+    @property
+    def recording_dir(self) -> Path:
+        return Path(self.recording.dir) if self.recording.dir else self.state_dir / "recordings"
 
     def tls_file(self, configured: str, default_name: str) -> Path:
         """TLS material defaults to where provisioning writes it, under the state directory."""

@@ -32,7 +32,7 @@ class H264Encoder:
 
     def __init__(self, width: int, height: int, fps: int, bitrate: int, *,
                  keyframe_interval: float = 4.0, preset: str = "superfast",
-                 threads: int = 0) -> None:
+                 threads: int = 0, min_key_spacing: float = MIN_KEY_SPACING_S) -> None:
         self.width, self.height, self.fps = width, height, fps
         self._context = av.CodecContext.create("libx264", "w")
         ctx = self._context
@@ -53,6 +53,7 @@ class H264Encoder:
         ctx.profile = "Baseline"
         self._lock = threading.Lock()
         self._force_key = True
+        self._min_key_spacing = min_key_spacing  # 0 for a recorder's own encoder: keys at cuts
         self._last_key = 0.0
         self._last_pts = -1
         self.frames = 0
@@ -68,7 +69,7 @@ class H264Encoder:
                 frame.format.name != "yuv420p":
             frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
         now = time.monotonic()
-        key = self._force_key and now - self._last_key >= MIN_KEY_SPACING_S
+        key = self._force_key and now - self._last_key >= self._min_key_spacing
         frame.pict_type = PictureType.I if key else PictureType.NONE
         # The source's clock (camera or compositor) drives the RTP timestamps, so skipped
         # frames show as gaps in time rather than as slow motion.

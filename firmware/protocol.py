@@ -232,7 +232,28 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm", tag_field="kind"):
     active: bool = True
 
 
-EventData = ButtonEvent | AlarmEvent
+RecordingAlarmCode = Literal["disk_low", "disk_full", "no_recipients", "recorder_failed"]
+
+
+class RecordingAlarm(msgspec.Struct, frozen=True, tag="recording", tag_field="kind"):
+    """The box's recording is at risk or has stopped (issue 4), on `evt/recording`.
+
+    `disk_low`: not enough space for `max_session_minutes`, recording anyway (warning);
+    `disk_full`: recording stopped cleanly because the disk filled, what was sealed is kept;
+    `no_recipients`: no valid signed recipient list, so nothing is recorded (never plaintext);
+    `recorder_failed`: any other fault that stopped the recorder. `active=False` clears it.
+    """
+
+    code: RecordingAlarmCode
+    severity: Literal["info", "warning", "critical"]
+    message: ShortText
+    session: Name | None = None
+    segments: Annotated[int, msgspec.Meta(ge=0)] = 0  # sealed in this session so far
+    free_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    active: bool = True
+
+
+EventData = ButtonEvent | AlarmEvent | RecordingAlarm
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -244,7 +265,9 @@ class Event(msgspec.Struct, frozen=True):
 
 
 def event_kind(data: EventData) -> str:
-    return "button" if isinstance(data, ButtonEvent) else "alarm"
+    if isinstance(data, ButtonEvent):
+        return "button"
+    return "recording" if isinstance(data, RecordingAlarm) else "alarm"
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -573,3 +596,54 @@ class EnrollResponse(msgspec.Struct, frozen=True):
 class EnrollRefusal(msgspec.Struct, frozen=True):
     code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
     message: Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+# -- OTA jobs (issue 5) -------------------------------------------------------------------------
+# AWS IoT Jobs vocabulary. The controller keeps one retained `jobs/notify` per box naming the job
+# the box should run (an empty payload, or `job: null`, withdraws it); the box reports each step
+# on `jobs/<job>/update`. What to install is only a hint here: the box trusts nothing but the
+# TUF-signed metadata it fetches itself (see ota/).
+
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+JobStatus = Literal["queued", "in_progress", "succeeded", "failed", "rejected", "rolled_back"]
+JobStep = Literal["waiting", "downloading", "downloaded", "installing", "restarting",
+                  "health_check"]
+TERMINAL_JOB_STATUSES: Final = frozenset({"succeeded", "failed", "rejected", "rolled_back"})
+TargetPath = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+
+
+class JobDocument(msgspec.Struct, frozen=True):
+    job: JobId
+    target: TargetPath  # a target path in the TUF repository
+    version: ShortText  # what the campaign expects; the signed metadata decides
+    repository: Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=500)]
+    download_delay_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.0
+    window: Window | None = None  # the campaign's window, for boxes without their own
+
+
+class JobNotify(msgspec.Struct, frozen=True):
+    """Retained on `jobs/notify`, written only by the controller."""
+
+    ts: Millis
+    job: JobDocument | None = None
+
+
+class JobUpdate(msgspec.Struct, frozen=True, omit_defaults=True):
+    """On `jobs/<job>/update`; `seq` grows per job so the controller keeps the latest."""
+
+    job: JobId
+    status: JobStatus
+    ts: Millis
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    running: ShortText  # the firmware version running when this was sent
+    step: JobStep | None = None
+    progress: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+def job_notify_topic(device: str) -> str:
+    return f"{device_root(device)}/jobs/notify"
+
+
+def job_update_topic(device: str, job: str) -> str:
+    return f"{device_root(device)}/jobs/{_name(job)}/update"

@@ -22,6 +22,15 @@ def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
     assert "all 5 boxes were online" in result.stdout
     assert re.search(r"session s-[0-9a-f]+ went live with 5 points", result.stdout), \
         result.stdout[-3000:]
+    # Five points and the bridge recorded; all of it reached the archive before it closed.
+    closed = re.search(r"session (s-[0-9a-f]+) closed: 6 recordings, (\d+) segments",
+                       result.stdout)
+    assert closed, result.stdout[-3000:]
+    verify = subprocess.run(
+        [sys.executable, "-m", "tiepdan.controller.archive_cli", "--config",
+         str(tmp_path / "controller.toml"), "verify", closed[1], "--json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
     for name in ("tw-ban-tcd", "nghe-an-ban-tcd", "xa-hung-nguyen", "xa-dien-chau",
                  "xa-quynh-luu"):
         log = (tmp_path / "logs" / f"{name}.log").read_text()
@@ -41,7 +50,7 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             break
         time.sleep(0.2)
     demo.send_signal(signal.SIGINT)
-    out, err = demo.communicate(timeout=60)
+    out, err = demo.communicate(timeout=120)
     assert demo.returncode == 0, out[-2000:] + err[-2000:]
     broker_log = (tmp_path / "broker" / "mosquitto.log").read_text()
     assert "mosquitto version" in broker_log and "terminating" in broker_log

@@ -115,7 +115,8 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
     }
 
 
-def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint) -> dict[str, Any]:
+def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
+                   archive_url: str) -> dict[str, Any]:
     return {
         "device": {"id": point.id, "name": point.name, "kind": point.kind,
                    "province": point.province, "commune": point.commune},
@@ -124,6 +125,7 @@ def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint) -> dict[s
         "telemetry": {"interval": 2.0},
         "state": {"dir": str(workdir / "boxes" / point.id)},
         "log": {"level": "info"},
+        "recording": {"archive_url": archive_url},
     }
 
 
@@ -148,7 +150,8 @@ def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
         new_box(client, commune=point.commune, hall=point.name, boot=boot,
                 labels=workdir / "labels", device=point.id, province=point.province,
                 kind=point.kind)
-        config = write_toml(workdir / f"{point.id}.toml", agent_settings(workdir, broker, point))
+        config = write_toml(workdir / f"{point.id}.toml",
+                            agent_settings(workdir, broker, point, client.url))
         with (logdir / f"{point.id}.log").open("ab") as out:
             enrolling[point.id] = subprocess.Popen(
                 [sys.executable, "-m", "tiepdan.firmware.enroll", "--boot", str(boot),
@@ -200,14 +203,47 @@ def open_session(client: ApiClient, points: list[DemoPoint]) -> dict[str, Any] |
     return dict(result["session"])
 
 
-def session_line(session: dict[str, Any] | None) -> Text:
+def session_line(session: dict[str, Any] | None, archive: dict[str, Any]) -> Text:
     if session is None:
         return Text("session: waiting for every box", style="dim")
     points = session.get("points", [])
     live = sum(1 for p in points if p["state"] == "live")
+    recordings = archive.get("recordings", [])
     return Text.assemble(("session ", "bold"), f"{session['id']} ",
                          (session["state"], "green" if session["state"] == "live" else "yellow"),
-                         f"  {live}/{len(points)} points live  host {session['host']}")
+                         f"  {live}/{len(points)} points live  host {session['host']}  ",
+                         ("recorded ", "bold"),
+                         f"{sum(r['stored'] for r in recordings)} segments from "
+                         f"{len(recordings)} recorders archived")
+
+
+def close_session(client: ApiClient, session: dict[str, Any], console: Console,
+                  timeout: float = 60) -> dict[str, Any]:
+    """End the session as the host would, then wait until the archive closes it: every point's
+    recording and the bridge's uploaded, verified and signed for."""
+    with console.status("ending the session; waiting until every recording is archived"):
+        with contextlib.suppress(ApiError):
+            client.call("POST", f"/api/sessions/{session['id']}/end", body={})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ApiError):
+                session = client.get(f"/api/sessions/{session['id']}")
+                if session["state"] == "closed":
+                    break
+            time.sleep(0.5)
+    archive: dict[str, Any] = {}
+    with contextlib.suppress(ApiError):
+        archive = client.get(f"/api/archive/sessions/{session['id']}")
+    recordings = archive.get("recordings", [])
+    segments = sum(r["stored"] for r in recordings)
+    size = sum(r["bytes"] for r in recordings)
+    if session["state"] == "closed":
+        console.print(f"session {session['id']} closed: {len(recordings)} recordings, "
+                      f"{segments} segments ({size / 1e6:.1f} MB) archived, verified and signed")
+    else:
+        console.print(f"[red]session {session['id']} is {session['state']}, not closed:[/red] "
+                      + "; ".join(archive.get("problems", [])[:3]))
+    return session
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -252,6 +288,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"{len(points) - len(failed)}/{len(points)} boxes enrolled  logs {logdir}",
         )
         devices: list[dict[str, Any]] = []
+        archive: dict[str, Any] = {}
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while not stop["now"]:
                 with contextlib.suppress(ApiError):
@@ -264,19 +301,23 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     with contextlib.suppress(ApiError):
                         session = client.get(f"/api/sessions/{session['id']}")
                         went_live = went_live or session["state"] == "live"
+                        archive = client.get(f"/api/archive/sessions/{session['id']}")
                 elapsed = time.monotonic() - started
                 footer = Text(f"{elapsed:4.0f}s  Ctrl-C stops", style="dim")
                 if processes.dead():
                     footer = Text(f"stopped unexpectedly: {', '.join(processes.dead())}",
                                   style="red")
-                live.update(Group(header, fleet_table(devices, title="fleet"),
-                                  session_line(session), footer))
+                live.update(Group(header, fleet_table(devices, title="fleet", width=console.width),
+                                  session_line(session, archive), footer))
                 if args.duration and elapsed >= args.duration:
                     break
                 time.sleep(0.5)
         # A Ctrl-C can land between two polls: look once more before stopping everything.
         with contextlib.suppress(ApiError):
             seen_online |= {d["id"] for d in client.get("/api/devices") if d["online"]}
+        if session is not None and went_live:
+            console.print()
+            session = close_session(client, session, console)
     finally:
         processes.stop()
         broker.stop()
@@ -293,7 +334,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                          else f"did not go live ({session['state']})"))
     if not args.workdir and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if missing else 0
+    closed = session is None or not went_live or session["state"] == "closed"
+    return 1 if missing or not closed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

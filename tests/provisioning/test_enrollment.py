@@ -67,7 +67,7 @@ async def test_a_box_enrolls_on_first_boot_and_connects_over_mutual_tls(
     assert not paths.token.exists(), "the single-use token must be deleted"
     assert (paths.key.stat().st_mode & 0o777) == 0o600
     controller_pub = base64.b64decode(paths.controller_pub.read_text())
-    assert controller_pub == controller.provisioning.signing.public_raw()
+    assert controller_pub == controller.signing.public_raw()
 
     bound = controller.identities.get("xa-hung-nguyen")
     assert bound is not None
