@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
 from tiepdan.firmware import protocol
+from tiepdan.firmware.durable import fsync_dir, write_atomic
 from tiepdan.firmware.identity import write_private
 from tiepdan.firmware.manifest import (
     FILENAME,
@@ -376,8 +377,8 @@ class Archive:
         directory = self.recording_dir(session, recorder)
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+            fsync_dir(directory.parent)
+            fsync_dir(directory.parent.parent)
         size = _append(directory / FILENAME, b"".join(r.line() + b"\n" for r in records))
         self._index(session, recorder, records, size)
 
@@ -529,7 +530,7 @@ class Archive:
             raise ArchiveError(422, "hash_mismatch", f"{row['name']}: the bytes received do "
                                                      "not hash to the declared ct_sha256")
         os.rename(upload.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         with self._lock:
             receipt = self._acknowledge(row)
         log.info("archive_segment_stored session=%s recorder=%s name=%s bytes=%d",
@@ -638,7 +639,7 @@ class Archive:
         document = msgspec.structs.replace(document, sig=base64.b64encode(
             self._signing.sign(document.signed_bytes())).decode())
         data = msgspec.json.encode(document, order="sorted")
-        _write_atomic(self.closed_dir / f"{session_id}.json", data + b"\n")
+        write_atomic(self.closed_dir / f"{session_id}.json", data + b"\n")
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO closed (session, closed_utc_ms, closed_by, document) "
@@ -792,25 +793,5 @@ def _append(path: Path, data: bytes) -> int:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return size
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

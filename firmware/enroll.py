@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import random
 import ssl
 import sys
@@ -37,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from tiepdan.firmware import logs, protocol
 from tiepdan.firmware.config import DEFAULT_PATH, ConfigError, DeviceSection, Port, read_toml
+from tiepdan.firmware.durable import fsync_dir, write_atomic
 from tiepdan.firmware.identity import Identity, write_private
 
 log = logging.getLogger(__name__)
@@ -253,28 +253,9 @@ def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
     settings.setdefault("state", {})["dir"] = str(state)
     header = (f"# written by tiepdan-enroll from the boot partition's {FOLDER}/{PROVISION_FILE};"
               "\n# settings are documented in the README (Configuration).\n")
-    _write_atomic(path, (header + tomli_w.dumps(settings)).encode(), 0o644)
+    write_atomic(path, (header + tomli_w.dumps(settings)).encode(), 0o644)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.0,
@@ -313,12 +294,12 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
                 delay = min(delay * 2, retry_max)
     cert = check_certificate(response, device=device, ca_pem=ca_pem, key=key)
     controller_key = base64.b64decode(response.controller_sign_key)
-    _write_atomic(paths.ca, ca_pem, 0o644)
-    _write_atomic(paths.cert, response.certificate.encode(), 0o644)
-    _write_atomic(paths.controller_pub, base64.b64encode(controller_key) + b"\n", 0o644)
+    write_atomic(paths.ca, ca_pem, 0o644)
+    write_atomic(paths.cert, response.certificate.encode(), 0o644)
+    write_atomic(paths.controller_pub, base64.b64encode(controller_key) + b"\n", 0o644)
     write_agent_config(paths.agent_config, provision, paths.state)
     paths.token.unlink()
-    _fsync_dir(paths.folder)
+    fsync_dir(paths.folder)
     serial = f"{cert.serial_number:x}"
     log.info("enroll_done device=%s serial=%s not_after=%s config=%s", device, serial,
              cert.not_valid_after_utc.date().isoformat(), paths.agent_config)

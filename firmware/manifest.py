@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from tiepdan.firmware.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 VERSION = 1
@@ -212,7 +214,7 @@ class Manifest:
                 os.fsync(handle.fileno())
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         if not data:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     @property
     def last(self) -> Record | None:
@@ -246,11 +248,3 @@ class Manifest:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

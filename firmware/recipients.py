@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import msgspec
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tiepdan.firmware.durable import write_atomic
 from tiepdan.firmware.receipt import Signer, controller_key, signature_valid
 
 log = logging.getLogger(__name__)
@@ -123,22 +123,11 @@ class Recipients:
             raise RecipientsError(f"document issued {doc.issued_utc_ms} is older than the "
                                   f"cached one ({cached}): refused as a replay")
         if self._doc is None or doc != self._doc:
-            self._write(data)
+            write_atomic(self.path, data)
             log.info("recipients_updated count=%d issued_utc_ms=%d", len(doc.recipients),
                      doc.issued_utc_ms)
         self._doc = doc
         return list(doc.recipients)
-
-    def _write(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
 
     async def refresh(self, archive_url: str, timeout: float = 30.0) -> list[str]:
         """Fetch, verify and cache the archive's document; raises on any failure."""

@@ -19,6 +19,8 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
+from tiepdan.firmware.durable import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -47,29 +49,12 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_atomic(self.path, payload, 0o600)
 
     def close(self) -> None:
         pass
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BoxStore:

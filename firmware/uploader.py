@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import msgspec
 
+from tiepdan.firmware.durable import fsync_dir
 from tiepdan.firmware.identity import Identity
 from tiepdan.firmware.manifest import (
     FILENAME,
@@ -377,7 +378,7 @@ class _Pass:
             if not self.up.can_append(self.session):
                 return False  # delete and say so together, once the session is over
             path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         record = await self.up.append(self.session, "deleted", {
             "name": name, "ct_sha256": segment.ct_sha256})
         if record is None:
@@ -435,11 +436,3 @@ def _message(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return f"{body['error'].get('code', '')}: {body['error'].get('message', '')}"
     return str(body)[:200]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
+from tiepdan.firmware.durable import write_atomic
 from tiepdan.ota import keys as keyfiles
 from tiepdan.ota.bundle import bundle_name, check_version, read_bundle
 
@@ -144,11 +145,11 @@ class UpdateRepository(Repository):
         data = md.to_bytes(JSONSerializer(compact=False))
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         if role == "timestamp":
-            _write_atomic(self.metadata_dir / "timestamp.json", data)
+            write_atomic(self.metadata_dir / "timestamp.json", data)
         else:
-            _write_atomic(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
+            write_atomic(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
             if role == "root":
-                _write_atomic(self.metadata_dir / "root.json", data)
+                write_atomic(self.metadata_dir / "root.json", data)
         log.info("tuf_signed role=%s version=%d expires=%s", role, md.signed.version,
                  md.signed.expires.isoformat())
 
@@ -353,12 +354,3 @@ class UpdateRepository(Repository):
         if not path.exists():
             raise RepositoryError(f"{self.path} is not initialised (tiepdan-ota keys init)")
         return path.read_bytes()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
