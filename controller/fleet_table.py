@@ -87,12 +87,28 @@ def _qos(d: dict[str, Any]) -> str:
             f"{'-' if loss is None else f'{100 * loss:.1f}%'}")
 
 
+def _update(d: dict[str, Any]) -> str | Text:
+    update = (d.get("extra") or {}).get("update")
+    if not update:
+        return "-"
+    status = update.get("status") or "-"
+    progress = update.get("progress")
+    shown = f"{status} {progress:.0f}%" if status == "in_progress" and progress is not None \
+        else status
+    return Text(shown, style=UPDATE_STYLE.get(status, ""))
+
+
+UPDATE_STYLE = {"succeeded": "green", "in_progress": "yellow", "failed": "red",
+                "rolled_back": "red", "rejected": "red"}
+
 EXTRA_COLUMNS += [("call", _call), ("call qos rx/tx", _qos)]
+# Shown only while some box has taken part in an update campaign.
+UPDATE_COLUMN: Column = ("update", _update)
 
 
 # What a cell needs to stay readable when the terminal is narrow (the point name gives way).
 MIN_WIDTH = {"device": 14, "point": 8, "state": 8, "fw": 5, "health": 16, "q": 1,
-             "call": 10, "call qos rx/tx": 22}
+             "call": 10, "call qos rx/tx": 22, "update": 9}
 
 
 def fleet_table(devices: Sequence[dict[str, Any]], title: str = "fleet",
@@ -102,6 +118,8 @@ def fleet_table(devices: Sequence[dict[str, Any]], title: str = "fleet",
     table = Table(title=f"{title}: {online}/{len(devices)} online", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = COLUMNS + EXTRA_COLUMNS
+    if any((d.get("extra") or {}).get("update") for d in devices):
+        columns = [*columns, UPDATE_COLUMN]
     point_width = 26
     if width is not None:
         others = sum(MIN_WIDTH.get(name, len(name)) + 2 for name, _ in columns if name != "point")
