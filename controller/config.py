@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from tiepdan.firmware.config import LogSection, MqttSection, Port, read_toml
+from tiepdan.firmware.core.config import LogSection, MqttSection, Port, read_toml
 from tiepdan.firmware.protocol import ID_PATTERN
 
 DEFAULT_PATH = Path("/etc/tiepdan/controller.toml")

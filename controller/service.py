@@ -9,27 +9,27 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from tiepdan.controller.api import admin_token, build_app
-from tiepdan.controller.archive import Archive
-from tiepdan.controller.archive_api import add_archive_routes
-from tiepdan.controller.bridge import build_bridge
-from tiepdan.controller.bridge_recording import BridgeRecording
-from tiepdan.controller.closing import Closer
+from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.enrollment.provisioning import Provisioning
+from tiepdan.controller.fleet.commands import CommandClient
+from tiepdan.controller.fleet.ingest import Ingest
+from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.http.app import admin_token, build_app
+from tiepdan.controller.http.archive import add_archive_routes
+from tiepdan.controller.http.sessions import add_session_routes
 from tiepdan.controller.identities import Identities
-from tiepdan.controller.ingest import Ingest
-from tiepdan.controller.provisioning import Provisioning
-from tiepdan.controller.registry import Registry
-from tiepdan.controller.rpc import CommandClient
-from tiepdan.controller.schedule import Schedules
-from tiepdan.controller.session_api import add_session_routes
-from tiepdan.controller.sessions import Sessions
+from tiepdan.controller.sessions.bridge import build_bridge
+from tiepdan.controller.sessions.bridge_recording import BridgeRecording
+from tiepdan.controller.sessions.closing import Closer
+from tiepdan.controller.sessions.engine import Sessions
+from tiepdan.controller.sessions.schedule import Schedules
 from tiepdan.controller.signing import SigningKey
 from tiepdan.controller.store import Database
-from tiepdan.controller.updates import Updates
+from tiepdan.controller.updates.service import Updates
 from tiepdan.firmware import protocol
-from tiepdan.firmware.config import link_settings
-from tiepdan.firmware.mqtt import Inbound, MqttLink, Will
+from tiepdan.firmware.core.config import link_settings
+from tiepdan.firmware.core.mqtt import Inbound, MqttLink, Will
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.firmware.identity import write_private
+from tiepdan.firmware.evidence.identity import write_private
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from tiepdan import __version__
-from tiepdan.firmware import logs
-from tiepdan.firmware.config import DEFAULT_PATH, ConfigError, load_config
+from tiepdan.firmware.core import logs
+from tiepdan.firmware.core.config import DEFAULT_PATH, ConfigError, load_config
 
 log = logging.getLogger("tiepdan.firmware")
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log.level, config.log.format)
 
     from tiepdan.board.profile import BoardError
-    from tiepdan.firmware.agent import Agent, Exit
-    from tiepdan.firmware.mqtt import LinkError
+    from tiepdan.firmware.agent.agent import Agent, Exit
+    from tiepdan.firmware.core.mqtt import LinkError
 
     async def run() -> Exit:
         agent = Agent(config)

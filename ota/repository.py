@@ -38,7 +38,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
-from tiepdan.firmware.durable import write_atomic
+from tiepdan.firmware.core.durable import write_atomic
 from tiepdan.ota import keys as keyfiles
 from tiepdan.ota.bundle import bundle_name, check_version, read_bundle
 

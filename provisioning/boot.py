@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import tomli_w
 
-from tiepdan.firmware.enroll import (
+from tiepdan.firmware.firstboot.enroll import (
     CA_FILE,
     FOLDER,
     PROVISION_FILE,

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tiepdan.firmware.identity import write_private
+from tiepdan.firmware.evidence.identity import write_private
 
 # Certificates start a little in the past: a broker or box whose clock lags by minutes must not
 # refuse a certificate that was issued a moment ago.

@@ -20,11 +20,11 @@ from gpiozero.pins.mock import MockFactory
 from tiepdan.board.panel import Panel
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.controller.provisioning import material_for
+from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.agent import Agent, Exit
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
+from tiepdan.firmware.agent.agent import Agent, Exit
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
 from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
 from tiepdan.provisioning.material import initialise
 from tiepdan.provisioning.mosquitto import listener_text

@@ -27,7 +27,7 @@ def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
                        result.stdout)
     assert closed, result.stdout[-3000:]
     verify = subprocess.run(
-        [sys.executable, "-m", "tiepdan.controller.archive_cli", "--config",
+        [sys.executable, "-m", "tiepdan.controller.cli.archive", "--config",
          str(tmp_path / "controller.toml"), "verify", closed[1], "--json"],
         capture_output=True, text=True, timeout=120, check=False)
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tiepdan.controller.config import load_config as load_controller_config
-from tiepdan.firmware.config import load_config as load_agent_config
+from tiepdan.firmware.core.config import load_config as load_agent_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

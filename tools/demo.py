@@ -32,11 +32,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from tiepdan.controller.client import ApiClient, ApiError
+from tiepdan.controller.cli.client import ApiClient, ApiError
+from tiepdan.controller.cli.fleet_table import fleet_table
+from tiepdan.controller.cli.provision import new_box
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.controller.fleet_table import fleet_table
-from tiepdan.controller.provisioning import material_for
-from tiepdan.provisioning.cli import new_box
+from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -154,7 +154,7 @@ def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                             agent_settings(workdir, broker, point, client.url))
         with (logdir / f"{point.id}.log").open("ab") as out:
             enrolling[point.id] = subprocess.Popen(
-                [sys.executable, "-m", "tiepdan.firmware.enroll", "--boot", str(boot),
+                [sys.executable, "-m", "tiepdan.firmware.firstboot.enroll", "--boot", str(boot),
                  "--state-dir", str(workdir / "boxes" / point.id), "--config", str(config),
                  "--give-up-after", str(timeout)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tiepdan.board.profile import BoardProfile
-from tiepdan.firmware.agent import Agent, Exit, FrontPanel, HealthSource
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.ota import boot
-from tiepdan.ota.slots import Slot
+from tiepdan.firmware.agent.agent import Agent, Exit, FrontPanel, HealthSource
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.update import boot
+from tiepdan.firmware.update.slots import Slot
 
 log = logging.getLogger(__name__)
 

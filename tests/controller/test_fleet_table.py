@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tiepdan.controller.fleet_table import fleet_table
+from tiepdan.controller.cli.fleet_table import fleet_table
 
 
 def _device(update: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.firmware.config import AgentConfig, ConfigError, load_config
+from tiepdan.firmware.core.config import AgentConfig, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.store import Database
-from tiepdan.firmware.identity import Identity, IdentityError
+from tiepdan.firmware.evidence.identity import Identity, IdentityError
 
 
 def test_signing_key_is_created_once_and_private(tmp_path: Path) -> None:

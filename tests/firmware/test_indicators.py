@@ -7,7 +7,7 @@ from gpiozero.pins.mock import MockFactory
 
 from tiepdan.board.panel import Panel
 from tiepdan.board.profile import load_profile
-from tiepdan.firmware.indicators import Indicators, Status, patterns
+from tiepdan.firmware.agent.indicators import Indicators, Status, patterns
 
 
 @pytest.mark.parametrize(("status", "expected"), [

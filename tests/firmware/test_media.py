@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tiepdan.firmware.media import Fanout
+from tiepdan.firmware.media.fanout import Fanout
 
 
 @dataclass(frozen=True)

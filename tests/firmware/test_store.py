@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tiepdan.firmware.store import AtomicJSONStorage, BoxStore
+from tiepdan.firmware.agent.store import AtomicJSONStorage, BoxStore
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_crash_mid_write_leaves_the_previous_state(tmp_path: Path) -> None:
     store.close()
     script = f"""
 import os, sys
-from tiepdan.firmware.store import BoxStore
+from tiepdan.firmware.agent.store import BoxStore
 real_replace = os.replace
 def die(src, dst):
     os.kill(os.getpid(), 9)

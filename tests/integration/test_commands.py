@@ -14,7 +14,7 @@ from tests.support import (
     running_agent,
     write_agent_config,
 )
-from tiepdan.controller.client import ApiClient
+from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
 from tiepdan.tools.broker import Mosquitto

@@ -29,7 +29,7 @@ from tests.support import (
     running_controller,
 )
 from tiepdan.firmware import protocol
-from tiepdan.firmware.mqtt import Inbound
+from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.tools.broker import Mosquitto
 
 T = TypeVar("T")

@@ -18,10 +18,10 @@ from aiohttp import web
 
 from tests.support import ROOT, Observer, agent_settings
 from tiepdan.firmware import protocol
-from tiepdan.ota import boot
+from tiepdan.firmware.update import boot
+from tiepdan.firmware.update.slots import install_image
 from tiepdan.ota.bundle import SOURCE_ENTRIES, build_bundle, build_wheel
 from tiepdan.ota.repository import Keyring, UpdateRepository
-from tiepdan.ota.slots import install_image
 from tiepdan.tools.broker import Mosquitto, free_port
 
 # name -> (version, {relative file: (old text, new text)})
@@ -37,7 +37,7 @@ VARIANTS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "async def _camera(profile: BoardProfile, label: str) -> str:\n",
         "async def _camera(profile: BoardProfile, label: str) -> str:\n"
         "    raise RuntimeError('no frame from the camera (test build 1.3.0)')\n")}),
-    "silent": ("1.4.0", {"ota/client.py": (
+    "silent": ("1.4.0", {"firmware/update/client.py": (
         "                await self._health_check(trial)\n",
         "                await asyncio.Event().wait()  # test build: never gives a verdict\n")}),
 }

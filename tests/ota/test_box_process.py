@@ -26,7 +26,7 @@ from tests.ota.harness import (
     write_box_config,
 )
 from tests.support import Observer, eventually
-from tiepdan.ota import boot, slots
+from tiepdan.firmware.update import boot, slots
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.broker import Mosquitto
 

@@ -21,11 +21,11 @@ import tomli_w
 from tests.ota.harness import box_settings
 from tests.support import eventually, make_controller_config, running_controller
 from tiepdan.board.profile import load_profile
-from tiepdan.controller.campaign import CampaignSpec, Selector, Wave
-from tiepdan.controller.client import ApiClient
+from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.ota import boot, slots
+from tiepdan.controller.updates.campaign import CampaignSpec, Selector, Wave
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.update import boot, slots
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel
 from tiepdan.tools.broker import Mosquitto, free_port

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tiepdan.controller.campaign import Selector, Wave, _Bucket, assign_waves, select
-from tiepdan.controller.registry import Device
-from tiepdan.ota import window
+from tiepdan.controller.fleet.registry import Device
+from tiepdan.controller.updates.campaign import Selector, Wave, _Bucket, assign_waves, select
+from tiepdan.firmware.update import window
 
 
 def fleet() -> list[Device]:

@@ -16,8 +16,8 @@ import tomli_w
 from tests.ota.harness import box_settings
 from tests.support import ROOT, eventually, make_controller_config, running_controller
 from tiepdan.board.profile import load_profile
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.ota import boot
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.update import boot
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel
 from tiepdan.tools.broker import Mosquitto
@@ -26,7 +26,7 @@ from tiepdan.tools.simbox import SimBox, stop_all
 pytestmark = pytest.mark.timeout(300)  # whole updates, on a shared 2-core machine
 
 
-CLI = [sys.executable, "-m", "tiepdan.ota.cli"]
+CLI = [sys.executable, "-m", "tiepdan.controller.cli.ota"]
 
 
 def ota(*args: str, config: Path | None = None) -> str:

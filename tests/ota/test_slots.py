@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
-from tiepdan.ota import boot, slots
+from tiepdan.firmware.update import boot, slots
 
 INSTALL_STEPS = ["prepared", "unpacked", "synced", "moved_old", "renamed"]
 
@@ -22,7 +22,7 @@ def killed_at(step: str, code: str) -> None:
     program = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from tiepdan.ota import boot, slots\n"
+        "from tiepdan.firmware.update import boot, slots\n"
         f"def at(step):\n    if step == {step!r}: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"{code}\n"
     )

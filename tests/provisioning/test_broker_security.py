@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import SecureBroker, TlsClient, eventually
 from tiepdan.firmware import protocol
-from tiepdan.firmware.mqtt import LinkError, TlsSettings
+from tiepdan.firmware.core.mqtt import LinkError, TlsSettings
 from tiepdan.provisioning.ca import CertificateAuthority, cert_pem, new_key, write_key, write_public
 from tiepdan.provisioning.mosquitto import acl_text, box_acl_rules
 

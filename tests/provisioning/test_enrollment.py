@@ -40,10 +40,10 @@ from tests.support import (
     running_agent,
     running_controller,
 )
-from tiepdan.controller.provisioning import NewBox, Unavailable
+from tiepdan.controller.enrollment.provisioning import NewBox, Unavailable
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.enroll import EnrollError, Paths, enroll, make_csr, tls_key
-from tiepdan.firmware.identity import Identity
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.firstboot.enroll import EnrollError, Paths, enroll, make_csr, tls_key
 from tiepdan.provisioning.ca import CertificateAuthority
 from tiepdan.provisioning.claims import ClaimRefused
 from tiepdan.tools.broker import Mosquitto, free_port

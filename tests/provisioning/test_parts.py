@@ -19,10 +19,10 @@ import segno
 from cryptography import x509
 from PIL import Image
 
-from tiepdan.controller.enrollment import RateLimiter
+from tiepdan.controller.enrollment.enrollment import RateLimiter
 from tiepdan.firmware import protocol
-from tiepdan.firmware.config import DeviceSection
-from tiepdan.firmware.enroll import (
+from tiepdan.firmware.core.config import DeviceSection
+from tiepdan.firmware.firstboot.enroll import (
     BrokerSection,
     EnrollError,
     Provision,

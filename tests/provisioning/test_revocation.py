@@ -14,8 +14,8 @@ from cryptography import x509
 
 from tests.provisioning.support import agent_config, provision
 from tests.support import SecureBroker, eventually, running_agent, running_controller
-from tiepdan.controller.provisioning import NewBox
-from tiepdan.firmware.enroll import EnrollError, enroll
+from tiepdan.controller.enrollment.provisioning import NewBox
+from tiepdan.firmware.firstboot.enroll import EnrollError, enroll
 from tiepdan.provisioning.ca import CertificateAuthority
 
 

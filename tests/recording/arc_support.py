@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support import make_controller_config, running_controller
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
-from tiepdan.firmware.identity import Identity
-from tiepdan.firmware.manifest import FILENAME, Manifest, Record, Segment
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, Record, Segment
 from tiepdan.tools.broker import Mosquitto
 
 
@@ -103,7 +103,7 @@ def write_recording(directory: Path, *, device: str, session: str, key: Ed25519P
 
 
 def manifest_records(path: Path) -> list[Record]:
-    from tiepdan.firmware.manifest import parse_line
+    from tiepdan.firmware.evidence.manifest import parse_line
 
     return [parse_line(line) for line in path.read_bytes().splitlines()]
 
@@ -191,7 +191,7 @@ class Interposer:
     def _rewrite(self, receipt_line: bytes) -> bytes:
         import msgspec
 
-        from tiepdan.firmware.receipt import Receipt, sign_receipt
+        from tiepdan.firmware.evidence.receipt import Receipt, sign_receipt
 
         if self.first is None:
             self.first = receipt_line

@@ -26,14 +26,14 @@ from av.stream import Stream
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.firmware.h264 import H264Encoder
-from tiepdan.firmware.identity import Identity
-from tiepdan.firmware.manifest import FILENAME, Record, verify_chain
-from tiepdan.firmware.media import Fanout
-from tiepdan.firmware.recipients import sign_document
-from tiepdan.firmware.recorder import SegmentRecorder, Track
-from tiepdan.firmware.recording import recover_sessions
-from tiepdan.firmware.sealer import FileSystem
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.evidence.manifest import FILENAME, Record, verify_chain
+from tiepdan.firmware.evidence.recipients import sign_document
+from tiepdan.firmware.evidence.recorder import SegmentRecorder, Track
+from tiepdan.firmware.evidence.sealer import FileSystem
+from tiepdan.firmware.media.fanout import Fanout
+from tiepdan.firmware.media.h264 import H264Encoder
+from tiepdan.firmware.recording.session import recover_sessions
 
 WIDTH, HEIGHT, FPS = 320, 180, 15
 AUDIO_RATE = 48000

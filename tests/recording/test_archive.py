@@ -25,9 +25,9 @@ from tests.recording.arc_support import (
     write_recording,
 )
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.manifest import Manifest, Record, Segment, sign
-from tiepdan.firmware.receipt import Receipt, check_receipt
-from tiepdan.firmware.recipients import RecipientsError, verify_document
+from tiepdan.firmware.evidence.manifest import Manifest, Record, Segment, sign
+from tiepdan.firmware.evidence.receipt import Receipt, check_receipt
+from tiepdan.firmware.evidence.recipients import RecipientsError, verify_document
 from tiepdan.tools.broker import Mosquitto
 
 BOX = "box-a"

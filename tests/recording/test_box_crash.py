@@ -27,10 +27,10 @@ from tests.recording.rec_support import (
     decrypt_segment,
     verified_records,
 )
-from tiepdan.firmware.identity import Identity
-from tiepdan.firmware.manifest import FILENAME, Record, verify_chain
-from tiepdan.firmware.recording import recover_sessions
-from tiepdan.firmware.sealer import FileSystem
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.evidence.manifest import FILENAME, Record, verify_chain
+from tiepdan.firmware.evidence.sealer import FileSystem
+from tiepdan.firmware.recording.session import recover_sessions
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = "s-crash"

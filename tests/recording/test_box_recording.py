@@ -22,9 +22,9 @@ from tests.recording.rec_support import (
 )
 from tests.support import Observer, eventually, make_agent_config, running_agent
 from tiepdan.firmware import protocol
-from tiepdan.firmware.agent import Agent
-from tiepdan.firmware.identity import Identity
-from tiepdan.firmware.sealer import FileSystem
+from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.evidence.sealer import FileSystem
 from tiepdan.tools.broker import Mosquitto
 
 DEVICE = "box-rec"

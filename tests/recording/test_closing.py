@@ -21,10 +21,10 @@ from tests.recording.arc_support import (
 )
 from tests.sessions.points import BRIDGE, points
 from tests.support import eventually, make_controller_config, running_controller
-from tiepdan.controller.archive import ClosedSession
-from tiepdan.controller.client import ApiClient
+from tiepdan.controller.archive.store import ClosedSession
+from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.manifest import Record, verify_chain
+from tiepdan.firmware.evidence.manifest import Record, verify_chain
 from tiepdan.tools.broker import Mosquitto
 
 

@@ -21,7 +21,7 @@ from tests.recording.ver_support import (
     build_archive,
     files_in,
 )
-from tiepdan.controller.archive_cli import main
+from tiepdan.controller.cli.archive import main
 
 
 @pytest.fixture

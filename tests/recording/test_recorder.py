@@ -27,9 +27,9 @@ from tests.recording.rec_support import (
     probe,
     verified_records,
 )
-from tiepdan.firmware.manifest import FILENAME, Manifest, Record, RecordKind, Segment
-from tiepdan.firmware.recorder import SegmentRecorder
-from tiepdan.firmware.sealer import FileSystem, Sealer, SealError
+from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, Record, RecordKind, Segment
+from tiepdan.firmware.evidence.recorder import SegmentRecorder
+from tiepdan.firmware.evidence.sealer import FileSystem, Sealer, SealError
 
 DEVICE, SESSION = "box-1", "s-rec"
 FRAME_MS = 1000 / FPS

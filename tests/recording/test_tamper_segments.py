@@ -24,8 +24,8 @@ from tests.recording.ver_support import (
     files_in,
     header_end,
 )
-from tiepdan.controller.export import ExportError, export_recording
-from tiepdan.controller.verification import (
+from tiepdan.controller.archive.export import ExportError, export_recording
+from tiepdan.controller.archive.verification import (
     Report,
     key_lookup,
     load_identities,

@@ -27,15 +27,15 @@ from tests.recording.ver_support import (
     sign_doc,
     write_recording,
 )
-from tiepdan.controller.archive_cli import main
-from tiepdan.controller.identities import Identities
-from tiepdan.controller.verification import (
+from tiepdan.controller.archive.verification import (
     SessionReport,
     key_lookup,
     load_identities,
     verify_session,
 )
-from tiepdan.firmware.manifest import Manifest, parse_line, sign
+from tiepdan.controller.cli.archive import main
+from tiepdan.controller.identities import Identities
+from tiepdan.firmware.evidence.manifest import Manifest, parse_line, sign
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -308,7 +308,7 @@ def test_cli_clear_errors(archive: Archive, tmp_path: Path,
 def test_cli_as_a_process(archive: Archive) -> None:
     env = {**os.environ, "TIEPDAN_CONTROLLER_CONFIG": str(archive.config), "COLUMNS": "200"}
     done = subprocess.run(
-        [sys.executable, "-m", "tiepdan.controller.archive_cli", "verify", SESSION,
+        [sys.executable, "-m", "tiepdan.controller.cli.archive", "verify", SESSION,
          "--identity", str(archive.identity_file)],
         check=False, capture_output=True, text=True, env=env, cwd=ROOT,
         timeout=60)
@@ -316,7 +316,7 @@ def test_cli_as_a_process(archive: Archive) -> None:
     assert "verified" in done.stdout and "Traceback" not in done.stderr
     archive.recordings[BOX].segment_file(1).unlink()
     done = subprocess.run(
-        [sys.executable, "-m", "tiepdan.controller.archive_cli", "verify", SESSION],
+        [sys.executable, "-m", "tiepdan.controller.cli.archive", "verify", SESSION],
         check=False, capture_output=True, text=True, env=env, cwd=ROOT,
         timeout=60)
     assert done.returncode == 1

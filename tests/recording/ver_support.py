@@ -29,12 +29,12 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.controller.archive import ClosedRecording, ClosedSegment, ClosedSession
+from tiepdan.controller.archive.store import ClosedRecording, ClosedSegment, ClosedSession
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.signing import SigningKey
 from tiepdan.controller.store import Database
-from tiepdan.firmware.manifest import FILENAME, Manifest, Record, Segment
-from tiepdan.firmware.receipt import Receipt, sign_receipt
+from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, Record, Segment
+from tiepdan.firmware.evidence.receipt import Receipt, sign_receipt
 
 SESSION = "s-0123456789ab"
 BOX = "box-a"

@@ -20,7 +20,7 @@ from tests.support import (
 from tiepdan.board.audio.synthetic import dominant_tones, tone_for
 from tiepdan.board.camera.tag import label_hash, read_tag
 from tiepdan.controller.service import Controller
-from tiepdan.firmware.agent import Agent
+from tiepdan.firmware.agent.agent import Agent
 from tiepdan.tools.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tiepdan.controller.schedule import next_time, parse_at
-from tiepdan.controller.sessions import SessionError
+from tiepdan.controller.sessions.engine import SessionError
+from tiepdan.controller.sessions.schedule import next_time, parse_at
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 

@@ -10,8 +10,8 @@ from aiortc.mediastreams import AudioStreamTrack
 from tests.sessions.points import latest_picture, points, session_controller
 from tests.support import Observer, eventually
 from tiepdan.firmware import protocol
-from tiepdan.firmware.agent import Agent
-from tiepdan.firmware.rtc import prefer_h264
+from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.media.rtc import prefer_h264
 from tiepdan.tools.broker import Mosquitto
 
 DEVICES = ["bi-host", "bi-1"]

@@ -14,7 +14,7 @@ import tomli_w
 from tests.sessions.points import controller_config
 from tests.sessions.test_session_bad_input import register_fake_box
 from tests.support import Observer, eventually, running_controller
-from tiepdan.controller import cli
+from tiepdan.controller.cli import main as cli
 from tiepdan.tools.broker import Mosquitto
 
 

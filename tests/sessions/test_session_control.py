@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.sessions.points import points, session_controller
 from tests.support import eventually
-from tiepdan.firmware.agent import Agent
+from tiepdan.firmware.agent.agent import Agent
 from tiepdan.tools.broker import Mosquitto
 
 

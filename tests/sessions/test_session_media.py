@@ -14,7 +14,7 @@ from tests.sessions.points import (
     tags_seen,
 )
 from tests.support import eventually
-from tiepdan.firmware.agent import Agent
+from tiepdan.firmware.agent.agent import Agent
 from tiepdan.tools.broker import Mosquitto
 
 DEVICES = ["pt-host", "pt-1", "pt-2", "pt-3"]

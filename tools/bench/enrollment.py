@@ -42,11 +42,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tiepdan.controller.client import ApiClient
+from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.controller.provisioning import material_for
+from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.firmware import protocol
-from tiepdan.firmware.enroll import make_csr
+from tiepdan.firmware.firstboot.enroll import make_csr
 from tiepdan.provisioning.ca import key_pem, new_key
 from tiepdan.provisioning.material import initialise
 from tiepdan.provisioning.mosquitto import listener_text

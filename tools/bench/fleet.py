@@ -36,12 +36,12 @@ import tomli_w
 
 from tiepdan.board.profile import load_profile
 from tiepdan.board.sensors import Health
-from tiepdan.controller.client import ApiClient, ApiError
-from tiepdan.controller.rpc import CommandClient
+from tiepdan.controller.cli.client import ApiClient, ApiError
+from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.firmware import protocol
-from tiepdan.firmware.agent import Agent
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.firmware.mqtt import Inbound, LinkSettings, MqttLink
+from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink
 from tiepdan.tools.broker import Mosquitto, free_port
 
 log = logging.getLogger(__name__)

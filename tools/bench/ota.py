@@ -41,12 +41,12 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater
 
 from tiepdan.board.profile import load_profile
-from tiepdan.controller.client import ApiClient, ApiError
-from tiepdan.firmware.config import AgentConfig
+from tiepdan.controller.cli.client import ApiClient, ApiError
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.update.fetcher import ResumableFetcher
+from tiepdan.firmware.update.slots import install_image
 from tiepdan.ota.bundle import build_bundle, build_wheel
-from tiepdan.ota.fetcher import ResumableFetcher
 from tiepdan.ota.repository import Keyring, UpdateRepository
-from tiepdan.ota.slots import install_image
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel, raise_fd_limit
 from tiepdan.tools.broker import Mosquitto, free_port
 from tiepdan.tools.simbox import SimBox, stop_all

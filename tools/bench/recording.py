@@ -38,10 +38,10 @@ import pyrage
 from av.stream import Stream
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.firmware.h264 import H264Encoder
-from tiepdan.firmware.media import Fanout
-from tiepdan.firmware.recorder import SegmentRecorder, Track
-from tiepdan.firmware.sealer import Sealer
+from tiepdan.firmware.evidence.recorder import SegmentRecorder, Track
+from tiepdan.firmware.evidence.sealer import Sealer
+from tiepdan.firmware.media.fanout import Fanout
+from tiepdan.firmware.media.h264 import H264Encoder
 
 MS = Fraction(1, 1000)
 

@@ -40,11 +40,11 @@ import tomli_w
 from av.stream import Stream
 
 from tiepdan.board.camera.tag import read_tag
-from tiepdan.controller.bridge.aiortc_bridge import AiortcSession, Member
-from tiepdan.controller.client import ApiClient, ApiError
-from tiepdan.firmware.h264 import H264Encoder
-from tiepdan.firmware.media import Subscription
-from tiepdan.firmware.rtc import PacketTrack
+from tiepdan.controller.cli.client import ApiClient, ApiError
+from tiepdan.controller.sessions.bridge.aiortc_bridge import AiortcSession, Member
+from tiepdan.firmware.media.fanout import Subscription
+from tiepdan.firmware.media.h264 import H264Encoder
+from tiepdan.firmware.media.rtc import PacketTrack
 from tiepdan.tools.broker import Mosquitto, free_port
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class NaiveSession(AiortcSession):
 async def run_bridge(config_path: Path, mode: str) -> None:
     from tiepdan.controller.config import load_config
     from tiepdan.controller.service import Controller
-    from tiepdan.firmware import logs
+    from tiepdan.firmware.core import logs
 
     config = load_config(config_path)
     logs.setup(config.log.level, config.log.format)
@@ -105,9 +105,9 @@ async def run_bridge(config_path: Path, mode: str) -> None:
 
 
 async def run_box(config_path: Path, out: Path) -> None:
-    from tiepdan.firmware import logs
-    from tiepdan.firmware.agent import Agent
-    from tiepdan.firmware.config import load_config
+    from tiepdan.firmware.agent.agent import Agent
+    from tiepdan.firmware.core import logs
+    from tiepdan.firmware.core.config import load_config
 
     config = load_config(config_path)
     logs.setup(config.log.level, config.log.format)

@@ -37,11 +37,11 @@ from tiepdan.board.profile import load_profile
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
-from tiepdan.firmware.agent import Agent
-from tiepdan.firmware.config import AgentConfig
-from tiepdan.firmware.identity import Identity
-from tiepdan.firmware.manifest import FILENAME, Manifest, Segment
-from tiepdan.firmware.uploader import Uploader
+from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.evidence.identity import Identity
+from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, Segment
+from tiepdan.firmware.recording.uploader import Uploader
 from tiepdan.tools.broker import Mosquitto, free_port
 
 BOX = "bench-box"

@@ -1,0 +1,797 @@
+"""The central recording archive: verified manifests, hash-addressed segments, signed receipts.
+
+Boxes (and the bridge's own recorder) send manifest records and sealed segments; the archive
+keeps only what it can attribute and check. Records are taken strictly in sequence order, each
+chained to the one before and signed by a key trusted at the record's time (the box's key from
+`controller.identities`, or the controller's own key for `controller-<id>`); a repeat of an
+accepted record is fine, a different record under a seen sequence number is a fork and is
+refused (and kept aside as evidence). A segment is taken only when a `segment` record declared
+it, never beyond the declared size, re-hashed on completion, stored with fsync + rename, and
+acknowledged with a receipt the controller signs; partial uploads rest as `<name>.part` so an
+upload resumes where a cut left it.
+
+A session closes only when every recording in it is complete: a `stop` (or, after a crash, a
+`recovered`) record ends it, and every declared segment is stored, re-verified and receipted.
+The signed closed-session document commits to each manifest's prefix (record count and last
+hash) and to every segment hash.
+
+Layout under `[archive] dir`: `recordings/<session>/<recorder>/{manifest.jsonl,receipts.jsonl,
+forks.jsonl,<segment>}`, `closed/<session>.json`, the index `archive.db` (SQLite).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyrage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tiepdan.controller.config import ArchiveSection
+from tiepdan.controller.identities import Identities
+from tiepdan.firmware import protocol
+from tiepdan.firmware.core.durable import fsync_dir, write_atomic
+from tiepdan.firmware.evidence.identity import write_private
+from tiepdan.firmware.evidence.manifest import (
+    FILENAME,
+    GENESIS,
+    VERSION,
+    ManifestError,
+    Record,
+    parse_line,
+    signature_valid,
+    verify_chain,
+)
+from tiepdan.firmware.evidence.receipt import Receipt, Signer, parse_receipt, sign_receipt
+from tiepdan.firmware.evidence.recipients import sign_document
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+CHUNK = 1024 * 1024
+RECEIPTS = "receipts.jsonl"
+FORKS = "forks.jsonl"
+SEGMENT_NAME = re.compile(r"^[0-9]{6}\.[a-z0-9]{1,8}\.age$")
+LIFECYCLE = ("start", "segment", "stop", "recovered")
+ENDS = ("stop", "recovered")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    session TEXT NOT NULL,
+    recorder TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    manifest_bytes INTEGER NOT NULL,
+    last_kind TEXT NOT NULL DEFAULT '',
+    updated_utc_ms INTEGER NOT NULL,
+    PRIMARY KEY (session, recorder)
+);
+CREATE TABLE IF NOT EXISTS records (
+    session TEXT NOT NULL,
+    recorder TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    utc_ms INTEGER NOT NULL,
+    PRIMARY KEY (session, recorder, seq)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    session TEXT NOT NULL,
+    recorder TEXT NOT NULL,
+    name TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    ct_sha256 TEXT NOT NULL,
+    ct_size INTEGER NOT NULL,
+    pt_sha256 TEXT NOT NULL,
+    record_seq INTEGER NOT NULL,
+    receipt TEXT,
+    PRIMARY KEY (session, recorder, name)
+);
+CREATE TABLE IF NOT EXISTS closed (
+    session TEXT PRIMARY KEY,
+    closed_utc_ms INTEGER NOT NULL,
+    closed_by TEXT NOT NULL,
+    document BLOB NOT NULL
+);
+"""
+
+
+class ArchiveError(Exception):
+    """Refused input: `status` is the HTTP status the API answers with, `extra` goes along."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    next_seq: int
+
+
+@dataclass(frozen=True)
+class SegmentState:
+    offset: int  # bytes held (the declared size once stored)
+    ct_size: int
+    stored: bool
+    receipt: Receipt | None
+
+
+class ClosedSegment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    index: int
+    ct_sha256: str
+    ct_size: int
+    pt_sha256: str
+
+
+class ClosedRecording(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    recorder: str
+    records: int  # the manifest prefix this document commits to ...
+    last_hash: str  # ... and the hash of its last line
+    end: str  # "stop", or "recovered" when the recorder crashed and ended with its recovery
+    segments: list[ClosedSegment]
+
+
+class ClosedSession(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The signed closed-session document (`closed/<session>.json`)."""
+
+    v: int
+    archive: str
+    session: str
+    closed_utc_ms: int
+    closed_by: str
+    points: list[str]
+    recordings: list[ClosedRecording]
+    sig: str = ""
+
+    def signed_bytes(self) -> bytes:
+        return msgspec.json.encode(msgspec.structs.replace(self, sig=""), order="sorted")
+
+
+@dataclass
+class Problems:
+    """Why a session cannot close yet; one line per missing or failing piece."""
+
+    session: str
+    items: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "; ".join(self.items)
+
+
+# Returns the devices that are points of a session, or None for an unknown session.
+SessionPoints = Callable[[str], list[str] | None]
+
+
+class Archive:
+    def __init__(self, config: ArchiveSection, data_dir: Path, identities: Identities,
+                 signing: Signer, public_raw: bytes, controller_id: str,
+                 session_points: SessionPoints | None = None) -> None:
+        self.config = config
+        self.dir = Path(config.dir) if config.dir else data_dir / "archive"
+        self.recordings_dir = self.dir / "recordings"
+        self.closed_dir = self.dir / "closed"
+        self.identity_file = self.dir / "identity.txt"
+        self.controller_id = controller_id
+        self.recorder_id = f"controller-{controller_id}"
+        self.max_segment = config.max_segment_mb * MIB
+        self._identities = identities
+        self._signing = signing
+        self._controller_key = Ed25519PublicKey.from_public_bytes(public_raw)
+        self._session_points = session_points
+        self._lock = threading.RLock()
+        self._uploading: set[tuple[str, str, str]] = set()
+        for path in (self.recordings_dir, self.closed_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.dir / "archive.db", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        self.recipients = self._recipients()
+        self.recipients_document = sign_document(self.recipients, signing)
+        self._reconcile()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- recipients ------------------------------------------------------------------------------
+
+    def _recipients(self) -> list[str]:
+        recipients = list(self.config.recipients)
+        if not recipients:
+            if not self.identity_file.exists():
+                identity = pyrage.x25519.Identity.generate()
+                write_private(self.identity_file, f"# public key: {identity.to_public()}\n"
+                                                  f"{identity}\n".encode())
+                log.warning("archive_identity_created path=%s: recordings are sealed to an "
+                            "identity kept on this controller; in production generate it "
+                            "offline (age-keygen) and set [archive] recipients",
+                            self.identity_file)
+            else:
+                log.warning("archive_identity_online path=%s: production keeps the archive "
+                            "identity offline; set [archive] recipients", self.identity_file)
+            secret = [line for line in self.identity_file.read_text().splitlines()
+                      if line.startswith("AGE-SECRET-KEY-")]
+            if not secret:
+                raise ValueError(f"{self.identity_file} holds no age identity")
+            identity = pyrage.x25519.Identity.from_str(secret[-1])
+            recipients = [str(identity.to_public())]
+        if self.config.escrow_recipient:
+            recipients.append(self.config.escrow_recipient)
+        return recipients
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def key_for(self, record: Record) -> Ed25519PublicKey | None:
+        """The key that may have signed `record` at its time, or None (unknown or revoked)."""
+        if record.device == self.recorder_id:
+            return self._controller_key
+        identity = self._identities.get(record.device)
+        if identity is None or not identity.trusted_at(record.utc_ms / 1000):
+            return None
+        return Ed25519PublicKey.from_public_bytes(identity.sign_key)
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def recording_dir(self, session: str, recorder: str) -> Path:
+        return self.recordings_dir / session / recorder
+
+    def check_recording(self, session: str, recorder: str) -> None:
+        if not protocol.is_device_id(session) or not protocol.is_device_id(recorder):
+            raise ArchiveError(400, "bad_request", "session and recorder must be ids of "
+                                                   "a-z, 0-9 and '-'")
+        if self._session_points is None:
+            return
+        points = self._session_points(session)
+        if points is None:
+            raise ArchiveError(404, "unknown_session", f"no session {session!r}")
+        if recorder != self.recorder_id and recorder not in points:
+            raise ArchiveError(403, "not_a_point", f"{recorder} is not a point of {session}")
+
+    def next_seq(self, session: str, recorder: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT next_seq FROM recordings WHERE session = ? AND recorder = ?",
+                (session, recorder)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def ingest_records(self, session: str, recorder: str,
+                       lines: Iterable[bytes]) -> IngestResult:
+        """Accept records in sequence order; the valid prefix of a batch is kept on refusal."""
+        self.check_recording(session, recorder)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT next_seq, last_hash FROM recordings WHERE session = ? AND recorder = ?",
+                (session, recorder)).fetchone()
+            next_seq, last = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+            names = {r[0] for r in self._db.execute(
+                "SELECT name FROM segments WHERE session = ? AND recorder = ?",
+                (session, recorder))}
+            fresh: list[Record] = []
+            duplicates = 0
+            try:
+                for number, line in enumerate(lines):
+                    raw = line.strip()
+                    if not raw:
+                        continue
+                    record = self._check_record(session, recorder, number, raw, next_seq,
+                                                last, names)
+                    if record is None:
+                        duplicates += 1
+                        continue
+                    fresh.append(record)
+                    next_seq, last = record.seq + 1, record.hash
+                    if record.segment is not None:
+                        names.add(record.segment.name)
+            except ArchiveError as exc:
+                self._store_records(session, recorder, fresh)
+                exc.extra.update(accepted=len(fresh), next_seq=next_seq)
+                log.warning("archive_records_refused session=%s recorder=%s code=%s "
+                            "accepted=%d error=%s", session, recorder, exc.code, len(fresh), exc)
+                raise
+            self._store_records(session, recorder, fresh)
+        if fresh:
+            log.info("archive_records session=%s recorder=%s accepted=%d duplicates=%d "
+                     "next_seq=%d", session, recorder, len(fresh), duplicates, next_seq)
+        return IngestResult(len(fresh), duplicates, next_seq)
+
+    def _check_record(self, session: str, recorder: str, number: int, raw: bytes,
+                      next_seq: int, last: str, names: set[str]) -> Record | None:
+        """The record if it is the next one, None for a repeat; ArchiveError otherwise."""
+        try:
+            record = parse_line(raw)
+        except ManifestError as exc:
+            raise ArchiveError(400, "bad_record", f"line {number + 1}: {exc}") from None
+        if record.session != session or record.device != recorder:
+            raise ArchiveError(400, "wrong_recording",
+                               f"record of {record.device}/{record.session} sent to "
+                               f"{recorder}/{session}")
+        if record.seq < next_seq:
+            stored = self._db.execute(
+                "SELECT hash FROM records WHERE session = ? AND recorder = ? AND seq = ?",
+                (session, recorder, record.seq)).fetchone()
+            if stored is not None and stored[0] == record.hash:
+                return None
+            self._keep_fork(session, recorder, record)
+            raise ArchiveError(409, "fork", f"record {record.seq} differs from the one "
+                                            "already archived under that number")
+        if record.seq > next_seq:
+            raise ArchiveError(409, "gap", f"record {record.seq} sent; expected {next_seq}")
+        if record.v != VERSION:
+            raise ArchiveError(400, "version", f"unknown record version {record.v}")
+        if record.prev != last:
+            raise ArchiveError(409, "chain", f"record {record.seq} does not chain to the "
+                                             "archived record before it")
+        key = self.key_for(record)
+        if key is None:
+            raise ArchiveError(403, "untrusted", f"no trusted key for {recorder} at "
+                                                 f"utc_ms {record.utc_ms} (unknown or revoked)")
+        if not signature_valid(record, key):
+            raise ArchiveError(403, "signature", f"record {record.seq}: signature does not "
+                                                 "verify")
+        segment = record.segment
+        if record.kind == "segment":
+            if segment is None:
+                raise ArchiveError(400, "bad_record", f"record {record.seq}: segment record "
+                                                      "without a segment")
+            if not SEGMENT_NAME.match(segment.name):
+                raise ArchiveError(400, "bad_record", f"segment name {segment.name!r} is not "
+                                                      "<index:06d>.<ext>.age")
+            if segment.name in names:
+                raise ArchiveError(409, "duplicate_segment", f"segment {segment.name} was "
+                                                             "declared before")
+            if segment.ct_size < 0 or not re.fullmatch(r"[0-9a-f]{64}", segment.ct_sha256):
+                raise ArchiveError(400, "bad_record", f"segment {segment.name}: bad size or "
+                                                      "hash")
+        return record
+
+    def _keep_fork(self, session: str, recorder: str, record: Record) -> None:
+        log.error("archive_fork session=%s recorder=%s seq=%d hash=%s", session, recorder,
+                  record.seq, record.hash)
+        directory = self.recording_dir(session, recorder)
+        if directory.is_dir():
+            _append(directory / FORKS, record.line() + b"\n")
+
+    def _store_records(self, session: str, recorder: str, records: list[Record]) -> None:
+        if not records:
+            return
+        directory = self.recording_dir(session, recorder)
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            fsync_dir(directory.parent)
+            fsync_dir(directory.parent.parent)
+        size = _append(directory / FILENAME, b"".join(r.line() + b"\n" for r in records))
+        self._index(session, recorder, records, size)
+
+    def _index(self, session: str, recorder: str, records: list[Record], size: int) -> None:
+        last = records[-1]
+        kinds = [r.kind for r in records if r.kind in LIFECYCLE]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO records (session, recorder, seq, hash, kind, utc_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(session, recorder, r.seq, r.hash, r.kind, r.utc_ms) for r in records])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO segments (session, recorder, name, idx, ct_sha256, "
+                "ct_size, pt_sha256, record_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(session, recorder, r.segment.name, r.segment.index, r.segment.ct_sha256,
+                  r.segment.ct_size, r.segment.pt_sha256, r.seq) for r in records
+                 if r.kind == "segment" and r.segment is not None])
+            self._db.execute(
+                "INSERT INTO recordings (session, recorder, next_seq, last_hash, manifest_bytes, "
+                "last_kind, updated_utc_ms) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (session, recorder) DO UPDATE SET next_seq = excluded.next_seq, "
+                "last_hash = excluded.last_hash, manifest_bytes = excluded.manifest_bytes, "
+                "last_kind = CASE WHEN excluded.last_kind = '' THEN last_kind "
+                "ELSE excluded.last_kind END, updated_utc_ms = excluded.updated_utc_ms",
+                (session, recorder, last.seq + 1, last.hash, size, kinds[-1] if kinds else "",
+                 _now_ms()))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _reconcile(self) -> None:
+        """Index manifest lines a crash left on disk between the append and the index."""
+        for manifest in sorted(self.recordings_dir.glob(f"*/*/{FILENAME}")):
+            session, recorder = manifest.parent.parent.name, manifest.parent.name
+            row = self._db.execute(
+                "SELECT manifest_bytes FROM recordings WHERE session = ? AND recorder = ?",
+                (session, recorder)).fetchone()
+            indexed = 0 if row is None else int(row[0])
+            data = manifest.read_bytes()
+            if len(data) == indexed:
+                continue
+            whole = data.rfind(b"\n") + 1
+            if whole < len(data):
+                log.warning("archive_torn_manifest path=%s bytes=%d", manifest,
+                            len(data) - whole)
+                with open(manifest, "r+b") as handle:
+                    handle.truncate(whole)
+                    os.fsync(handle.fileno())
+            if whole <= indexed:
+                continue
+            records = [parse_line(line) for line in data[indexed:whole].splitlines()]
+            log.warning("archive_reindexed session=%s recorder=%s records=%d", session,
+                        recorder, len(records))
+            self._index(session, recorder, records, whole)
+
+    # -- segments --------------------------------------------------------------------------------
+
+    def _segment_row(self, session: str, recorder: str, name: str) -> sqlite3.Row:
+        self.check_recording(session, recorder)
+        if not SEGMENT_NAME.match(name):
+            raise ArchiveError(400, "bad_request", f"{name!r} is not a segment name")
+        row = self._db.execute(
+            "SELECT * FROM segments WHERE session = ? AND recorder = ? AND name = ?",
+            (session, recorder, name)).fetchone()
+        if row is None:
+            raise ArchiveError(404, "unknown_segment",
+                               f"no segment record declares {name} in {session}/{recorder}; "
+                               "send the manifest records first")
+        return row  # type: ignore[no-any-return]
+
+    def segment_state(self, session: str, recorder: str, name: str) -> SegmentState:
+        with self._lock:
+            row = self._segment_row(session, recorder, name)
+            receipt = self._recover(row)
+            if receipt is not None:
+                return SegmentState(row["ct_size"], row["ct_size"], True, receipt)
+            part = self._part(session, recorder, name)
+            offset = part.stat().st_size if part.exists() else 0
+            return SegmentState(offset, row["ct_size"], False, None)
+
+    def _part(self, session: str, recorder: str, name: str) -> Path:
+        return self.recording_dir(session, recorder) / f"{name}.part"
+
+    def _recover(self, row: sqlite3.Row) -> Receipt | None:
+        """The receipt of a stored segment, finishing one a crash left renamed but unindexed."""
+        if row["receipt"]:
+            return parse_receipt(row["receipt"])
+        final = self.recording_dir(row["session"], row["recorder"]) / row["name"]
+        if not final.exists():
+            return None
+        if _sha256(final) != row["ct_sha256"]:
+            log.error("archive_stored_segment_bad path=%s", final)
+            final.rename(final.with_name(final.name + ".bad"))
+            return None
+        return self._acknowledge(row)
+
+    def open_upload(self, session: str, recorder: str, name: str, offset: int,
+                    length: int | None = None) -> Upload | Receipt:
+        """Start (or resume at `offset`) an upload; an already stored segment gives its receipt.
+
+        `offset` may be at most what the archive holds (a shorter one re-sends bytes, which
+        are then overwritten); `length` (Content-Length) lets an oversize body be refused
+        before a byte of it is read.
+        """
+        with self._lock:
+            row = self._segment_row(session, recorder, name)
+            receipt = self._recover(row)
+            if receipt is not None:
+                return receipt
+            ct_size = int(row["ct_size"])
+            if ct_size > self.max_segment:
+                raise ArchiveError(413, "too_large", f"segment {name} declares {ct_size} "
+                                                     f"bytes; the archive takes at most "
+                                                     f"{self.config.max_segment_mb} MiB")
+            key = (session, recorder, name)
+            part = self._part(session, recorder, name)
+            held = part.stat().st_size if part.exists() else 0
+            if offset < 0 or offset > held:
+                raise ArchiveError(416, "bad_offset", f"offset {offset}; the archive holds "
+                                                      f"{held} bytes of {name}", offset=held)
+            if length is not None and offset + length > ct_size:
+                raise ArchiveError(413, "larger_than_declared",
+                                   f"{offset} + {length} bytes exceed the declared size "
+                                   f"{ct_size} of {name}")
+            if key in self._uploading:
+                raise ArchiveError(409, "busy", f"{name} is being uploaded already",
+                                   offset=held)
+            self._uploading.add(key)
+        try:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o640)
+            os.ftruncate(fd, offset)
+        except OSError:
+            with self._lock:
+                self._uploading.discard(key)
+            raise
+        return Upload(self, row, part, fd, offset)
+
+    def _finished(self, upload: Upload) -> Receipt:
+        row = upload.row
+        final = self.recording_dir(row["session"], row["recorder"]) / row["name"]
+        digest = _sha256(upload.path)
+        if digest != row["ct_sha256"]:
+            upload.path.unlink(missing_ok=True)
+            log.warning("archive_segment_hash_mismatch session=%s recorder=%s name=%s",
+                        row["session"], row["recorder"], row["name"])
+            raise ArchiveError(422, "hash_mismatch", f"{row['name']}: the bytes received do "
+                                                     "not hash to the declared ct_sha256")
+        os.rename(upload.path, final)
+        fsync_dir(final.parent)
+        with self._lock:
+            receipt = self._acknowledge(row)
+        log.info("archive_segment_stored session=%s recorder=%s name=%s bytes=%d",
+                 row["session"], row["recorder"], row["name"], row["ct_size"])
+        return receipt
+
+    def _acknowledge(self, row: sqlite3.Row) -> Receipt:
+        directory = self.recording_dir(row["session"], row["recorder"])
+        receipt = self._receipt_on_file(directory, row["name"], row["ct_sha256"])
+        if receipt is None:
+            receipt = sign_receipt(Receipt(
+                v=1, archive=self.controller_id, recorder=row["recorder"],
+                session=row["session"], name=row["name"], index=row["idx"],
+                ct_sha256=row["ct_sha256"], ct_size=row["ct_size"],
+                record_seq=row["record_seq"], received_utc_ms=_now_ms()), self._signing)
+            _append(directory / RECEIPTS, receipt.line() + b"\n")
+        self._db.execute(
+            "UPDATE segments SET receipt = ? WHERE session = ? AND recorder = ? AND name = ?",
+            (receipt.line().decode(), row["session"], row["recorder"], row["name"]))
+        return receipt
+
+    @staticmethod
+    def _receipt_on_file(directory: Path, name: str, ct_sha256: str) -> Receipt | None:
+        try:
+            lines = (directory / RECEIPTS).read_bytes().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            try:
+                receipt = parse_receipt(line)
+            except ValueError:
+                continue
+            if receipt.name == name and receipt.ct_sha256 == ct_sha256:
+                return receipt
+        return None
+
+    def _upload_done(self, upload: Upload) -> None:
+        with self._lock:
+            row = upload.row
+            self._uploading.discard((row["session"], row["recorder"], row["name"]))
+
+    def ingest_file(self, session: str, recorder: str, name: str, path: Path) -> Receipt:
+        """Take a segment from a local file (the bridge's recorder): the same checks as HTTP."""
+        upload = self.open_upload(session, recorder, name, 0)
+        if isinstance(upload, Receipt):
+            return upload
+        try:
+            with open(path, "rb") as source:
+                while chunk := source.read(CHUNK):
+                    upload.write(chunk)
+            receipt = upload.finish()
+        finally:
+            upload.close()
+        if receipt is None:
+            raise ArchiveError(400, "short", f"{path} is shorter than its declared size")
+        return receipt
+
+    def receipts(self, session: str, recorder: str, name: str | None = None) -> list[Receipt]:
+        self.check_recording(session, recorder)
+        query = ("SELECT receipt FROM segments WHERE session = ? AND recorder = ? "
+                 "AND receipt IS NOT NULL")
+        params: tuple[str, ...] = (session, recorder)
+        if name is not None:
+            query, params = query + " AND name = ?", (*params, name)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY idx", params).fetchall()
+        return [parse_receipt(r[0]) for r in rows]
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def closed(self, session_id: str) -> ClosedSession | None:
+        with self._lock:
+            row = self._db.execute("SELECT document FROM closed WHERE session = ?",
+                                   (session_id,)).fetchone()
+        return None if row is None else msgspec.json.decode(row[0], type=ClosedSession)
+
+    def try_close(self, session_id: str, devices: Iterable[str],
+                  closed_by: str) -> ClosedSession | Problems:
+        """Close the session if every recording in it is complete; otherwise say what lacks.
+
+        `devices` are the points expected to have recorded (those that joined); any other
+        recorder that sent records must be complete too, and so must the bridge recording when
+        `[archive] record_bridge` is on and anybody joined. Blocking (re-hashes every
+        segment): call it in a thread.
+        """
+        done = self.closed(session_id)
+        if done is not None:
+            return done
+        points = sorted(set(devices))
+        with self._lock:
+            present = {r[0] for r in self._db.execute(
+                "SELECT recorder FROM recordings WHERE session = ?", (session_id,))}
+        recorders = set(points) | present
+        if self.config.record_bridge and points:
+            recorders.add(self.recorder_id)
+        problems = Problems(session_id)
+        recordings = [self._closing(session_id, r, problems) for r in sorted(recorders)]
+        if problems.items:
+            log.info("archive_close_pending session=%s problems=%d first=%s", session_id,
+                     len(problems.items), problems.items[0])
+            return problems
+        document = ClosedSession(
+            v=1, archive=self.controller_id, session=session_id, closed_utc_ms=_now_ms(),
+            closed_by=closed_by, points=points,
+            recordings=[r for r in recordings if r is not None])
+        document = msgspec.structs.replace(document, sig=base64.b64encode(
+            self._signing.sign(document.signed_bytes())).decode())
+        data = msgspec.json.encode(document, order="sorted")
+        write_atomic(self.closed_dir / f"{session_id}.json", data + b"\n")
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO closed (session, closed_utc_ms, closed_by, document) "
+                "VALUES (?, ?, ?, ?)", (session_id, document.closed_utc_ms, closed_by, data))
+        log.info("archive_session_closed session=%s by=%s recordings=%d segments=%d",
+                 session_id, closed_by, len(document.recordings),
+                 sum(len(r.segments) for r in document.recordings))
+        return document
+
+    def _closing(self, session: str, recorder: str,
+                 problems: Problems) -> ClosedRecording | None:
+        """Cheap index checks first; the chain and the re-hash only once nothing is missing."""
+        with self._lock:
+            state = self._db.execute(
+                "SELECT last_kind FROM recordings WHERE session = ? AND recorder = ?",
+                (session, recorder)).fetchone()
+            rows = self._db.execute(
+                "SELECT * FROM segments WHERE session = ? AND recorder = ? ORDER BY idx",
+                (session, recorder)).fetchall()
+        if state is None:
+            problems.items.append(f"{recorder}: no recording received")
+            return None
+        found = len(problems.items)
+        if state["last_kind"] not in ENDS:
+            problems.items.append(f"{recorder}: recording not ended yet (last record: "
+                                  f"{state['last_kind'] or 'none'})")
+        missing = [r["name"] for r in rows if not r["receipt"]]
+        if missing:
+            problems.items.append(f"{recorder}: {len(missing)} of {len(rows)} segments not "
+                                  f"archived yet: {', '.join(missing[:5])}"
+                                  f"{' ...' if len(missing) > 5 else ''}")
+        if len(problems.items) > found:
+            return None
+        lines = (self.recording_dir(session, recorder) / FILENAME).read_bytes().splitlines()
+        records, chain = verify_chain(lines, device=recorder, session=session,
+                                      key_for=self.key_for)
+        problems.items.extend(f"{recorder}: {p}" for p in chain)
+        for row in rows:
+            path = self.recording_dir(session, recorder) / row["name"]
+            if not path.exists() or _sha256(path) != row["ct_sha256"]:
+                log.error("archive_segment_corrupt session=%s recorder=%s name=%s", session,
+                          recorder, row["name"])
+                problems.items.append(f"{recorder}: stored segment {row['name']} is missing "
+                                      "or no longer matches its hash")
+        if len(problems.items) > found or not records:
+            return None
+        return ClosedRecording(
+            recorder=recorder, records=len(records), last_hash=records[-1].hash,
+            end=state["last_kind"],
+            segments=[ClosedSegment(r["name"], r["idx"], r["ct_sha256"], r["ct_size"],
+                                        r["pt_sha256"])
+                      for r in rows])
+
+    # -- listing (admin API, archivist) ----------------------------------------------------------
+
+    def sessions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.session, COUNT(DISTINCT r.recorder) AS recorders, "
+                "MAX(r.updated_utc_ms) AS updated_utc_ms, c.closed_utc_ms, c.closed_by "
+                "FROM recordings r LEFT JOIN closed c ON c.session = r.session "
+                "GROUP BY r.session ORDER BY updated_utc_ms DESC").fetchall()
+            out = []
+            for row in rows:
+                seg = self._db.execute(
+                    "SELECT COUNT(*), COUNT(receipt), COALESCE(SUM(ct_size), 0) FROM segments "
+                    "WHERE session = ?", (row["session"],)).fetchone()
+                out.append({**dict(row), "segments": seg[0], "stored": seg[1], "bytes": seg[2]})
+        return out
+
+    def recordings(self, session: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM recordings WHERE session = ? ORDER BY recorder",
+                (session,)).fetchall()
+            out = []
+            for row in rows:
+                seg = self._db.execute(
+                    "SELECT COUNT(*), COUNT(receipt), COALESCE(SUM(ct_size), 0) FROM segments "
+                    "WHERE session = ? AND recorder = ?",
+                    (session, row["recorder"])).fetchone()
+                out.append({"recorder": row["recorder"], "records": row["next_seq"],
+                            "last_kind": row["last_kind"], "segments": seg[0],
+                            "stored": seg[1], "bytes": seg[2],
+                            "dir": str(self.recording_dir(session, row["recorder"]))})
+        return out
+
+
+class Upload:
+    """One segment upload in progress; bytes go to `<name>.part` until the declared size."""
+
+    def __init__(self, archive: Archive, row: sqlite3.Row, path: Path, fd: int,
+                 offset: int) -> None:
+        self._archive = archive
+        self.row = row
+        self.path = path
+        self._fd = fd
+        self.offset = offset
+        self.ct_size = int(row["ct_size"])
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self.ct_size:
+            self.close()
+            self.path.unlink(missing_ok=True)
+            raise ArchiveError(413, "larger_than_declared",
+                               f"{self.row['name']}: more than the declared {self.ct_size} "
+                               "bytes")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, self.offset)
+            self.offset += written
+            view = view[written:]
+
+    def finish(self) -> Receipt | None:
+        """The receipt when the segment is whole and verified; None while it is partial."""
+        if self.offset < self.ct_size:
+            return None
+        os.fsync(self._fd)
+        self.close()
+        return self._archive._finished(self)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._archive._upload_done(self)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _append(path: Path, data: bytes) -> int:
+    """Append durably; returns the file's size afterwards."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        created = os.fstat(fd).st_size == 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+    return size

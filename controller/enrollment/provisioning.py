@@ -1,0 +1,577 @@
+"""The controller's side of provisioning: claim tokens, enrollment, revocation, broker files.
+
+It holds the provisioning CA (created beforehand by `tiepdan-provision ca init`), answers the
+technician's tool through the admin API, serves the enrollment endpoint, and keeps the broker's
+CRL and ACL in step with the database: rewritten at start (the ACL follows the installed
+protocol.py) and on every revocation, re-signed long before the CRL could expire.
+
+Revoking a box (lost or stolen) takes effect on the broker without restarting it or anyone:
+1. its certificate goes into the CRL and its device id gets a deny-all ACL entry; the broker
+   reloads both on SIGHUP (`provisioning.broker_reload`);
+2. the controller waits until the broker refuses a throw-away certificate listed in the same
+   CRL, which proves the reload took effect;
+3. it then connects once *as the box*, with a short-lived certificate for the box's id that it
+   issues itself, and a clean start: the broker closes the box's live connection (MQTT session
+   takeover) and drops its session. That certificate is revoked right after.
+The box's signing key stops being trusted from the revocation time (`identities.revoke`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+import paho.mqtt.client as paho
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
+from tiepdan.controller.fleet.registry import Device
+from tiepdan.controller.http.app import CONTROLLER_KEY, error
+from tiepdan.firmware import protocol
+from tiepdan.firmware.core.config import DeviceSection
+from tiepdan.firmware.evidence.identity import write_private
+from tiepdan.firmware.firstboot.enroll import BrokerSection, Provision
+from tiepdan.provisioning.ca import (
+    CertificateAuthority,
+    CsrRefused,
+    Revoked,
+    cert_pem,
+    check_device_csr,
+    fingerprint,
+    key_pem,
+    new_key,
+    public_key_fingerprint,
+    serial_hex,
+)
+from tiepdan.provisioning.claims import Box, ClaimRefused, ClaimStore
+from tiepdan.provisioning.material import (
+    Material,
+    check_box_id,
+    write_broker_state,
+)
+from tiepdan.provisioning.mosquitto import BrokerFiles
+
+if TYPE_CHECKING:
+    from tiepdan.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+CRL_CHECK_S = 3600.0
+CA_WAIT_S = 30.0
+# Throw-away certificates (the reload probe, the session takeover) live this long at most.
+EPHEMERAL_DAYS = 10 / (24 * 60)
+KIND_PREFIX = {"commune": "xa", "province": "tinh", "central": "tw"}
+
+# Empty only for the central and provincial offices' boxes, which serve no commune.
+Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?$")]
+
+
+class NewBox(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the technician's tool asks for: a claim token (and a device id) for one hall."""
+
+    commune: Commune
+    hall: Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
+    device: protocol.DeviceId | None = None
+    province: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    kind: Literal["central", "province", "commune"] = "commune"
+    days: Annotated[float, msgspec.Meta(gt=0, le=365)] | None = None
+
+
+class RevokeBox(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "revoked by an admin"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    device: str
+    reason: str
+    revoked_at: float
+    serials: list[str]
+    broker_refuses: bool
+    evicted: bool
+
+
+def material_for(config: ControllerConfig) -> Material:
+    m, p = config.mqtt, config.provisioning
+    return Material(
+        dir=config.data_dir / "provisioning",
+        broker=BrokerFiles(Path(p.broker_dir) if p.broker_dir else config.data_dir / "broker"),
+        controller_ca=config.tls_file(m.ca_file, "ca.pem"),
+        controller_cert=config.tls_file(m.cert_file, "controller.pem"),
+        controller_key=config.tls_file(m.key_file, "controller.key"),
+    )
+
+
+def broker_address(config: ControllerConfig) -> tuple[str, int]:
+    """Where boxes reach the broker (not necessarily where the controller does)."""
+    p = config.provisioning
+    return p.broker_host or config.mqtt.host, p.broker_port or config.mqtt.port
+
+
+class Provisioning:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.config = controller.config
+        self.settings = controller.config.provisioning
+        self.material = material_for(controller.config)
+        self.claims = ClaimStore(controller.db.conn)
+        self.enrollment = Enrollment(self)
+        self._ca: CertificateAuthority | None = None
+        self._lock = asyncio.Lock()
+        controller.registry.listen(self._check_birth)
+        controller.app.add_routes([
+            web.get("/api/provisioning/boxes", _list),
+            web.post("/api/provisioning/boxes", _new_box),
+            web.get("/api/provisioning/boxes/{id}", _box),
+            web.post("/api/provisioning/boxes/{id}/revoke", _revoke),
+        ])
+
+    def _check_birth(self, device: Device, what: str) -> None:
+        """A box may only speak in its own subtree, but it chooses what it calls itself: flag a
+        birth that disagrees with what the box was provisioned as (moved without re-provisioning,
+        a wrong config, or a tampered one)."""
+        if what != "birth":
+            return
+        box = self.claims.get(device.id)
+        if box is None:
+            return
+        claimed = {"commune": device.commune, "name": device.name, "kind": device.kind}
+        issued = {"commune": box.commune, "name": box.hall, "kind": box.kind}
+        if box.province:
+            claimed["province"], issued["province"] = device.province, box.province
+        wrong = sorted(k for k in issued if claimed[k] != issued[k])
+        if wrong:
+            log.warning("device_identity_mismatch device=%s fields=%s birth=%s provisioned=%s",
+                        device.id, ",".join(wrong), {k: claimed[k] for k in wrong},
+                        {k: issued[k] for k in wrong})
+        if wrong or device.extra.get("identity_mismatch"):
+            self.controller.registry.set_extra(device.id, "identity_mismatch", wrong)
+
+    def authority(self) -> CertificateAuthority:
+        """The provisioning CA; Unavailable until `tiepdan-provision ca init` has run."""
+        if self._ca is None:
+            if not self.material.exists():
+                raise Unavailable("no provisioning CA: run `tiepdan-provision ca init` first")
+            self._ca = self.material.authority()
+        return self._ca
+
+    @property
+    def enroll_url(self) -> str:
+        if self.settings.enroll_url:
+            return self.settings.enroll_url
+        host, _ = broker_address(self.config)
+        host = f"[{host}]" if ":" in host else host
+        port = self.enrollment.port or self.settings.enroll_port
+        return f"https://{host}:{port}{protocol.ENROLL_PATH}"
+
+    async def run(self) -> None:
+        """Serve enrollment and keep the broker's CRL fresh until cancelled."""
+        if not self.material.exists():
+            log.warning("provisioning_disabled reason=no_ca hint=%s",
+                        "run `tiepdan-provision ca init` to enable enrollment")
+            while True:  # `ca init` may still come; the controller runs on meanwhile
+                await asyncio.sleep(CA_WAIT_S)
+                if self.material.exists():
+                    break
+        await self._sync_logged("start")
+        try:
+            try:
+                await self.enrollment.start()
+            except OSError as exc:
+                # Revocation and the CRL still matter without it; say so and carry on.
+                log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port,
+                          exc)
+            while True:
+                await asyncio.sleep(CRL_CHECK_S)
+                if self.crl_due():
+                    await self._sync_logged("crl_refresh")
+        finally:
+            await self.enrollment.stop()
+
+    async def _sync_logged(self, why: str) -> None:
+        try:
+            await self.sync_broker(why)
+        except (OSError, ValueError) as exc:
+            log.error("broker_files_failed why=%s error=%s", why, exc)
+
+    # -- claim tokens and enrollment ---------------------------------------------------------------
+
+    def new_box(self, request: NewBox) -> tuple[str, Box]:
+        self.authority()  # no claim without a CA that could honour it
+        if request.kind == "commune" and not request.commune:
+            raise ClaimRefused("bad_commune", "a commune hall's box needs its commune code")
+        device = request.device or _device_id(request.kind, request.commune or request.province)
+        try:
+            check_box_id(device)
+        except ValueError as exc:
+            raise ClaimRefused("bad_device", str(exc)) from None
+        days = request.days or self.settings.token_days
+        with self.controller.db.transaction():
+            token, box = self.claims.issue(device, commune=request.commune, hall=request.hall,
+                                           province=request.province, kind=request.kind,
+                                           ttl=days * 86400)
+        log.info("claim_issued device=%s commune=%s expires=%s", device, request.commune,
+                 _iso(box.token_expires))
+        return token, box
+
+    def provision_file(self, box: Box) -> Provision:
+        host, port = broker_address(self.config)
+        return Provision(
+            enroll_url=self.enroll_url,
+            device=msgspec.convert({"id": box.device, "name": box.hall, "kind": box.kind,
+                                    "province": box.province, "commune": box.commune},
+                                   DeviceSection),
+            broker=BrokerSection(host=host, port=port))
+
+    def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
+        """Grant a certificate, or raise Refused; everything granted commits together."""
+        try:
+            ca = self.authority()
+        except Unavailable as exc:
+            raise Refused(503, "unavailable", str(exc)) from None
+        try:
+            sign_key = base64.b64decode(request.sign_key, validate=True)
+            Ed25519PublicKey.from_public_bytes(sign_key)
+        except (ValueError, binascii.Error) as exc:
+            raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+        try:
+            csr = check_device_csr(request.csr, request.device)
+        except CsrRefused as exc:
+            raise Refused(403 if exc.code == "forged_subject" else 400, exc.code,
+                          str(exc)) from None
+        key = csr.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        tls_key = public_key_fingerprint(key)
+        with self.controller.db.transaction():
+            try:
+                box = self.claims.claim(request.token, device=request.device,
+                                        commune=request.commune, tls_key=tls_key,
+                                        sign_key=sign_key)
+            except ClaimRefused as exc:
+                raise Refused(403, exc.code, str(exc)) from None
+            repeated = box.cert_pem is not None
+            if box.cert_pem is not None:
+                certificate = box.cert_pem
+                serial = box.cert_serial
+            else:
+                cert = ca.issue_client(key, request.device, self.settings.cert_days)
+                certificate, serial = cert_pem(cert).decode(), serial_hex(cert)
+                self.claims.enrolled(request.device, tls_key=tls_key, sign_key=sign_key,
+                                     cert_pem=certificate, cert_serial=serial,
+                                     cert_not_after=cert.not_valid_after_utc.timestamp(),
+                                     peer=peer)
+                self.controller.identities.bind(request.device, sign_key, cert_serial=serial,
+                                                 cert_fingerprint=fingerprint(cert))
+        log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
+                 "repeated" if repeated else "done", request.device, request.commune, peer,
+                 serial)
+        return protocol.EnrollResponse(
+            device=request.device, certificate=certificate, ca=ca.pem.decode(),
+            controller_sign_key=base64.b64encode(self.controller.signing.public_raw()).decode())
+
+    # -- the broker's files ------------------------------------------------------------------------
+
+    async def sync_broker(self, why: str) -> None:
+        """Rewrite the CRL (re-signed) and the ACL from the database, then reload the broker."""
+        revoked = [Revoked(serial, dt.datetime.fromtimestamp(at, dt.UTC))
+                   for serial, at in self.claims.revoked_certificates()]
+        changed = write_broker_state(
+            self.material, self.authority(), controllers=[self.controller.id], revoked=revoked,
+            revoked_devices=self.claims.revoked_devices(), crl_days=self.settings.crl_days)
+        log.info("broker_files_written why=%s revoked_certificates=%d acl_changed=%s", why,
+                 len(revoked), changed)
+        await self.reload_broker(why)
+
+    def crl_due(self) -> bool:
+        try:
+            crl = x509.load_pem_x509_crl(self.material.broker.crl.read_bytes())
+        except (OSError, ValueError):
+            return True
+        left = (crl.next_update_utc or dt.datetime.now(dt.UTC)) - dt.datetime.now(dt.UTC)
+        return left < dt.timedelta(days=self.settings.crl_days / 2)
+
+    async def reload_broker(self, why: str) -> bool:
+        argv = list(self.settings.broker_reload)
+        if not argv:
+            log.warning("broker_reload_skipped why=%s reason=provisioning.broker_reload is empty",
+                        why)
+            return False
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            output, _ = await asyncio.wait_for(process.communicate(), 30)
+        except (OSError, TimeoutError) as exc:
+            log.error("broker_reload_failed why=%s command=%s error=%s", why, " ".join(argv),
+                      exc)
+            return False
+        if process.returncode != 0:
+            log.error("broker_reload_failed why=%s command=%s status=%s output=%s", why,
+                      " ".join(argv), process.returncode,
+                      output.decode(errors="replace").strip()[:300])
+            return False
+        log.info("broker_reloaded why=%s", why)
+        return True
+
+    # -- revocation --------------------------------------------------------------------------------
+
+    async def revoke(self, device: str, reason: str) -> Revocation:
+        async with self._lock:
+            box = self.claims.get(device)
+            if box is None and self.controller.identities.get(device) is None:
+                raise KeyError(device)
+            at = time.time()
+            probe_key = new_key()
+            probe = self.authority().issue_client(probe_key.public_key(), "revocation-probe",
+                                         EPHEMERAL_DAYS)
+            serials = []
+            with self.controller.db.transaction():
+                if box is not None:
+                    box = self.claims.revoke(device, reason, at)
+                    if box.cert_serial and box.cert_not_after:
+                        self.claims.add_revoked_certificate(
+                            box.cert_serial, device=device, not_after=box.cert_not_after,
+                            reason=reason, at=at)
+                        serials.append(box.cert_serial)
+                self._revoke_ephemeral(probe, device, "revocation probe", at)
+                with contextlib.suppress(KeyError):
+                    self.controller.identities.revoke(device, reason, at)
+            log.warning("device_revoking device=%s reason=%s serials=%s", device, reason,
+                        ",".join(serials) or "-")
+            await self.sync_broker(f"revoke:{device}")
+            refuses = await self._wait_refused(probe_key, probe)
+            evictor_key = new_key()
+            evictor = self.authority().issue_client(evictor_key.public_key(), device,
+                                                    EPHEMERAL_DAYS)
+            evicted = await self._take_over(device, evictor_key, evictor)
+            with self.controller.db.transaction():
+                self._revoke_ephemeral(evictor, device, "session takeover", time.time())
+            await self.sync_broker(f"revoke:{device}:takeover")
+            await self._mark_lost(device, at)
+            log.warning("device_revoked device=%s reason=%s serials=%s broker_refuses=%s "
+                        "connection_cut=%s", device, reason, ",".join(serials) or "-",
+                        refuses, evicted)
+            return Revocation(device, reason, at, serials, refuses, evicted)
+
+    async def _mark_lost(self, device: str, at: float) -> None:
+        """The box's own Last Will is refused by its deny-all ACL: say it for the box, retained,
+        so neither the registry nor a later subscription sees it as still online."""
+        registry = self.controller.registry
+        registry.set_extra(device, "revoked_at", at)
+        known = registry.get(device)
+        if known is None or known.seq < 0:
+            return
+        lost = protocol.DeviceState(state="lost", seq=known.seq, ts=protocol.now_ms())
+        registry.on_state(device, lost)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.controller.link.publish(
+                protocol.state_topic(device), protocol.encode(lost), retain=True), 5)
+
+    def _revoke_ephemeral(self, cert: x509.Certificate, device: str, reason: str,
+                          at: float) -> None:
+        self.claims.add_revoked_certificate(serial_hex(cert), device=device, reason=reason,
+                                            not_after=cert.not_valid_after_utc.timestamp(),
+                                            at=at)
+
+    def _broker_tls(self) -> tuple[str, int, Path] | None:
+        m = self.config.mqtt
+        if not m.tls:
+            return None
+        return m.host, m.port, self.material.controller_ca
+
+    async def _wait_refused(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate,
+                            timeout: float = 10.0) -> bool:
+        """Poll the broker with a certificate from the new CRL until it refuses it."""
+        target = self._broker_tls()
+        if target is None:
+            log.warning("broker_probe_skipped reason=the controller does not use TLS")
+            return False
+        deadline = time.monotonic() + timeout
+        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+            while time.monotonic() < deadline:
+                if await asyncio.to_thread(_handshake_refused, *target, cert_file, key_file):
+                    return True
+                await asyncio.sleep(0.2)
+        log.error("broker_still_accepts_revoked timeout=%.0fs hint=%s", timeout,
+                  "check provisioning.broker_reload and the broker's crlfile")
+        return False
+
+    async def _take_over(self, device: str, key: ec.EllipticCurvePrivateKey,
+                         cert: x509.Certificate) -> bool:
+        target = self._broker_tls()
+        if target is None:
+            log.warning("broker_takeover_skipped reason=the controller does not use TLS")
+            return False
+        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+            return await asyncio.to_thread(_connect_once, *target, cert_file, key_file, device)
+
+
+class Unavailable(RuntimeError):
+    """Provisioning is not set up on this controller (no CA yet)."""
+
+
+def _device_id(kind: str, place: str) -> str:
+    return "-".join(filter(None, (KIND_PREFIX[kind], place, secrets.token_hex(3))))
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _credentials(parent: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+                 ) -> Any:
+    """A throw-away key and certificate as files (what OpenSSL loads), gone afterwards."""
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".ephemeral-") as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        write_private(key_file, key_pem(key))
+        cert_file.write_bytes(cert_pem(cert))
+        yield cert_file, key_file
+
+
+def _handshake_refused(host: str, port: int, ca_file: Path, cert_file: Path,
+                       key_file: Path) -> bool:
+    """True when the broker answers this client certificate with 'certificate revoked'."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.load_cert_chain(str(cert_file), str(key_file))
+    try:
+        with socket.create_connection((host, port), timeout=3) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            # With TLS 1.3 the server judges the client's certificate after the handshake; its
+            # alert arrives with the first read. A broker that accepted us waits for CONNECT.
+            tls.settimeout(0.5)
+            tls.recv(1)
+    except ssl.SSLError as exc:
+        return "REVOKED" in (exc.reason or "")
+    except OSError:
+        return False
+    return False
+
+
+def _connect_once(host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path,
+                  device: str, timeout: float = 5.0) -> bool:
+    """Connect as `device` with a clean start: the broker closes the box's connection and
+    drops its session (MQTT 5 session takeover). True when the broker accepted us."""
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device,
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.load_cert_chain(str(cert_file), str(key_file))
+    client.tls_set_context(context)
+    done = threading.Event()
+    accepted: list[bool] = []
+
+    def on_connect(client: paho.Client, userdata: object, flags: object, reason: Any,
+                   properties: object) -> None:
+        accepted.append(not reason.is_failure)
+        done.set()
+
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0
+    try:
+        client.connect(host, port, keepalive=5, clean_start=True, properties=properties)
+        deadline = time.monotonic() + timeout
+        while not done.is_set() and time.monotonic() < deadline:
+            client.loop(0.1)
+        if accepted and accepted[0]:
+            client.disconnect()
+            client.loop(0.1)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("broker_takeover_failed device=%s error=%s", device, exc)
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            client._sock_close()
+    return bool(accepted and accepted[0])
+
+
+# -- admin API ------------------------------------------------------------------------------------
+
+
+def _provisioning(request: web.Request) -> Provisioning:
+    provisioning: Provisioning = request.app[CONTROLLER_KEY].provisioning
+    return provisioning
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw) if raw else {}
+    except msgspec.DecodeError as exc:
+        raise protocol.ProtocolError(f"body is not JSON: {exc}") from None
+
+
+def _box_json(provisioning: Provisioning, box: Box) -> dict[str, Any]:
+    data = box.to_json()
+    device = provisioning.controller.registry.get(box.device)
+    data["online"] = bool(device and device.online)
+    data["presence"] = device.state if device else "never seen"
+    return data
+
+
+async def _list(request: web.Request) -> web.Response:
+    provisioning = _provisioning(request)
+    return web.json_response([_box_json(provisioning, b) for b in provisioning.claims.all()])
+
+
+async def _box(request: web.Request) -> web.Response:
+    provisioning = _provisioning(request)
+    box = provisioning.claims.get(request.match_info["id"])
+    if box is None:
+        return error(404, "not_found", f"no provisioned box {request.match_info['id']!r}")
+    return web.json_response(_box_json(provisioning, box))
+
+
+async def _new_box(request: web.Request) -> web.Response:
+    provisioning = _provisioning(request)
+    wanted = protocol.convert(await _body(request), NewBox)
+    try:
+        token, box = provisioning.new_box(wanted)
+    except Unavailable as exc:
+        return error(503, "unavailable", str(exc))
+    except ClaimRefused as exc:
+        if exc.code in ("bad_device", "bad_commune"):
+            return error(400, "bad_request", str(exc))
+        return error(409, "conflict", str(exc))
+    return web.json_response({
+        "device": box.device,
+        "token": token,
+        "expires_at": box.token_expires,
+        "provision": msgspec.to_builtins(provisioning.provision_file(box)),
+        "ca": provisioning.authority().pem.decode(),
+    }, status=201)
+
+
+async def _revoke(request: web.Request) -> web.Response:
+    provisioning = _provisioning(request)
+    wanted = protocol.convert(await _body(request), RevokeBox)
+    device = protocol.check_device_id(request.match_info["id"])
+    try:
+        result = await provisioning.revoke(device, wanted.reason)
+    except Unavailable as exc:
+        return error(503, "unavailable", str(exc))
+    except KeyError:
+        return error(404, "not_found", f"no provisioned box {device!r}")
+    return web.json_response(msgspec.to_builtins(result))

@@ -1,0 +1,215 @@
+"""HTTP routes of the archive on the controller's app.
+
+Boxes use `/archive/v1/...` without the admin token: what they send proves itself (records are
+signed by a key the controller trusts, segments must hash to what a signed record declared),
+and what they get back (recipients, receipts) is signed by the controller. The archivist's
+CLI uses the token-protected `/api/archive/...`.
+
+    GET  /archive/v1/recipients                                   signed recipients document
+    GET  /archive/v1/recordings/<session>/<recorder>              {"next_seq": n}
+    POST /archive/v1/recordings/<session>/<recorder>/records      NDJSON manifest lines
+    HEAD /archive/v1/recordings/<session>/<recorder>/segments/<name>   Upload-Offset header
+    PUT  /archive/v1/recordings/<session>/<recorder>/segments/<name>   bytes from an offset
+    GET  /archive/v1/recordings/<session>/<recorder>/receipts[?name=]  {"receipts": [...]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from tiepdan.controller.archive.store import Archive, ArchiveError, ClosedSession, Upload
+from tiepdan.controller.http.app import CONTROLLER_KEY, error
+from tiepdan.firmware.evidence.receipt import Receipt
+
+if TYPE_CHECKING:
+    from tiepdan.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/archive/v1/recordings/{session}/{recorder}"
+MAX_RECORDS_BODY = 8 * 1024 * 1024
+FLUSH = 1024 * 1024
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_archive_routes(app: web.Application) -> None:
+    app.add_routes([
+        web.get("/archive/v1/recipients", _guard(recipients)),
+        web.get(PREFIX, _guard(recording)),
+        web.post(PREFIX + "/records", _guard(records)),
+        web.head(PREFIX + "/segments/{name}", _guard(head_segment)),
+        web.put(PREFIX + "/segments/{name}", _guard(put_segment)),
+        web.get(PREFIX + "/receipts", _guard(receipts)),
+        web.get("/api/archive/sessions", _guard(list_sessions)),
+        web.get("/api/archive/sessions/{session}", _guard(show_session)),
+        web.post("/api/archive/sessions/{session}/close", _guard(close_session)),
+    ])
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ArchiveError as exc:
+            log.warning("archive_refused method=%s path=%s status=%d code=%s peer=%s "
+                        "error=%s", request.method, request.path[:200], exc.status, exc.code,
+                        request.remote, exc)
+            if request.method == "HEAD":
+                return web.Response(status=exc.status, headers={"Archive-Error": exc.code})
+            return web.json_response(
+                {"error": {"code": exc.code, "message": str(exc)}, **exc.extra},
+                status=exc.status)
+    return guarded
+
+
+def _controller(request: web.Request) -> Controller:
+    return request.app[CONTROLLER_KEY]
+
+
+def _archive(request: web.Request) -> Archive:
+    return _controller(request).archive
+
+
+def _ids(request: web.Request) -> tuple[str, str]:
+    return request.match_info["session"], request.match_info["recorder"]
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(value), status=status,
+                        content_type="application/json")
+
+
+async def recipients(request: web.Request) -> web.Response:
+    return web.Response(body=_archive(request).recipients_document,
+                        content_type="application/json")
+
+
+async def recording(request: web.Request) -> web.Response:
+    archive = _archive(request)
+    session, recorder = _ids(request)
+    await asyncio.to_thread(archive.check_recording, session, recorder)
+    return _json({"next_seq": await asyncio.to_thread(archive.next_seq, session, recorder)})
+
+
+async def records(request: web.Request) -> web.Response:
+    archive = _archive(request)
+    session, recorder = _ids(request)
+    if request.content_length is not None and request.content_length > MAX_RECORDS_BODY:
+        raise ArchiveError(413, "too_large", f"at most {MAX_RECORDS_BODY} bytes of records "
+                                             "per request")
+    body = await request.content.read(MAX_RECORDS_BODY + 1)
+    if len(body) > MAX_RECORDS_BODY:
+        raise ArchiveError(413, "too_large", f"at most {MAX_RECORDS_BODY} bytes of records "
+                                             "per request")
+    result = await asyncio.to_thread(archive.ingest_records, session, recorder,
+                                     body.split(b"\n"))
+    return _json({"accepted": result.accepted, "duplicates": result.duplicates,
+                  "next_seq": result.next_seq})
+
+
+async def head_segment(request: web.Request) -> web.Response:
+    archive = _archive(request)
+    session, recorder = _ids(request)
+    state = await asyncio.to_thread(archive.segment_state, session, recorder,
+                                    request.match_info["name"])
+    return web.Response(headers={"Upload-Offset": str(state.offset),
+                                 "Upload-Length": str(state.ct_size),
+                                 "Segment-Stored": "yes" if state.stored else "no"})
+
+
+def _offset(request: web.Request) -> int:
+    ranged = request.headers.get("Content-Range")
+    if ranged:
+        match = CONTENT_RANGE.match(ranged.strip())
+        if match is None:
+            raise ArchiveError(400, "bad_request", f"Content-Range {ranged[:80]!r} is not "
+                                                   "'bytes START-END/TOTAL'")
+        return int(match.group(1))
+    try:
+        return int(request.query.get("offset", "0"))
+    except ValueError:
+        raise ArchiveError(400, "bad_request", "offset must be an integer") from None
+
+
+async def put_segment(request: web.Request) -> web.Response:
+    archive = _archive(request)
+    session, recorder = _ids(request)
+    name = request.match_info["name"]
+    opened = await asyncio.to_thread(archive.open_upload, session, recorder, name,
+                                     _offset(request), request.content_length)
+    if isinstance(opened, Receipt):
+        return web.Response(body=opened.line(), content_type="application/json")
+    log.info("archive_upload session=%s recorder=%s name=%s offset=%d", session, recorder,
+             name, opened.offset)
+    receipt = await _receive(request, opened)
+    if receipt is None:
+        return _json({"offset": opened.offset, "ct_size": opened.ct_size}, status=202)
+    return web.Response(body=receipt.line(), content_type="application/json")
+
+
+async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
+    """Copy the body into the upload; bytes that arrived before a cut stay in the `.part`."""
+    buffer = bytearray()
+    try:
+        try:
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                buffer += chunk
+                if len(buffer) >= FLUSH:
+                    data, buffer = bytes(buffer), bytearray()
+                    await asyncio.to_thread(upload.write, data)
+        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.CancelledError) as exc:
+            log.info("archive_upload_cut name=%s offset=%d error=%r", upload.row["name"],
+                     upload.offset + len(buffer), exc)
+            if buffer:
+                await asyncio.to_thread(upload.write, bytes(buffer))
+            raise
+        if buffer:
+            await asyncio.to_thread(upload.write, bytes(buffer))
+        return await asyncio.to_thread(upload.finish)
+    finally:
+        upload.close()
+
+
+async def receipts(request: web.Request) -> web.Response:
+    archive = _archive(request)
+    session, recorder = _ids(request)
+    found = await asyncio.to_thread(archive.receipts, session, recorder,
+                                    request.query.get("name"))
+    return _json({"receipts": found})
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    return _json({"sessions": await asyncio.to_thread(_archive(request).sessions)})
+
+
+async def show_session(request: web.Request) -> web.Response:
+    c = _controller(request)
+    session = request.match_info["session"]
+    recordings = await asyncio.to_thread(c.archive.recordings, session)
+    known = c.sessions.get(session)
+    if known is None and not recordings:
+        return error(404, "not_found", f"no session {session!r}")
+    closed = await asyncio.to_thread(c.archive.closed, session)
+    return _json({"session": session, "state": None if known is None else known.state,
+                  "recordings": recordings, "closed": closed,
+                  "problems": c.closer.problems.get(session, [])})
+
+
+async def close_session(request: web.Request) -> web.Response:
+    c = _controller(request)
+    session = request.match_info["session"]
+    result = await c.closer.close(session, closed_by="admin")
+    if isinstance(result, ClosedSession):
+        return _json({"closed": result})
+    return _json({"error": {"code": "conflict", "message": "session cannot close yet"},
+                  "problems": result.items}, status=409)

@@ -1,0 +1,121 @@
+"""The media bridge: where every point's media meets, behind one interface.
+
+The session engine speaks to a bridge in signaling terms only (an SDP offer in, an SDP answer
+out, peers joining, leaving, going live or being lost), so the built-in aiortc bridge
+(`AiortcBridge`: decode, compose, encode once, mix-minus) can be replaced by an SFU such as
+Janus VideoRoom for large sessions without touching the engine. Per session a bridge exposes
+the composed stream and the full mix (`BridgeSession`) for the recorder.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import av
+from av.stream import Stream
+
+from tiepdan.controller.config import BridgeSection
+from tiepdan.firmware import protocol
+from tiepdan.firmware.media.fanout import Fanout
+
+log = logging.getLogger(__name__)
+
+PeerEvent = Literal["live", "lost"]
+PeerListener = Callable[[str, str, int, PeerEvent, str], None]
+LayoutListener = Callable[[str, protocol.CallLayout], None]
+
+
+class BridgeError(Exception):
+    """An offer the bridge refuses; `code` goes back to the box in a `CallRefused`."""
+
+    def __init__(self, code: protocol.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: protocol.ErrorCode = code
+
+
+class BridgeSession(abc.ABC):
+    """One session's media on the bridge."""
+
+    id: str
+    composed_video: Fanout[av.Packet[Stream]]  # the one encoded picture every point receives
+    mixed_audio: Fanout[av.AudioFrame]  # every point's audio, mixed
+
+    @abc.abstractmethod
+    def layout(self) -> protocol.CallLayout: ...
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, protocol.CallQos]:
+        """Per point, seen from the bridge."""
+
+
+MediaListener = Callable[[str, BridgeSession], None]
+
+
+class Bridge(abc.ABC):
+    def __init__(self) -> None:
+        self._media_listeners: list[MediaListener] = []
+        self._peer_listeners: list[PeerListener] = []
+        self._layout_listeners: list[LayoutListener] = []
+
+    def on_session_media(self, callback: MediaListener) -> None:
+        """`callback(session_id, bridge_session)` when a session's media starts on the bridge."""
+        self._media_listeners.append(callback)
+
+    def on_peer(self, callback: PeerListener) -> None:
+        """`callback(session_id, device, attempt, event, detail)`: a point went live or was lost."""
+        self._peer_listeners.append(callback)
+
+    def on_layout(self, callback: LayoutListener) -> None:
+        """`callback(session_id, layout)` when tiles or the active speaker change."""
+        self._layout_listeners.append(callback)
+
+    @abc.abstractmethod
+    async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
+                   attempt: int, offer: str) -> str:
+        """Connect a point (replacing an older attempt of it); returns the SDP answer.
+
+        Raises BridgeError for an offer it cannot take.
+        """
+
+    @abc.abstractmethod
+    async def leave(self, session_id: str, device: str) -> None:
+        """Disconnect a point and drop its tile; nothing if it is not there."""
+
+    @abc.abstractmethod
+    async def close_session(self, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def session(self, session_id: str) -> BridgeSession | None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def _media_started(self, session: BridgeSession) -> None:
+        for callback in self._media_listeners:
+            _safely(callback, session.id, session)
+
+    def _peer_event(self, session_id: str, device: str, attempt: int, event: PeerEvent,
+                    detail: str) -> None:
+        for callback in self._peer_listeners:
+            _safely(callback, session_id, device, attempt, event, detail)
+
+    def _layout_changed(self, session_id: str, layout: protocol.CallLayout) -> None:
+        for callback in self._layout_listeners:
+            _safely(callback, session_id, layout)
+
+
+def build_bridge(config: BridgeSection) -> Bridge:
+    """The backend the configuration names (`bridge.backend`)."""
+    from tiepdan.controller.sessions.bridge.aiortc_bridge import AiortcBridge
+
+    return AiortcBridge(config)
+
+
+def _safely(callback: Callable[..., None], *args: object) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("bridge_listener_failed callback=%r", callback)

@@ -1,0 +1,67 @@
+"""Periodic health reports: sensors read in a thread, published QoS 0 with an expiry.
+
+Health is a stream, not a record: a reading older than two intervals is worthless, so the broker
+drops it (message expiry) rather than queue it for a controller that was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from tiepdan.board.sensors import Health
+from tiepdan.firmware import protocol
+from tiepdan.firmware.core.mqtt import MqttLink
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    def __init__(self, device: str, sensors: Callable[[], Health], link: MqttLink,
+                 outbox_len: Callable[[], int], interval: float) -> None:
+        self._device = device
+        self._sensors = sensors
+        self._link = link
+        self._outbox_len = outbox_len
+        self.interval = interval
+        self.latest: protocol.Health | None = None
+        self._wake = asyncio.Event()
+
+    def set_interval(self, seconds: float) -> None:
+        self.interval = seconds
+        self._wake.set()
+
+    async def read(self) -> protocol.Health:
+        h = await asyncio.to_thread(self._sensors)
+        self.latest = protocol.Health(
+            ts=protocol.now_ms(),
+            uptime_s=h.uptime_s,
+            cpu_percent=h.cpu_percent,
+            mem_percent=h.mem_percent,
+            disk_free_bytes=h.disk_free_bytes,
+            disk_total_bytes=h.disk_total_bytes,
+            load1=h.load1,
+            outbox=self._outbox_len(),
+            cpu_temp_c=h.cpu_temp_c,
+            throttled=h.throttled,
+            under_voltage=h.under_voltage,
+            clock_synced=h.clock_synced,
+        )
+        return self.latest
+
+    async def run(self) -> None:
+        topic = protocol.tele_topic(self._device, "health")
+        while True:
+            if self._link.connected:
+                try:
+                    health = await self.read()
+                except Exception:
+                    log.exception("telemetry_read_failed device=%s", self._device)
+                else:
+                    self._link.publish(topic, protocol.encode(health), qos=0,
+                                       expiry=max(2, int(2 * self.interval)))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)

@@ -1,0 +1,168 @@
+"""Installing a bundle into the spare slot (the A/B state itself lives in `boot.py`).
+
+A slot is built in `slots/.<x>.new`, flushed to disk, and renamed into place; `slot.json`,
+written last, marks it complete. A crash at any point leaves `current` and the committed slot
+untouched, and `recover()` removes the debris. Nothing here touches the running slot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tiepdan.firmware.update import boot
+from tiepdan.ota.bundle import read_bundle
+
+log = logging.getLogger(__name__)
+
+Checkpoint = Callable[[str], None]
+
+
+class InstallError(RuntimeError):
+    """The slot could not be written (disk full, bad wheel); the box is unchanged."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    root: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return self.root / "slots" / self.name
+
+    @property
+    def version(self) -> str | None:
+        return boot.slot_version(self.root, self.name)
+
+
+def _nothing(step: str) -> None:
+    pass
+
+
+def spare(root: Path) -> str:
+    state = boot.read_state(root)
+    if state["trial"] is not None:
+        raise InstallError(f"slot {state['trial']['slot']} is on trial; no slot is spare")
+    committed = state["committed"]
+    return "b" if committed == "a" else "a"
+
+
+def recover(root: Path) -> list[str]:
+    """Remove half-built slots left by a crash; returns what was removed."""
+    removed = []
+    slots = root / "slots"
+    for leftover in (*slots.glob(".*.new"), *slots.glob(".*.old")):
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover.name)
+    with boot.locked(root):
+        stale = root / f".{boot.CURRENT}.tmp"
+        if stale.is_symlink():
+            stale.unlink()
+            removed.append(stale.name)
+    if removed:
+        log.warning("ota_recovered root=%s removed=%s", root, ",".join(removed))
+    return removed
+
+
+def install(root: Path, bundle: Path, *, slot: str | None = None,
+            python: str = sys.executable, checkpoint: Checkpoint = _nothing) -> Slot:
+    """Install `bundle` into the spare slot (or `slot`, for the first install of an image)."""
+    manifest, wheel = read_bundle(bundle)
+    (root / "slots").mkdir(parents=True, exist_ok=True)
+    target = slot or spare(root)
+    if target not in boot.SLOTS:
+        raise InstallError(f"no slot named {target!r}")
+    if target == boot.current_slot(root):
+        raise InstallError(f"slot {target} is the running slot")
+    building = root / "slots" / f".{target}.new"
+    shutil.rmtree(building, ignore_errors=True)
+    checkpoint("prepared")
+    try:
+        _unpack(wheel, building / "site")
+        checkpoint("unpacked")
+        _write(building / "boot" / "tiepdan_boot.py", Path(boot.__file__).read_bytes())
+        from tiepdan import __version__ as installer
+
+        _write(building / boot.LAUNCHER, boot.LAUNCHER_TEMPLATE.format(
+            python=python, version=installer).encode(), mode=0o755)
+        _write(building / "slot.json", json.dumps({
+            "version": manifest.version, "wheel": manifest.wheel,
+            "wheel_sha256": manifest.wheel_sha256, "installed": time.time(),
+        }, indent=1).encode())
+        _sync_tree(building)
+        checkpoint("synced")
+    except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise InstallError(f"cannot write slot {target}: {exc.strerror or exc}") from exc
+    final = root / "slots" / target
+    old = root / "slots" / f".{target}.old"
+    if final.exists():
+        final.rename(old)
+        checkpoint("moved_old")
+    building.rename(final)
+    boot.fsync_dir(root / "slots")
+    checkpoint("renamed")
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("ota_installed root=%s slot=%s version=%s", root, target, manifest.version)
+    return Slot(root, target)
+
+
+def install_image(root: Path, bundle: Path, python: str = sys.executable) -> Slot:
+    """First install on a fresh image: slot a, committed, `current` pointing at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    if boot.current_slot(root) is not None:
+        raise InstallError(f"{root} already has a current slot")
+    installed = install(root, bundle, slot="a", python=python)
+    with boot.locked(root):
+        boot.write_state(root, {"committed": "a", "trial": None, "outcome": None})
+        boot.point_current(root, "a")
+    return installed
+
+
+def _unpack(wheel: bytes, dest: Path) -> None:
+    """Extract a pure-Python wheel: its root is the site directory."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(wheel))
+    except zipfile.BadZipFile as exc:
+        raise InstallError(f"wheel is not a zip file: {exc}") from None
+    with archive:
+        for info in archive.infolist():
+            name = PurePosixPath(info.filename)
+            if name.is_absolute() or ".." in name.parts or not name.parts:
+                raise InstallError(f"wheel member {info.filename!r} escapes the slot")
+            if info.is_dir():
+                continue
+            _write(dest.joinpath(*name.parts), archive.read(info))
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(top: Path) -> None:
+    """One fsync per file and folder, after all are written (cheaper than syncing as we go)."""
+    for folder, _, files in os.walk(top):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        boot.fsync_dir(Path(folder))
