@@ -13,7 +13,7 @@ import psutil
 
 from tiepdan.board.profile import BoardProfile
 
-__all__ = ["UNDER_VOLTAGE_NOW", "Health", "Sensors", "clock_synced"]
+__all__ = ["UNDER_VOLTAGE_NOW", "Readings", "Sensors", "clock_synced"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ TIMESYNC_DIR = "run/systemd/timesync"
 
 
 @dataclass(frozen=True)
-class Health:
+class Readings:
     """One snapshot; None means this board cannot tell (e.g. no Pi firmware on a PC)."""
 
     cpu_temp_c: float | None
@@ -42,7 +42,7 @@ class Health:
 
 
 class Sensors:
-    """Reads `Health`; `read` blocks (sysfs, maybe a vcgencmd call), so run it in a thread.
+    """Reads `Readings`; `read` blocks (sysfs, maybe a vcgencmd call), so run it in a thread.
 
     `root` lets tests point the sysfs and /run lookups at a fake tree.
     """
@@ -54,10 +54,10 @@ class Sensors:
         # psutil measures CPU between calls; the first call only sets the baseline.
         psutil.cpu_percent(interval=None)
 
-    def read(self) -> Health:
+    def read(self) -> Readings:
         throttled = self._throttled()
         disk = psutil.disk_usage(str(self.data_dir))
-        health = Health(
+        health = Readings(
             cpu_temp_c=self._cpu_temp(),
             throttled=throttled,
             under_voltage=None if throttled is None else bool(throttled & UNDER_VOLTAGE_NOW),

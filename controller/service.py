@@ -1,4 +1,4 @@
-"""The controller process: MQTT link, registry, command client and HTTP API under one loop."""
+"""The controller process: every central feature assembled under one loop (the composition root)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.http import archive as archive_routes
+from tiepdan.controller.http import fleet as fleet_routes
+from tiepdan.controller.http import provisioning as provisioning_routes
+from tiepdan.controller.http import sessions as session_routes
+from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
-from tiepdan.controller.http.archive import add_archive_routes
-from tiepdan.controller.http.sessions import add_session_routes
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
@@ -26,6 +29,7 @@ from tiepdan.controller.sessions.engine import Sessions
 from tiepdan.controller.sessions.schedule import Schedules
 from tiepdan.controller.signing import SigningKey
 from tiepdan.controller.store import Database
+from tiepdan.controller.updates.campaign import Campaigns
 from tiepdan.controller.updates.service import Updates
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import link_settings
@@ -35,6 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
+    """The composition root of the central side.
+
+    Every feature is built here from the parts it uses, and every hook between features is
+    connected in `_connect`, so this class is the one place that shows the whole assembly;
+    constructors neither start tasks nor register themselves anywhere.
+    """
+
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.id = config.controller.id
@@ -55,20 +66,51 @@ class Controller:
         self.ingest = Ingest(self.registry, self.rpc, self.link)
         self.token = admin_token(config.token_file)
         self.bridge = build_bridge(config.bridge)
-        self.sessions = Sessions(self, self.bridge)
-        self.schedules = Schedules(self, self.sessions)
-        self.app = build_app(self, self.token)
-        add_session_routes(self.app)
+        self.sessions = Sessions(self.db, config.sessions, self.registry, self.rpc, self.link,
+                                 self.bridge)
+        self.schedules = Schedules(self.db, config.sessions.timezone, self.sessions)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
                                self.signing.public_raw(), self.id, self._session_points)
-        add_archive_routes(self.app)
-        self.closer = Closer(self)
-        self.bridge_recording = BridgeRecording(self)
-        self.provisioning = Provisioning(self)
+        self.closer = Closer(self.sessions, self.archive, f"controller-{self.id}",
+                             config.archive.close_interval)
+        self.bridge_recording = BridgeRecording(self.archive, config.bridge, config.archive,
+                                                self.signing.path)
+        self.provisioning = Provisioning(config, self.db, self.registry, self.identities,
+                                         self.signing, self.link)
+        self.campaigns = Campaigns(self.db, self.registry, self.link,
+                                   config.ota.public_url or f"{config.api_url}/ota",
+                                   tick=config.ota.tick)
+        self.updates = Updates(config.ota, config.data_dir, self.campaigns)
+        self._connect()
+        self.app = build_app(self, self.token, [
+            *fleet_routes.routes(),
+            *session_routes.routes(),
+            *archive_routes.routes(),
+            *provisioning_routes.routes(),
+            *update_routes.routes(self.updates.repository_path),
+        ])
         self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.updates = Updates(self)
+        self._closed = False
+
+    def _connect(self) -> None:
+        """Who hears what. Order matters where two listen to the same source: first come,
+        first told."""
+        self.bridge.on_peer(self.sessions.on_peer)
+        self.bridge.on_layout(self.sessions.on_layout)
+        self.ingest.route("call", self.sessions.on_call_message, suffix="call/+/up")
+        # tele/call arrives through the registry's own `tele/+` filter (identical filter: one
+        # subscription, one delivery; an overlapping `tele/call` would deliver it twice).
+        self.ingest.route("tele", self.sessions.on_tele, suffix="tele/+")
+        self.registry.listen(self.sessions.on_device)
+        self.sessions.listen(self.closer.on_session)
+        if self.bridge_recording.enabled:
+            self.bridge.on_session_media(self.bridge_recording.on_media)
+            self.sessions.listen(self.bridge_recording.on_session)
+        self.registry.listen(self.provisioning.check_birth)
+        self.ingest.route("jobs", self.campaigns.on_update, suffix="jobs/+/update")
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -78,12 +120,15 @@ class Controller:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run(self, ready: asyncio.Event | None = None) -> None:
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
+    async def start(self) -> None:
+        """Listen and start every feature's loop; a second call does nothing."""
+        if self._runner is not None:
+            return
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
-        self.http_port = int(runner.addresses[0][1])
+        self.http_port = int(self._runner.addresses[0][1])
         log.info("controller_start id=%s api=http://%s:%s", self.id, self.config.http.host,
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
@@ -92,29 +137,41 @@ class Controller:
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")
         self.spawn(self.closer.run(), "closer")
+        self.spawn(self.updates.run(), "updates")
         await asyncio.to_thread(self.bridge_recording.recover)
-        if ready is not None:
-            ready.set()
+
+    async def close(self) -> None:
+        """Say goodbye on the broker, stop every loop, close the stores; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        log.info("controller_stop id=%s", self.id)
+        if self.link.connected:
+            state = protocol.ControllerState(state="offline", ts=protocol.now_ms())
+            done = self.link.publish(protocol.controller_state_topic(self.id),
+                                     protocol.encode(state), retain=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(done, 2.0)
+        await self.link.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bridge_recording.close()
+        await self.sessions.close()
+        self.registry.flush()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.archive.close()
+        self.db.close()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
         try:
+            await self.start()
+            if ready is not None:
+                ready.set()
             await self._stop.wait()
         finally:
-            log.info("controller_stop id=%s", self.id)
-            if self.link.connected:
-                state = protocol.ControllerState(state="offline", ts=protocol.now_ms())
-                done = self.link.publish(protocol.controller_state_topic(self.id),
-                                         protocol.encode(state), retain=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(done, 2.0)
-            await self.link.stop()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.bridge_recording.close()
-            await self.sessions.close()
-            self.registry.flush()
-            await runner.cleanup()
-            self.archive.close()
-            self.db.close()
+            await self.close()
 
     async def set_desired(self, device: str, config: protocol.RemoteConfig) -> protocol.Desired:
         document = self.registry.set_desired(device, config)

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from tiepdan import __version__
+from tiepdan.firmware.agent.config import DEFAULT_PATH, load_config
 from tiepdan.firmware.core import logs
-from tiepdan.firmware.core.config import DEFAULT_PATH, ConfigError, load_config
+from tiepdan.firmware.core.config import ConfigError
 
 log = logging.getLogger("tiepdan.firmware")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -23,22 +24,24 @@ from typing import Annotated
 import msgspec
 from packaging.version import InvalidVersion, Version
 
+from tiepdan.errors import BadInput
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 PACKAGE = "tiepdan"
 MAX_MANIFEST = 64 * 1024
 # What a build copies from a source tree: the package links and the folders they point to.
-SOURCE_ENTRIES = ("pyproject.toml", "README.md", "tiepdan", "board", "firmware", "controller",
-                  "ota", "provisioning", "tools")
+SOURCE_ENTRIES = ("pyproject.toml", "setup.py", "README.md", "tiepdan", "board", "firmware",
+                  "controller", "ota", "provisioning", "tools")
 _VERSION_LINE = re.compile(r'^__version__ = "[^"]*"$', re.M)
 _WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl$")
 
 
-class BundleError(ValueError):
+class BundleError(BadInput):
     """A bundle that is not what it claims to be, or cannot be built."""
 
 
-class Manifest(msgspec.Struct, frozen=True):
+class BundleManifest(msgspec.Struct, frozen=True):
     format: Annotated[int, msgspec.Meta(ge=1)]
     package: str
     version: str
@@ -88,7 +91,8 @@ def build_wheel(source: Path, version: str, out_dir: Path) -> Path:
         result = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
              "--disable-pip-version-check", "-w", str(wheels), str(stage)],
-            capture_output=True, text=True, check=False)
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "TIEPDAN_TARGET": "box"})  # a box runs nothing else
         if result.returncode != 0:
             raise BundleError(f"pip wheel failed: {result.stderr.strip()[-2000:]}")
         built = sorted(wheels.glob("tiepdan-*.whl"))
@@ -118,7 +122,7 @@ def build_bundle(wheel: Path, out_dir: Path) -> Path:
         raise BundleError(f"{wheel.name} is not a zip file: {exc}") from None
     if "tiepdan/__init__.py" not in names:
         raise BundleError(f"{wheel.name} does not contain the tiepdan package")
-    manifest = Manifest(format=FORMAT, package=PACKAGE, version=version, wheel=wheel.name,
+    manifest = BundleManifest(format=FORMAT, package=PACKAGE, version=version, wheel=wheel.name,
                         wheel_sha256=hashlib.sha256(data).hexdigest(),
                         built_ms=time.time_ns() // 1_000_000)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,7 @@ def build_bundle(wheel: Path, out_dir: Path) -> Path:
     return target
 
 
-def read_bundle(path: Path) -> tuple[Manifest, bytes]:
+def read_bundle(path: Path) -> tuple[BundleManifest, bytes]:
     """The manifest and the wheel's bytes, after checking that they belong together."""
     try:
         with tarfile.open(path, "r:") as tar:
@@ -143,7 +147,7 @@ def read_bundle(path: Path) -> tuple[Manifest, bytes]:
             if MANIFEST not in members or len(members) != 2:
                 raise BundleError(f"bundle holds {sorted(members)[:5]}, not a manifest and a wheel")
             manifest = msgspec.json.decode(_member(tar, members[MANIFEST], MAX_MANIFEST),
-                                           type=Manifest)
+                                           type=BundleManifest)
             if manifest.wheel not in members:
                 raise BundleError(f"bundle lacks {manifest.wheel}")
             wheel = _member(tar, members[manifest.wheel], 512 * 2**20)

@@ -21,12 +21,14 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
+from tiepdan.errors import NotFound
+
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE_ROLES = ("snapshot", "timestamp")
 PASSPHRASE_ENV = "TIEPDAN_OTA_PASSPHRASE"
 
 
-class KeyFileError(LookupError):
+class KeyFileError(NotFound):
     """A key that is missing, unreadable or not the one the metadata expects."""
 
 

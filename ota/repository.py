@@ -38,6 +38,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
+from tiepdan.errors import Unavailable
 from tiepdan.firmware.core.durable import write_atomic
 from tiepdan.ota import keys as keyfiles
 from tiepdan.ota.bundle import bundle_name, check_version, read_bundle
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
-class RepositoryError(RuntimeError):
+class RepositoryError(Unavailable, RuntimeError):
     """The repository cannot do what was asked (missing keys, not initialised, ...)."""
 
 

@@ -9,13 +9,13 @@ own reader, so a card the box would refuse never leaves the technician's hands.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 import tomli_w
 
-from tiepdan.firmware.firstboot.enroll import (
+from tiepdan.firmware.core.durable import write_atomic
+from tiepdan.firmware.protocol.firstboot import (
     CA_FILE,
     FOLDER,
     PROVISION_FILE,
@@ -54,17 +54,6 @@ def write_boot_folder(boot: Path, provision: Provision, ca_pem: bytes, token: st
                                     commune=device.commune).encode(),
     }
     for name, data in files.items():
-        path = folder / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_atomic(folder / name, data, 0o600)
     read_provision(folder)
     return folder

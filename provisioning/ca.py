@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tiepdan.errors import BadInput
 from tiepdan.firmware.evidence.identity import write_private
 
 # Certificates start a little in the past: a broker or box whose clock lags by minutes must not
@@ -30,7 +31,7 @@ BACKDATE = dt.timedelta(hours=1)
 CA_DAYS = 20 * 365
 
 
-class CsrRefused(ValueError):
+class CsrRefused(BadInput):
     """A CSR the CA will not sign; `code` is machine-readable, the message says why."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tiepdan.errors import Forbidden
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS provisioned_boxes (
     device TEXT PRIMARY KEY,
@@ -54,7 +56,7 @@ _COLUMNS = ("device, commune, hall, province, kind, token_expires, created_at, e
             "revoked_reason")
 
 
-class ClaimRefused(Exception):
+class ClaimRefused(Forbidden):
     """A claim the controller refuses; `code` is machine-readable, the message says why."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -23,7 +23,7 @@ from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent, Exit
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
 from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
 from tiepdan.provisioning.material import initialise

@@ -15,10 +15,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from tiepdan.errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 
-class BrokerError(RuntimeError):
+class BrokerError(Unavailable, RuntimeError):
     pass
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tiepdan.board.profile import BoardProfile
 from tiepdan.firmware.agent.agent import Agent, Exit, FrontPanel, HealthSource
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot
 from tiepdan.firmware.update.slots import Slot
 

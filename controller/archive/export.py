@@ -25,21 +25,23 @@ import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tiepdan.controller.archive.verification import (
-    Report,
     SegmentError,
+    VerificationReport,
     decrypt_segment,
     session_dir,
     verify_recording,
 )
+from tiepdan.errors import TiepdanError
+from tiepdan.firmware.core.durable import write_atomic
 from tiepdan.firmware.evidence.manifest import KeyLookup
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(Exception):
+class ExportError(TiepdanError):
     """The export was refused or failed; `report` says why, nothing was written."""
 
-    def __init__(self, message: str, report: Report) -> None:
+    def __init__(self, message: str, report: VerificationReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -51,7 +53,7 @@ def report_path(out: Path) -> Path:
 def export_recording(archive_dir: Path, session: str, recorder: str, *, out: Path,
                      identities: Sequence[pyrage.x25519.Identity], key_for: KeyLookup,
                      controller_key: Ed25519PublicKey, archive_id: str | None = None,
-                     allow_gaps: bool = False) -> Report:
+                     allow_gaps: bool = False) -> VerificationReport:
     """Verify, decrypt and remux one recording into `out`; write `<stem>.verification.json`.
 
     Refuses (ExportError) when anything fails to verify, unless `allow_gaps`: then segments
@@ -117,10 +119,8 @@ def export_recording(archive_dir: Path, session: str, recorder: str, *, out: Pat
     return report
 
 
-def _write_report(path: Path, report: Report) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(report.to_json())) + b"\n")
-    os.replace(tmp, path)
+def _write_report(path: Path, report: VerificationReport) -> None:
+    write_atomic(path, msgspec.json.format(msgspec.json.encode(report.to_json())) + b"\n")
 
 
 @dataclass

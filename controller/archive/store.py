@@ -40,6 +40,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
+from tiepdan.errors import (
+    BadInput,
+    Conflict,
+    Corrupt,
+    Forbidden,
+    NotFound,
+    OutOfRange,
+    TiepdanError,
+    TooLarge,
+)
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.durable import fsync_dir, write_atomic
 from tiepdan.firmware.evidence.identity import write_private
@@ -105,16 +115,6 @@ CREATE TABLE IF NOT EXISTS closed (
     document BLOB NOT NULL
 );
 """
-
-
-class ArchiveError(Exception):
-    """Refused input: `status` is the HTTP status the API answers with, `extra` goes along."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
 
 
 @dataclass(frozen=True)
@@ -257,15 +257,15 @@ class Archive:
 
     def check_recording(self, session: str, recorder: str) -> None:
         if not protocol.is_device_id(session) or not protocol.is_device_id(recorder):
-            raise ArchiveError(400, "bad_request", "session and recorder must be ids of "
+            raise BadInput(code="bad_request", message="session and recorder must be ids of "
                                                    "a-z, 0-9 and '-'")
         if self._session_points is None:
             return
         points = self._session_points(session)
         if points is None:
-            raise ArchiveError(404, "unknown_session", f"no session {session!r}")
+            raise NotFound(code="unknown_session", message=f"no session {session!r}")
         if recorder != self.recorder_id and recorder not in points:
-            raise ArchiveError(403, "not_a_point", f"{recorder} is not a point of {session}")
+            raise Forbidden(code="not_a_point", message=f"{recorder} is not a point of {session}")
 
     def next_seq(self, session: str, recorder: str) -> int:
         with self._lock:
@@ -302,7 +302,7 @@ class Archive:
                     next_seq, last = record.seq + 1, record.hash
                     if record.segment is not None:
                         names.add(record.segment.name)
-            except ArchiveError as exc:
+            except TiepdanError as exc:
                 self._store_records(session, recorder, fresh)
                 exc.extra.update(accepted=len(fresh), next_seq=next_seq)
                 log.warning("archive_records_refused session=%s recorder=%s code=%s "
@@ -316,14 +316,14 @@ class Archive:
 
     def _check_record(self, session: str, recorder: str, number: int, raw: bytes,
                       next_seq: int, last: str, names: set[str]) -> Record | None:
-        """The record if it is the next one, None for a repeat; ArchiveError otherwise."""
+        """The record if it is the next one, None for a repeat; a TiepdanError otherwise."""
         try:
             record = parse_line(raw)
         except ManifestError as exc:
-            raise ArchiveError(400, "bad_record", f"line {number + 1}: {exc}") from None
+            raise BadInput(code="bad_record", message=f"line {number + 1}: {exc}") from None
         if record.session != session or record.device != recorder:
-            raise ArchiveError(400, "wrong_recording",
-                               f"record of {record.device}/{record.session} sent to "
+            raise BadInput(code="wrong_recording",
+                           message=f"record of {record.device}/{record.session} sent to "
                                f"{recorder}/{session}")
         if record.seq < next_seq:
             stored = self._db.execute(
@@ -332,35 +332,35 @@ class Archive:
             if stored is not None and stored[0] == record.hash:
                 return None
             self._keep_fork(session, recorder, record)
-            raise ArchiveError(409, "fork", f"record {record.seq} differs from the one "
+            raise Conflict(code="fork", message=f"record {record.seq} differs from the one "
                                             "already archived under that number")
         if record.seq > next_seq:
-            raise ArchiveError(409, "gap", f"record {record.seq} sent; expected {next_seq}")
+            raise Conflict(code="gap", message=f"record {record.seq} sent; expected {next_seq}")
         if record.v != VERSION:
-            raise ArchiveError(400, "version", f"unknown record version {record.v}")
+            raise BadInput(code="version", message=f"unknown record version {record.v}")
         if record.prev != last:
-            raise ArchiveError(409, "chain", f"record {record.seq} does not chain to the "
+            raise Conflict(code="chain", message=f"record {record.seq} does not chain to the "
                                              "archived record before it")
         key = self.key_for(record)
         if key is None:
-            raise ArchiveError(403, "untrusted", f"no trusted key for {recorder} at "
+            raise Forbidden(code="untrusted", message=f"no trusted key for {recorder} at "
                                                  f"utc_ms {record.utc_ms} (unknown or revoked)")
         if not signature_valid(record, key):
-            raise ArchiveError(403, "signature", f"record {record.seq}: signature does not "
+            raise Forbidden(code="signature", message=f"record {record.seq}: signature does not "
                                                  "verify")
         segment = record.segment
         if record.kind == "segment":
             if segment is None:
-                raise ArchiveError(400, "bad_record", f"record {record.seq}: segment record "
+                raise BadInput(code="bad_record", message=f"record {record.seq}: segment record "
                                                       "without a segment")
             if not SEGMENT_NAME.match(segment.name):
-                raise ArchiveError(400, "bad_record", f"segment name {segment.name!r} is not "
+                raise BadInput(code="bad_record", message=f"segment name {segment.name!r} is not "
                                                       "<index:06d>.<ext>.age")
             if segment.name in names:
-                raise ArchiveError(409, "duplicate_segment", f"segment {segment.name} was "
+                raise Conflict(code="duplicate_segment", message=f"segment {segment.name} was "
                                                              "declared before")
             if segment.ct_size < 0 or not re.fullmatch(r"[0-9a-f]{64}", segment.ct_sha256):
-                raise ArchiveError(400, "bad_record", f"segment {segment.name}: bad size or "
+                raise BadInput(code="bad_record", message=f"segment {segment.name}: bad size or "
                                                       "hash")
         return record
 
@@ -441,13 +441,13 @@ class Archive:
     def _segment_row(self, session: str, recorder: str, name: str) -> sqlite3.Row:
         self.check_recording(session, recorder)
         if not SEGMENT_NAME.match(name):
-            raise ArchiveError(400, "bad_request", f"{name!r} is not a segment name")
+            raise BadInput(code="bad_request", message=f"{name!r} is not a segment name")
         row = self._db.execute(
             "SELECT * FROM segments WHERE session = ? AND recorder = ? AND name = ?",
             (session, recorder, name)).fetchone()
         if row is None:
-            raise ArchiveError(404, "unknown_segment",
-                               f"no segment record declares {name} in {session}/{recorder}; "
+            raise NotFound(code="unknown_segment",
+                           message=f"no segment record declares {name} in {session}/{recorder}; "
                                "send the manifest records first")
         return row  # type: ignore[no-any-return]
 
@@ -492,21 +492,21 @@ class Archive:
                 return receipt
             ct_size = int(row["ct_size"])
             if ct_size > self.max_segment:
-                raise ArchiveError(413, "too_large", f"segment {name} declares {ct_size} "
+                raise TooLarge(code="too_large", message=f"segment {name} declares {ct_size} "
                                                      f"bytes; the archive takes at most "
                                                      f"{self.config.max_segment_mb} MiB")
             key = (session, recorder, name)
             part = self._part(session, recorder, name)
             held = part.stat().st_size if part.exists() else 0
             if offset < 0 or offset > held:
-                raise ArchiveError(416, "bad_offset", f"offset {offset}; the archive holds "
+                raise OutOfRange(code="bad_offset", message=f"offset {offset}; the archive holds "
                                                       f"{held} bytes of {name}", offset=held)
             if length is not None and offset + length > ct_size:
-                raise ArchiveError(413, "larger_than_declared",
-                                   f"{offset} + {length} bytes exceed the declared size "
+                raise TooLarge(code="larger_than_declared",
+                               message=f"{offset} + {length} bytes exceed the declared size "
                                    f"{ct_size} of {name}")
             if key in self._uploading:
-                raise ArchiveError(409, "busy", f"{name} is being uploaded already",
+                raise Conflict(code="busy", message=f"{name} is being uploaded already",
                                    offset=held)
             self._uploading.add(key)
         try:
@@ -527,7 +527,7 @@ class Archive:
             upload.path.unlink(missing_ok=True)
             log.warning("archive_segment_hash_mismatch session=%s recorder=%s name=%s",
                         row["session"], row["recorder"], row["name"])
-            raise ArchiveError(422, "hash_mismatch", f"{row['name']}: the bytes received do "
+            raise Corrupt(code="hash_mismatch", message=f"{row['name']}: the bytes received do "
                                                      "not hash to the declared ct_sha256")
         os.rename(upload.path, final)
         fsync_dir(final.parent)
@@ -585,7 +585,7 @@ class Archive:
         finally:
             upload.close()
         if receipt is None:
-            raise ArchiveError(400, "short", f"{path} is shorter than its declared size")
+            raise BadInput(code="short", message=f"{path} is shorter than its declared size")
         return receipt
 
     def receipts(self, session: str, recorder: str, name: str | None = None) -> list[Receipt]:
@@ -744,8 +744,8 @@ class Upload:
         if self.offset + len(data) > self.ct_size:
             self.close()
             self.path.unlink(missing_ok=True)
-            raise ArchiveError(413, "larger_than_declared",
-                               f"{self.row['name']}: more than the declared {self.ct_size} "
+            raise TooLarge(code="larger_than_declared",
+                           message=f"{self.row['name']}: more than the declared {self.ct_size} "
                                "bytes")
         view = memoryview(data)
         while view:

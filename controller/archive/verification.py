@@ -7,8 +7,8 @@ included) and the controller's own key, which signs receipts, the closed-session
 the bridge recording (`controller-<id>`). Nothing here trusts the archive's own index: a copy of
 the directory and the keys is enough to verify it years later.
 
-Every finding is a line in a `Report`: one item per concern (manifest, each segment, receipts,
-stray files, closed document), each ok or with its problems, so the archivist sees which
+Every finding is a line in a `VerificationReport`: one item per concern (manifest, each segment,
+receipts, stray files, closed document), each ok or with its problems, so the archivist sees which
 segment is missing or tampered, not just "failed".
 """
 
@@ -33,6 +33,7 @@ from rich.text import Text
 
 from tiepdan.controller.identities import DeviceIdentity
 from tiepdan.controller.store import open_readonly
+from tiepdan.errors import Corrupt, TiepdanError
 from tiepdan.firmware.evidence.manifest import FILENAME, KeyLookup, Record, verify_chain
 from tiepdan.firmware.protocol import is_device_id
 
@@ -47,7 +48,7 @@ _RECORD_FATAL = {"parse", "signature", "untrusted", "device", "session", "versio
                  "replay"}
 
 
-class VerificationError(Exception):
+class VerificationError(TiepdanError):
     """The input cannot be verified at all (no such session, unreadable trust root)."""
 
 
@@ -70,7 +71,7 @@ class Item:
 
 
 @dataclass
-class Report:
+class VerificationReport:
     """The verdict on one recording (one recorder in one session)."""
 
     session: str
@@ -116,7 +117,7 @@ class Report:
 @dataclass
 class SessionReport:
     session: str
-    recordings: list[Report] = field(default_factory=list)
+    recordings: list[VerificationReport] = field(default_factory=list)
     closed: Item | None = None  # None: the session is not closed (no document)
 
     @property
@@ -134,7 +135,8 @@ class SessionReport:
                       closed=self.closed)
 
 
-def _table(title: str, reports: Sequence[tuple[str, Report]], closed: Item | None) -> Table:
+def _table(title: str, reports: Sequence[tuple[str, VerificationReport]],
+           closed: Item | None) -> Table:
     ok = all(r.ok for _, r in reports) and (closed is None or closed.ok)
     table = Table(title=f"{title}: {'verified' if ok else 'NOT VERIFIED'}", title_justify="left")
     for column in ("recorder", "item", "status", "detail"):
@@ -231,19 +233,19 @@ def decrypt_segment(ciphertext: bytes, identities: Sequence[pyrage.x25519.Identi
     return plaintext
 
 
-class SegmentError(Exception):
+class SegmentError(Corrupt):
     """A segment that failed its plaintext check."""
 
 
 def verify_recording(directory: Path, *, recorder: str, session: str, key_for: KeyLookup,
                      controller_key: Ed25519PublicKey, archive_id: str | None = None,
-                     identities: Sequence[pyrage.x25519.Identity] = ()) -> Report:
+                     identities: Sequence[pyrage.x25519.Identity] = ()) -> VerificationReport:
     """Check one recorder's directory: manifest chain, segment files, receipts, plaintexts.
 
     With `identities` (the archive's age identities) each segment is also decrypted in memory
     and its plaintext hash checked; without, only what the ciphertext proves is checked.
     """
-    report = Report(session=session, recorder=recorder, decrypted=bool(identities))
+    report = VerificationReport(session=session, recorder=recorder, decrypted=bool(identities))
     manifest = report.item("manifest", FILENAME)
     try:
         lines = [line for line in (directory / FILENAME).read_bytes().split(b"\n") if line]
@@ -325,7 +327,7 @@ def _check_segment(path: Path, record: Record, item: Item, receipts: list[dict[s
         item.note = f"#{seg.index} {seg.ct_size} B {seg.duration_ms} ms: {checks} ok"
 
 
-def _load_receipts(directory: Path, report: Report, *, recorder: str, session: str,
+def _load_receipts(directory: Path, report: VerificationReport, *, recorder: str, session: str,
                    controller_key: Ed25519PublicKey,
                    archive_id: str | None) -> dict[str, list[dict[str, Any]]]:
     """Valid receipts by segment name; invalid ones become problems on the receipts item."""
@@ -364,7 +366,7 @@ def _load_receipts(directory: Path, report: Report, *, recorder: str, session: s
     return valid
 
 
-def _check_strays(directory: Path, listed: set[str], report: Report) -> None:
+def _check_strays(directory: Path, listed: set[str], report: VerificationReport) -> None:
     """A sealed file no record lists: a deleted record, or something planted."""
     if not directory.is_dir():
         return
@@ -408,7 +410,7 @@ def verify_session(archive_dir: Path, session: str, *, key_for: KeyLookup,
             controller_key=controller_key, archive_id=archive_id, identities=identities))
     if not result.recordings:
         empty = Item("session", session, problems=["no recordings"])
-        result.recordings.append(Report(session=session, recorder="-", items=[empty]))
+        result.recordings.append(VerificationReport(session=session, recorder="-", items=[empty]))
     closed_path = archive_dir / "closed" / f"{session}.json"
     if closed_path.exists():
         result.closed = check_closed(closed_path, session, result.recordings,
@@ -416,7 +418,7 @@ def verify_session(archive_dir: Path, session: str, *, key_for: KeyLookup,
     return result
 
 
-def check_closed(path: Path, session: str, reports: Sequence[Report], *,
+def check_closed(path: Path, session: str, reports: Sequence[VerificationReport], *,
                  controller_key: Ed25519PublicKey) -> Item:
     """The closed-session document: controller-signed, committing to exactly what verified.
 

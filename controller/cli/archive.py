@@ -41,6 +41,7 @@ from tiepdan.controller.archive.verification import (
     verify_session,
 )
 from tiepdan.controller.config import ControllerConfig, config_path, load_config
+from tiepdan.errors import BadInput
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
 from tiepdan.firmware.evidence.manifest import FILENAME, KeyLookup, ManifestError, parse_line
@@ -48,7 +49,7 @@ from tiepdan.firmware.evidence.manifest import FILENAME, KeyLookup, ManifestErro
 log = logging.getLogger("tiepdan.controller.archive.store")
 
 
-class CliError(Exception):
+class CliError(BadInput):
     """Bad input: printed as one line, exit status 2."""
 
 

@@ -9,9 +9,10 @@ import urllib.request
 from typing import Any
 
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.errors import TiepdanError
 
 
-class ApiError(RuntimeError):
+class ApiError(TiepdanError, RuntimeError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{message} (HTTP {status}, {code})")
         self.status = status

@@ -34,7 +34,6 @@ from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.config import ControllerConfig, config_path, load_config
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
-from tiepdan.firmware.update.slots import InstallError, install_image
 from tiepdan.ota.bundle import BundleError, build_bundle, build_wheel, read_bundle
 from tiepdan.ota.keys import KeyFileError
 from tiepdan.ota.repository import Keyring, RepositoryError, UpdateRepository
@@ -181,12 +180,6 @@ def _trusted_root(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.buffer.write(data)
     return 0
 
-
-def _install_image(args: argparse.Namespace, console: Console) -> int:
-    slot = install_image(Path(args.root), Path(args.bundle), python=args.python)
-    console.print(f"[green]installed[/green] {slot.version} into {slot.path}; "
-                  f"{Path(args.root) / 'current'} -> slots/{slot.name}")
-    return 0
 
 
 # -- campaigns -----------------------------------------------------------------------------------
@@ -398,12 +391,6 @@ def parser() -> argparse.ArgumentParser:
     repo_args(trusted, keys=False)
     trusted.add_argument("--out")
     trusted.set_defaults(func=_trusted_root)
-    image = sub.add_parser("install-image", help="first install of a bundle on an image")
-    image.add_argument("bundle")
-    image.add_argument("--root", default="/opt/tiepdan")
-    image.add_argument("--python", default=sys.executable,
-                       help="the base image's interpreter (default: this one)")
-    image.set_defaults(func=_install_image)
 
     campaign = sub.add_parser("campaign", help="start and follow update campaigns")
     csub = campaign.add_subparsers(dest="campaign_command", required=True)
@@ -461,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning")
     try:
         return int(args.func(args, console))
-    except (ApiError, BundleError, RepositoryError, KeyFileError, InstallError, ConfigError,
+    except (ApiError, BundleError, RepositoryError, KeyFileError, ConfigError,
             ValueError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1

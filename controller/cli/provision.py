@@ -32,7 +32,7 @@ from tiepdan.controller.config import ControllerConfig, config_path, load_config
 from tiepdan.controller.enrollment.provisioning import broker_address, material_for
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
-from tiepdan.firmware.firstboot.enroll import Provision
+from tiepdan.firmware.protocol.firstboot import Provision
 from tiepdan.provisioning.boot import write_boot_folder
 from tiepdan.provisioning.label import Label, write_labels
 from tiepdan.provisioning.material import initialise

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from tiepdan.errors import Forbidden
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
     from tiepdan.controller.enrollment.provisioning import Provisioning
 
 
-class Refused(Exception):
+class Refused(Forbidden):
     """An enrollment the controller will not grant: HTTP status, a code and the reason."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

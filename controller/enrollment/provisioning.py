@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import paho.mqtt.client as paho
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -44,14 +43,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tiepdan import errors
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
 from tiepdan.controller.fleet.registry import Device
-from tiepdan.controller.http.app import CONTROLLER_KEY, error
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.evidence.identity import write_private
-from tiepdan.firmware.firstboot.enroll import BrokerSection, Provision
+from tiepdan.firmware.protocol.firstboot import BrokerSection, Provision
 from tiepdan.provisioning.ca import (
     CertificateAuthority,
     CsrRefused,
@@ -73,7 +72,11 @@ from tiepdan.provisioning.material import (
 from tiepdan.provisioning.mosquitto import BrokerFiles
 
 if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+    from tiepdan.controller.fleet.registry import Registry
+    from tiepdan.controller.identities import Identities
+    from tiepdan.controller.signing import SigningKey
+    from tiepdan.controller.store import Database
+    from tiepdan.firmware.core.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +133,26 @@ def broker_address(config: ControllerConfig) -> tuple[str, int]:
 
 
 class Provisioning:
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
-        self.config = controller.config
-        self.settings = controller.config.provisioning
-        self.material = material_for(controller.config)
-        self.claims = ClaimStore(controller.db.conn)
+    """Boxes from claim to revocation: the CA, claims, enrollment, broker files and CRL.
+    `check_birth` is connected to the registry by the composition root."""
+
+    def __init__(self, config: ControllerConfig, db: Database, registry: Registry,
+                 identities: Identities, signing: SigningKey, link: MqttLink) -> None:
+        self.config = config
+        self.settings = config.provisioning
+        self.material = material_for(config)
+        self.db = db
+        self.registry = registry
+        self.identities = identities
+        self.signing = signing
+        self.link = link
+        self.controller_id = config.controller.id
+        self.claims = ClaimStore(db.conn)
         self.enrollment = Enrollment(self)
         self._ca: CertificateAuthority | None = None
         self._lock = asyncio.Lock()
-        controller.registry.listen(self._check_birth)
-        controller.app.add_routes([
-            web.get("/api/provisioning/boxes", _list),
-            web.post("/api/provisioning/boxes", _new_box),
-            web.get("/api/provisioning/boxes/{id}", _box),
-            web.post("/api/provisioning/boxes/{id}/revoke", _revoke),
-        ])
 
-    def _check_birth(self, device: Device, what: str) -> None:
+    def check_birth(self, device: Device, what: str) -> None:
         """A box may only speak in its own subtree, but it chooses what it calls itself: flag a
         birth that disagrees with what the box was provisioned as (moved without re-provisioning,
         a wrong config, or a tampered one)."""
@@ -166,7 +171,7 @@ class Provisioning:
                         device.id, ",".join(wrong), {k: claimed[k] for k in wrong},
                         {k: issued[k] for k in wrong})
         if wrong or device.extra.get("identity_mismatch"):
-            self.controller.registry.set_extra(device.id, "identity_mismatch", wrong)
+            self.registry.set_extra(device.id, "identity_mismatch", wrong)
 
     def authority(self) -> CertificateAuthority:
         """The provisioning CA; Unavailable until `tiepdan-provision ca init` has run."""
@@ -227,7 +232,7 @@ class Provisioning:
         except ValueError as exc:
             raise ClaimRefused("bad_device", str(exc)) from None
         days = request.days or self.settings.token_days
-        with self.controller.db.transaction():
+        with self.db.transaction():
             token, box = self.claims.issue(device, commune=request.commune, hall=request.hall,
                                            province=request.province, kind=request.kind,
                                            ttl=days * 86400)
@@ -263,7 +268,7 @@ class Provisioning:
         key = csr.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
         tls_key = public_key_fingerprint(key)
-        with self.controller.db.transaction():
+        with self.db.transaction():
             try:
                 box = self.claims.claim(request.token, device=request.device,
                                         commune=request.commune, tls_key=tls_key,
@@ -281,14 +286,14 @@ class Provisioning:
                                      cert_pem=certificate, cert_serial=serial,
                                      cert_not_after=cert.not_valid_after_utc.timestamp(),
                                      peer=peer)
-                self.controller.identities.bind(request.device, sign_key, cert_serial=serial,
+                self.identities.bind(request.device, sign_key, cert_serial=serial,
                                                  cert_fingerprint=fingerprint(cert))
         log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
                  "repeated" if repeated else "done", request.device, request.commune, peer,
                  serial)
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
-            controller_sign_key=base64.b64encode(self.controller.signing.public_raw()).decode())
+            controller_sign_key=base64.b64encode(self.signing.public_raw()).decode())
 
     # -- the broker's files ------------------------------------------------------------------------
 
@@ -297,7 +302,7 @@ class Provisioning:
         revoked = [Revoked(serial, dt.datetime.fromtimestamp(at, dt.UTC))
                    for serial, at in self.claims.revoked_certificates()]
         changed = write_broker_state(
-            self.material, self.authority(), controllers=[self.controller.id], revoked=revoked,
+            self.material, self.authority(), controllers=[self.controller_id], revoked=revoked,
             revoked_devices=self.claims.revoked_devices(), crl_days=self.settings.crl_days)
         log.info("broker_files_written why=%s revoked_certificates=%d acl_changed=%s", why,
                  len(revoked), changed)
@@ -339,14 +344,14 @@ class Provisioning:
     async def revoke(self, device: str, reason: str) -> Revocation:
         async with self._lock:
             box = self.claims.get(device)
-            if box is None and self.controller.identities.get(device) is None:
+            if box is None and self.identities.get(device) is None:
                 raise KeyError(device)
             at = time.time()
             probe_key = new_key()
             probe = self.authority().issue_client(probe_key.public_key(), "revocation-probe",
                                          EPHEMERAL_DAYS)
             serials = []
-            with self.controller.db.transaction():
+            with self.db.transaction():
                 if box is not None:
                     box = self.claims.revoke(device, reason, at)
                     if box.cert_serial and box.cert_not_after:
@@ -356,7 +361,7 @@ class Provisioning:
                         serials.append(box.cert_serial)
                 self._revoke_ephemeral(probe, device, "revocation probe", at)
                 with contextlib.suppress(KeyError):
-                    self.controller.identities.revoke(device, reason, at)
+                    self.identities.revoke(device, reason, at)
             log.warning("device_revoking device=%s reason=%s serials=%s", device, reason,
                         ",".join(serials) or "-")
             await self.sync_broker(f"revoke:{device}")
@@ -365,7 +370,7 @@ class Provisioning:
             evictor = self.authority().issue_client(evictor_key.public_key(), device,
                                                     EPHEMERAL_DAYS)
             evicted = await self._take_over(device, evictor_key, evictor)
-            with self.controller.db.transaction():
+            with self.db.transaction():
                 self._revoke_ephemeral(evictor, device, "session takeover", time.time())
             await self.sync_broker(f"revoke:{device}:takeover")
             await self._mark_lost(device, at)
@@ -377,7 +382,7 @@ class Provisioning:
     async def _mark_lost(self, device: str, at: float) -> None:
         """The box's own Last Will is refused by its deny-all ACL: say it for the box, retained,
         so neither the registry nor a later subscription sees it as still online."""
-        registry = self.controller.registry
+        registry = self.registry
         registry.set_extra(device, "revoked_at", at)
         known = registry.get(device)
         if known is None or known.seq < 0:
@@ -385,7 +390,7 @@ class Provisioning:
         lost = protocol.DeviceState(state="lost", seq=known.seq, ts=protocol.now_ms())
         registry.on_state(device, lost)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.controller.link.publish(
+            await asyncio.wait_for(self.link.publish(
                 protocol.state_topic(device), protocol.encode(lost), retain=True), 5)
 
     def _revoke_ephemeral(self, cert: x509.Certificate, device: str, reason: str,
@@ -427,7 +432,7 @@ class Provisioning:
             return await asyncio.to_thread(_connect_once, *target, cert_file, key_file, device)
 
 
-class Unavailable(RuntimeError):
+class Unavailable(errors.Unavailable, RuntimeError):
     """Provisioning is not set up on this controller (no CA yet)."""
 
 
@@ -505,73 +510,3 @@ def _connect_once(host: str, port: int, ca_file: Path, cert_file: Path, key_file
         with contextlib.suppress(Exception):
             client._sock_close()
     return bool(accepted and accepted[0])
-
-
-# -- admin API ------------------------------------------------------------------------------------
-
-
-def _provisioning(request: web.Request) -> Provisioning:
-    provisioning: Provisioning = request.app[CONTROLLER_KEY].provisioning
-    return provisioning
-
-
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return msgspec.json.decode(raw) if raw else {}
-    except msgspec.DecodeError as exc:
-        raise protocol.ProtocolError(f"body is not JSON: {exc}") from None
-
-
-def _box_json(provisioning: Provisioning, box: Box) -> dict[str, Any]:
-    data = box.to_json()
-    device = provisioning.controller.registry.get(box.device)
-    data["online"] = bool(device and device.online)
-    data["presence"] = device.state if device else "never seen"
-    return data
-
-
-async def _list(request: web.Request) -> web.Response:
-    provisioning = _provisioning(request)
-    return web.json_response([_box_json(provisioning, b) for b in provisioning.claims.all()])
-
-
-async def _box(request: web.Request) -> web.Response:
-    provisioning = _provisioning(request)
-    box = provisioning.claims.get(request.match_info["id"])
-    if box is None:
-        return error(404, "not_found", f"no provisioned box {request.match_info['id']!r}")
-    return web.json_response(_box_json(provisioning, box))
-
-
-async def _new_box(request: web.Request) -> web.Response:
-    provisioning = _provisioning(request)
-    wanted = protocol.convert(await _body(request), NewBox)
-    try:
-        token, box = provisioning.new_box(wanted)
-    except Unavailable as exc:
-        return error(503, "unavailable", str(exc))
-    except ClaimRefused as exc:
-        if exc.code in ("bad_device", "bad_commune"):
-            return error(400, "bad_request", str(exc))
-        return error(409, "conflict", str(exc))
-    return web.json_response({
-        "device": box.device,
-        "token": token,
-        "expires_at": box.token_expires,
-        "provision": msgspec.to_builtins(provisioning.provision_file(box)),
-        "ca": provisioning.authority().pem.decode(),
-    }, status=201)
-
-
-async def _revoke(request: web.Request) -> web.Response:
-    provisioning = _provisioning(request)
-    wanted = protocol.convert(await _body(request), RevokeBox)
-    device = protocol.check_device_id(request.match_info["id"])
-    try:
-        result = await provisioning.revoke(device, wanted.reason)
-    except Unavailable as exc:
-        return error(503, "unavailable", str(exc))
-    except KeyError:
-        return error(404, "not_found", f"no provisioned box {device!r}")
-    return web.json_response(msgspec.to_builtins(result))

@@ -25,8 +25,10 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from tiepdan.controller.archive.store import Archive, ArchiveError, ClosedSession, Upload
-from tiepdan.controller.http.app import CONTROLLER_KEY, error
+from tiepdan.controller.archive.store import Archive, ClosedSession, Upload
+from tiepdan.controller.http.app import CONTROLLER_KEY
+from tiepdan.errors import BadInput, NotFound, TooLarge
+from tiepdan.firmware import protocol
 from tiepdan.firmware.evidence.receipt import Receipt
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/archive/v1/recordings/{session}/{recorder}"
+PREFIX = protocol.ARCHIVE_RECORDING_PATH
 MAX_RECORDS_BODY = 8 * 1024 * 1024
 FLUSH = 1024 * 1024
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -42,34 +44,19 @@ CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def add_archive_routes(app: web.Application) -> None:
-    app.add_routes([
-        web.get("/archive/v1/recipients", _guard(recipients)),
-        web.get(PREFIX, _guard(recording)),
-        web.post(PREFIX + "/records", _guard(records)),
-        web.head(PREFIX + "/segments/{name}", _guard(head_segment)),
-        web.put(PREFIX + "/segments/{name}", _guard(put_segment)),
-        web.get(PREFIX + "/receipts", _guard(receipts)),
-        web.get("/api/archive/sessions", _guard(list_sessions)),
-        web.get("/api/archive/sessions/{session}", _guard(show_session)),
-        web.post("/api/archive/sessions/{session}/close", _guard(close_session)),
-    ])
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get(protocol.ARCHIVE_RECIPIENTS_PATH, recipients),
+        web.get(PREFIX, recording),
+        web.post(PREFIX + "/records", records),
+        web.head(PREFIX + "/segments/{name}", head_segment),
+        web.put(PREFIX + "/segments/{name}", put_segment),
+        web.get(PREFIX + "/receipts", receipts),
+        web.get("/api/archive/sessions", list_sessions),
+        web.get("/api/archive/sessions/{session}", show_session),
+        web.post("/api/archive/sessions/{session}/close", close_session),
+    ]
 
-
-def _guard(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ArchiveError as exc:
-            log.warning("archive_refused method=%s path=%s status=%d code=%s peer=%s "
-                        "error=%s", request.method, request.path[:200], exc.status, exc.code,
-                        request.remote, exc)
-            if request.method == "HEAD":
-                return web.Response(status=exc.status, headers={"Archive-Error": exc.code})
-            return web.json_response(
-                {"error": {"code": exc.code, "message": str(exc)}, **exc.extra},
-                status=exc.status)
-    return guarded
 
 
 def _controller(request: web.Request) -> Controller:
@@ -105,11 +92,11 @@ async def records(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
     if request.content_length is not None and request.content_length > MAX_RECORDS_BODY:
-        raise ArchiveError(413, "too_large", f"at most {MAX_RECORDS_BODY} bytes of records "
+        raise TooLarge(code="too_large", message=f"at most {MAX_RECORDS_BODY} bytes of records "
                                              "per request")
     body = await request.content.read(MAX_RECORDS_BODY + 1)
     if len(body) > MAX_RECORDS_BODY:
-        raise ArchiveError(413, "too_large", f"at most {MAX_RECORDS_BODY} bytes of records "
+        raise TooLarge(code="too_large", message=f"at most {MAX_RECORDS_BODY} bytes of records "
                                              "per request")
     result = await asyncio.to_thread(archive.ingest_records, session, recorder,
                                      body.split(b"\n"))
@@ -122,9 +109,9 @@ async def head_segment(request: web.Request) -> web.Response:
     session, recorder = _ids(request)
     state = await asyncio.to_thread(archive.segment_state, session, recorder,
                                     request.match_info["name"])
-    return web.Response(headers={"Upload-Offset": str(state.offset),
-                                 "Upload-Length": str(state.ct_size),
-                                 "Segment-Stored": "yes" if state.stored else "no"})
+    return web.Response(headers={protocol.UPLOAD_OFFSET_HEADER: str(state.offset),
+                                 protocol.UPLOAD_LENGTH_HEADER: str(state.ct_size),
+                                 protocol.SEGMENT_STORED_HEADER: "yes" if state.stored else "no"})
 
 
 def _offset(request: web.Request) -> int:
@@ -132,13 +119,13 @@ def _offset(request: web.Request) -> int:
     if ranged:
         match = CONTENT_RANGE.match(ranged.strip())
         if match is None:
-            raise ArchiveError(400, "bad_request", f"Content-Range {ranged[:80]!r} is not "
+            raise BadInput(code="bad_request", message=f"Content-Range {ranged[:80]!r} is not "
                                                    "'bytes START-END/TOTAL'")
         return int(match.group(1))
     try:
         return int(request.query.get("offset", "0"))
     except ValueError:
-        raise ArchiveError(400, "bad_request", "offset must be an integer") from None
+        raise BadInput(code="bad_request", message="offset must be an integer") from None
 
 
 async def put_segment(request: web.Request) -> web.Response:
@@ -198,7 +185,7 @@ async def show_session(request: web.Request) -> web.Response:
     recordings = await asyncio.to_thread(c.archive.recordings, session)
     known = c.sessions.get(session)
     if known is None and not recordings:
-        return error(404, "not_found", f"no session {session!r}")
+        raise NotFound(f"no session {session!r}")
     closed = await asyncio.to_thread(c.archive.closed, session)
     return _json({"session": session, "state": None if known is None else known.state,
                   "recordings": recordings, "closed": closed,

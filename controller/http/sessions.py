@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tiepdan.controller.http.app import CONTROLLER_KEY, _json_body, error
-from tiepdan.controller.sessions.engine import SessionError
+from tiepdan.controller.http.app import CONTROLLER_KEY
+from tiepdan.controller.http.body import json_object, limit
 from tiepdan.controller.sessions.schedule import parse_at
+from tiepdan.errors import BadInput, NotFound
+from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
     from tiepdan.controller.service import Controller
 
-STATUS = {"not_found": 404, "conflict": 409, "forbidden": 403}
 
-
-def add_session_routes(app: web.Application) -> None:
-    app.add_routes([
-        web.get("/api/sessions", _guard(list_sessions)),
-        web.post("/api/sessions", _guard(open_session)),
-        web.get("/api/sessions/{id}", _guard(show_session)),
-        web.post("/api/sessions/{id}/end", _guard(end_session)),
-        web.delete("/api/schedules/{id}", _guard(cancel_schedule)),
-    ])
-
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def _guard(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except SessionError as exc:
-            return error(STATUS.get(exc.code, 400), exc.code, str(exc))
-    return guarded
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/sessions", list_sessions),
+        web.post("/api/sessions", open_session),
+        web.get("/api/sessions/{id}", show_session),
+        web.post("/api/sessions/{id}/end", end_session),
+        web.delete("/api/schedules/{id}", cancel_schedule),
+    ]
 
 
 def _controller(request: web.Request) -> Controller:
@@ -45,11 +32,7 @@ def _controller(request: web.Request) -> Controller:
 
 async def list_sessions(request: web.Request) -> web.Response:
     c = _controller(request)
-    try:
-        limit = min(int(request.query.get("limit", "100")), 10_000)
-    except ValueError:
-        return error(400, "bad_request", "limit must be an integer")
-    sessions = c.sessions.find(request.query.get("state") or None, limit)
+    sessions = c.sessions.find(request.query.get("state") or None, limit(request))
     return web.json_response({
         "sessions": [{**s.to_json(), "points": [p.to_json() for p in c.sessions.points(s.id)]}
                      for s in sessions],
@@ -59,19 +42,16 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def open_session(request: web.Request) -> web.Response:
     c = _controller(request)
-    body: Any = await _json_body(request)
-    if not isinstance(body, dict):
-        return error(400, "bad_request", "body must be a JSON object")
+    body = await json_object(request)
     host, invite = body.get("host"), body.get("invite")
     if not isinstance(host, str) or not isinstance(invite, list) or \
             not all(isinstance(d, str) for d in invite):
-        return error(400, "bad_request", "host (string) and invite (list of device ids) "
-                                         "are required")
+        raise BadInput("host (string) and invite (list of device ids) are required")
     title = str(body.get("title") or "")[:200]
     auto_join = bool(body.get("auto_join", False))
     if body.get("every"):
         if body.get("at"):
-            return error(400, "bad_request", "give either at or every, not both")
+            raise BadInput("give either at or every, not both")
         schedule = await c.schedules.add(str(body["every"]), host, invite, title=title,
                                          auto_join=auto_join)
         return web.json_response({"schedule": schedule.to_json(),
@@ -86,7 +66,7 @@ async def show_session(request: web.Request) -> web.Response:
     c = _controller(request)
     found = c.sessions.describe(request.match_info["id"])
     if found is None:
-        return error(404, "not_found", f"no session {request.match_info['id']!r}")
+        raise NotFound(f"no session {request.match_info['id']!r}")
     media = c.bridge.session(request.match_info["id"])
     if media is not None:
         found["bridge_qos"] = {d: _builtins(q) for d, q in (await media.stats()).items()}
@@ -106,6 +86,4 @@ async def cancel_schedule(request: web.Request) -> web.Response:
 
 
 def _builtins(value: object) -> Any:
-    from tiepdan.firmware import protocol
-
     return protocol.to_builtins(value)

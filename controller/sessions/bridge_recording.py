@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.controller.archive.store import ArchiveError
 from tiepdan.controller.sessions.bridge import BridgeSession
 from tiepdan.controller.sessions.engine import Session
-from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, ManifestError, parse_line
+from tiepdan.errors import TiepdanError
+from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, parse_line
 from tiepdan.firmware.evidence.recorder import SegmentRecorder, Track
 
 if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+    from tiepdan.controller.archive.store import Archive
+    from tiepdan.controller.config import ArchiveSection, BridgeSection
 
 log = logging.getLogger(__name__)
 
@@ -37,30 +38,33 @@ INGEST_EVERY = 1.0
 
 
 class BridgeRecording:
-    def __init__(self, controller: Controller) -> None:
-        self._controller = controller
-        self._archive = controller.archive
+    """Records each session's composed picture and full mix at the centre; `on_media` and
+    `on_session` are connected to the bridge and the sessions by the composition root."""
+
+    def __init__(self, archive: Archive, bridge: BridgeSection, settings: ArchiveSection,
+                 signing_key: Path) -> None:
+        self._archive = archive
+        self._bridge = bridge
+        self._settings = settings
+        self._signing_key = signing_key
         self.recorder_id = self._archive.recorder_id
         self.staging = self._archive.dir / "staging"
         self._boot_id = uuid.uuid4().hex
         self._recorders: dict[str, SegmentRecorder] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Future[None]] = set()
-        self.enabled = controller.config.archive.record_bridge
-        if self.enabled:
-            controller.bridge.on_session_media(self._on_media)
-            controller.sessions.listen(self._on_session)
+        self.enabled = settings.record_bridge
 
     def _key(self) -> Ed25519PrivateKey:
-        key = serialization.load_pem_private_key(self._controller.signing.path.read_bytes(),
+        key = serialization.load_pem_private_key(self._signing_key.read_bytes(),
                                                  password=None)
         assert isinstance(key, Ed25519PrivateKey)
         return key
 
-    def _on_media(self, session_id: str, media: BridgeSession) -> None:
+    def on_media(self, session_id: str, media: BridgeSession) -> None:
         if session_id in self._recorders:
             return
-        bridge = self._controller.config.bridge
+        bridge = self._bridge
         recorder = SegmentRecorder(
             self.staging / session_id,
             [Track.copied("composed-video", media.composed_video, width=bridge.width,
@@ -68,14 +72,14 @@ class BridgeRecording:
              Track.audio("mixed-audio", media.mixed_audio)],
             device=self.recorder_id, session=session_id, key=self._key(),
             recipients=self._archive.recipients, boot_id=self._boot_id,
-            segment_seconds=self._controller.config.archive.segment_seconds,
+            segment_seconds=self._settings.segment_seconds,
             clock_synced=lambda: True,
             on_failure=lambda exc: log.error("bridge_recording_failed session=%s error=%s",
                                              session_id, exc))
         self._recorders[session_id] = recorder
         self._tasks[session_id] = asyncio.ensure_future(self._run(session_id, recorder))
 
-    def _on_session(self, session: Session, old: str | None, new: str) -> None:
+    def on_session(self, session: Session, old: str | None, new: str) -> None:
         if new == "ended" and session.id in self._recorders:
             stopping = asyncio.ensure_future(self.stop(session.id))
             self._stopping.add(stopping)
@@ -109,7 +113,7 @@ class BridgeRecording:
     async def _ingest_logged(self, session_id: str, final: bool = False) -> None:
         try:
             await asyncio.to_thread(self.ingest, session_id, final)
-        except (ArchiveError, OSError, ManifestError) as exc:
+        except (TiepdanError, OSError) as exc:
             log.error("bridge_recording_ingest_failed session=%s error=%s", session_id, exc)
 
     def ingest(self, session_id: str, final: bool = False) -> int:
@@ -149,7 +153,7 @@ class BridgeRecording:
                 if path.exists():
                     self._recovered(path, session_id)
                 self.ingest(session_id, final=True)
-            except (ArchiveError, OSError, ManifestError) as exc:
+            except (TiepdanError, OSError) as exc:
                 log.error("bridge_recording_recover_failed session=%s error=%s", session_id,
                           exc)
 

@@ -14,46 +14,51 @@ import logging
 from typing import TYPE_CHECKING
 
 from tiepdan.controller.archive.store import ClosedSession, Problems
-from tiepdan.controller.sessions.engine import SessionError
+from tiepdan.errors import NotFound
 
 if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+    from tiepdan.controller.archive.store import Archive
+    from tiepdan.controller.sessions.engine import Sessions
 
 log = logging.getLogger(__name__)
 
 
 class Closer:
-    def __init__(self, controller: Controller) -> None:
-        self._controller = controller
+    """Closes ended sessions once the archive holds every recording; `on_session` wakes it."""
+
+    def __init__(self, sessions: Sessions, archive: Archive, closed_by: str,
+                 interval: float) -> None:
+        self._sessions = sessions
+        self._archive = archive
+        self._closed_by = closed_by
+        self._interval = interval
         self.problems: dict[str, list[str]] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        controller.sessions.listen(self._on_session)
 
-    def _on_session(self, session: object, old: str | None, new: str) -> None:
+    def on_session(self, session: object, old: str | None, new: str) -> None:
         if new == "ended":
             self._wake.set()
 
     async def run(self) -> None:
-        interval = self._controller.config.archive.close_interval
         while True:
-            for session in self._controller.sessions.find("ended", limit=1000):
+            for session in self._sessions.find("ended", limit=1000):
                 try:
-                    await self.close(session.id, f"controller-{self._controller.id}")
+                    await self.close(session.id, self._closed_by)
                 except Exception:
                     log.exception("session_close_failed session=%s", session.id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
 
     async def close(self, session_id: str, closed_by: str) -> ClosedSession | Problems:
         """Try once; the session moves to `closed` when the archive closes it."""
-        sessions = self._controller.sessions
-        archive = self._controller.archive
+        sessions = self._sessions
+        archive = self._archive
         async with self._lock:
             session = sessions.get(session_id)
             if session is None:
-                raise SessionError("not_found", f"no session {session_id!r}")
+                raise NotFound(f"no session {session_id!r}")
             if session.state == "closed":
                 done = archive.closed(session_id)
                 if done is not None:

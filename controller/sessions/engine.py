@@ -25,14 +25,16 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
+from tiepdan.controller.config import SessionsSection
+from tiepdan.controller.fleet.commands import CommandClient
+from tiepdan.controller.fleet.registry import Registry
 from tiepdan.controller.sessions.bridge import Bridge, BridgeError, PeerEvent
+from tiepdan.controller.store import Database
+from tiepdan.errors import BadInput, Conflict, NotFound
 from tiepdan.firmware import protocol
-from tiepdan.firmware.core.mqtt import Inbound
-
-if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+from tiepdan.firmware.core.mqtt import Inbound, MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +93,6 @@ PENDING = ("invited", "ringing", "unreachable")
 LAYOUT_EXPIRY = 10
 
 
-class SessionError(Exception):
-    def __init__(self, code: protocol.ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: protocol.ErrorCode = code
-
-
 @dataclass
 class Session:
     id: str
@@ -136,22 +132,21 @@ Listener = Callable[[Session, str | None, str], None]
 
 
 class Sessions:
-    def __init__(self, controller: Controller, bridge: Bridge) -> None:
-        self._controller = controller
-        self._db = controller.db
-        self._config = controller.config.sessions
+    """Sessions and their points; fed by `on_call_message`, `on_tele`, `on_device`, `on_peer`
+    and `on_layout`, which the composition root connects to the ingest, registry and bridge."""
+
+    def __init__(self, db: Database, config: SessionsSection, registry: Registry,
+                 rpc: CommandClient, link: MqttLink, bridge: Bridge) -> None:
+        self._db = db
+        self._config = config
+        self._registry = registry
+        self._rpc = rpc
+        self._link = link
         self.bridge = bridge
         self._db.ensure(SCHEMA)
         self._listeners: list[Listener] = []
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Future[None]] = set()
-        bridge.on_peer(self._on_peer)
-        bridge.on_layout(self._on_layout)
-        controller.ingest.route("call", self._on_call_message, suffix="call/+/up")
-        # tele/call arrives through the registry's own `tele/+` filter (identical filter: one
-        # subscription, one delivery; an overlapping `tele/call` would deliver it twice).
-        controller.ingest.route("tele", self._on_tele, suffix="tele/+")
-        controller.registry.listen(self._on_device)
 
     def listen(self, callback: Listener) -> None:
         self._listeners.append(callback)
@@ -209,12 +204,12 @@ class Sessions:
         for device in guests:
             protocol.check_device_id(device)
         if not guests:
-            raise SessionError("bad_request", "invite at least one point besides the host")
+            raise BadInput("invite at least one point besides the host")
         if host in guests:
-            raise SessionError("bad_request", f"{host} is the host; do not invite it too")
-        unknown = [d for d in [host, *guests] if self._controller.registry.get(d) is None]
+            raise BadInput(f"{host} is the host; do not invite it too")
+        unknown = [d for d in [host, *guests] if self._registry.get(d) is None]
         if unknown:
-            raise SessionError("not_found", f"unknown device(s): {', '.join(unknown)}")
+            raise NotFound(f"unknown device(s): {', '.join(unknown)}")
         now = time.time()
         scheduled = at is not None and at > now + 1
         session_id = f"s-{protocol.new_id()[:12]}"
@@ -244,9 +239,9 @@ class Sessions:
         """End for all: every box is told to leave, the bridge closes the session's media."""
         session = self.get(session_id)
         if session is None:
-            raise SessionError("not_found", f"no session {session_id!r}")
+            raise NotFound(f"no session {session_id!r}")
         if session.state not in ("scheduled", *ACTIVE):
-            raise SessionError("conflict", f"session {session_id} is already {session.state}")
+            raise Conflict(f"session {session_id} is already {session.state}")
         points = self.points(session_id)
         self._transition(session, "ended", end_reason=reason)
         for point in points:
@@ -263,7 +258,7 @@ class Sessions:
         bye = protocol.CallBye(session=point.session, attempt=point.attempt, reason="ended",
                                ts=protocol.now_ms())
         self._send_down(point, bye)
-        response = await self._controller.rpc.request(
+        response = await self._rpc.request(
             point.device, "session-leave", {"session": point.session, "reason": "ended"},
             timeout=self._config.invite_timeout)
         self._log(point.session, point.device, "told_to_leave",
@@ -280,7 +275,7 @@ class Sessions:
         session = self.get(point.session)
         if session is None or session.state not in ACTIVE:
             return
-        host = self._controller.registry.get(session.host)
+        host = self._registry.get(session.host)
         invite = protocol.SessionInvite(
             session=session.id, call=point.call, role=point.role,  # type: ignore[arg-type]
             host=session.host, host_name=(host.name if host and host.name else session.host),
@@ -289,7 +284,7 @@ class Sessions:
             attempt=point.attempt)
         if point.state in PENDING:
             self._set_point(point, "invited", "")
-        response = await self._controller.rpc.request(
+        response = await self._rpc.request(
             point.device, "session-invite", protocol.to_builtins(invite),
             timeout=self._config.invite_timeout)
         current = self.point(point.session, point.device)
@@ -335,7 +330,7 @@ class Sessions:
 
     # -- box -> controller -----------------------------------------------------------------------
 
-    def _on_call_message(self, topic: protocol.Topic, message: Inbound) -> None:
+    def on_call_message(self, topic: protocol.Topic, message: Inbound) -> None:
         if len(topic.rest) != 2 or topic.rest[1] != "up":
             raise protocol.ProtocolError(f"not a call/<call>/up topic: {message.topic[:120]}")
         up = protocol.decode_call_up(message.payload)
@@ -361,7 +356,7 @@ class Sessions:
                 if point.state in PENDING:
                     self._set_point(point, "declined", "declined at the box")
             else:
-                self._controller.registry.set_extra(device, "call", {
+                self._registry.set_extra(device, "call", {
                     "session": up.session, "state": up.state, "muted": up.muted,
                     "error": up.error, "ts": up.ts})
 
@@ -397,7 +392,7 @@ class Sessions:
             self._refuse_point(point, offer, "conflict",
                                f"{point.device} is already in session {elsewhere[0]}")
             return
-        registered = self._controller.registry.get(point.device)
+        registered = self._registry.get(point.device)
         name = registered.name if registered and registered.name else point.device
         try:
             answer = await self.bridge.join(point.session, point.device, name,
@@ -434,11 +429,11 @@ class Sessions:
         elif not any(p.state in (*IN_CALL, *PENDING) for p in self.points(session.id)):
             await self.end(session.id, "empty")
 
-    def _on_tele(self, topic: protocol.Topic, message: Inbound) -> None:
+    def on_tele(self, topic: protocol.Topic, message: Inbound) -> None:
         if topic.rest != ("call",):
             raise protocol.ProtocolError(f"no handler for {message.topic[:120]}")
         telemetry = protocol.decode(message.payload, protocol.CallTelemetry)
-        registry = self._controller.registry
+        registry = self._registry
         registry.set_extra(topic.device, "call", {
             "session": telemetry.session, "state": telemetry.state, "muted": telemetry.muted,
             "ts": telemetry.ts})
@@ -447,7 +442,7 @@ class Sessions:
 
     # -- bridge -> engine ------------------------------------------------------------------------
 
-    def _on_peer(self, session_id: str, device: str, attempt: int, event: PeerEvent,
+    def on_peer(self, session_id: str, device: str, attempt: int, event: PeerEvent,
                  detail: str) -> None:
         point = self.point(session_id, device)
         if point is None or point.attempt != attempt or point.state not in IN_CALL:
@@ -460,12 +455,12 @@ class Sessions:
         else:
             self._set_point(point, "away", detail)
 
-    def _on_layout(self, session_id: str, layout: protocol.CallLayout) -> None:
+    def on_layout(self, session_id: str, layout: protocol.CallLayout) -> None:
         for point in self.points(session_id):
             if point.state in ("joining", "live"):
                 self._send_down(point, layout, expiry=LAYOUT_EXPIRY)
 
-    def _on_device(self, device: Any, what: str) -> None:
+    def on_device(self, device: Any, what: str) -> None:
         """A box that comes back online is invited again where it is still expected."""
         if what not in ("birth", "state") or not device.online:
             return
@@ -483,7 +478,7 @@ class Sessions:
 
     def _send_down(self, point: Participant, message: protocol.CallDown,
                    expiry: int = protocol.SIGNAL_EXPIRY) -> None:
-        self._controller.link.publish(protocol.call_topic(point.device, point.call, "down"),
+        self._link.publish(protocol.call_topic(point.device, point.call, "down"),
                                       protocol.encode(message), qos=1, expiry=expiry)
 
     def _refuse_point(self, point: Participant, offer: protocol.CallOffer,
@@ -497,7 +492,7 @@ class Sessions:
                     call, offer.attempt, code, message)
         refusal = protocol.CallRefused(session=offer.session, attempt=offer.attempt, code=code,
                                        message=message[:1000], ts=protocol.now_ms())
-        self._controller.link.publish(protocol.call_topic(device, call, "down"),
+        self._link.publish(protocol.call_topic(device, call, "down"),
                                       protocol.encode(refusal), qos=1,
                                       expiry=protocol.SIGNAL_EXPIRY)
 
@@ -525,7 +520,7 @@ class Sessions:
     def _transition(self, session: Session, state: SessionState, *,
                     end_reason: str | None = None) -> None:
         if state not in TRANSITIONS.get(session.state, ()):
-            raise SessionError("conflict", f"session {session.id}: {session.state} -> {state} "
+            raise Conflict(f"session {session.id}: {session.state} -> {state} "
                                            "is not allowed")
         now = time.time()
         with self._db.transaction() as conn:
@@ -547,7 +542,7 @@ class Sessions:
         """Move a session along `TRANSITIONS` (e.g. the archive closing an ended session)."""
         session = self.get(session_id)
         if session is None:
-            raise SessionError("not_found", f"no session {session_id!r}")
+            raise NotFound(f"no session {session_id!r}")
         self._transition(session, state)  # type: ignore[arg-type]
         updated = self.get(session_id)
         assert updated is not None

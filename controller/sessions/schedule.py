@@ -23,11 +23,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil import rrule
 
-from tiepdan.controller.sessions.engine import SessionError, Sessions
+from tiepdan.controller.sessions.engine import Sessions
+from tiepdan.errors import BadInput, NotFound, TiepdanError
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+    from tiepdan.controller.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SessionError("bad_request", f"unknown time zone {name!r}") from None
+        raise BadInput(f"unknown time zone {name!r}") from None
 
 
 def recurrence(every: str, tz: ZoneInfo, start: dt.datetime) -> rrule.rrule:
@@ -67,7 +68,7 @@ def recurrence(every: str, tz: ZoneInfo, start: dt.datetime) -> rrule.rrule:
         weekdays = None if days == "DAILY" else [
             DAYS[d.strip()] for d in days.split(",") if d.strip() in DAYS]
         if weekdays is not None and len(weekdays) != len(days.split(",")):
-            raise SessionError("bad_request", f"unknown day in {every!r}; use "
+            raise BadInput(f"unknown day in {every!r}; use "
                                f"{', '.join(DAYS)} or DAILY")
         return rrule.rrule(rrule.DAILY if weekdays is None else rrule.WEEKLY,
                            byweekday=weekdays, byhour=int(simple["hour"]),
@@ -78,11 +79,11 @@ def recurrence(every: str, tz: ZoneInfo, start: dt.datetime) -> rrule.rrule:
         try:
             rule = rrule.rrulestr(text, dtstart=start.replace(microsecond=0))
         except (ValueError, TypeError) as exc:
-            raise SessionError("bad_request", f"invalid RRULE {every!r}: {exc}") from None
+            raise BadInput(f"invalid RRULE {every!r}: {exc}") from None
         if not isinstance(rule, rrule.rrule):
-            raise SessionError("bad_request", f"one RRULE expected, got {every!r}")
+            raise BadInput(f"one RRULE expected, got {every!r}")
         return rule
-    raise SessionError("bad_request", f"cannot read schedule {every!r}: use e.g. 'THU 08:00', "
+    raise BadInput(f"cannot read schedule {every!r}: use e.g. 'THU 08:00', "
                                       "'MON,THU 14:30', 'DAILY 08:00' or an RRULE")
 
 
@@ -99,7 +100,7 @@ def parse_at(text: str, timezone: str) -> float:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SessionError("bad_request", f"not an ISO 8601 time: {text!r}") from None
+        raise BadInput(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone(timezone))
     return moment.timestamp()
@@ -123,9 +124,9 @@ class Schedule:
 
 
 class Schedules:
-    def __init__(self, controller: Controller, sessions: Sessions) -> None:
-        self._db = controller.db
-        self._timezone = controller.config.sessions.timezone
+    def __init__(self, db: Database, timezone: str, sessions: Sessions) -> None:
+        self._db = db
+        self._timezone = timezone
         self._sessions = sessions
         self._db.ensure(SCHEMA)
         zone(self._timezone)
@@ -143,7 +144,7 @@ class Schedules:
                   auto_join: bool = False) -> Schedule:
         first = next_time(every, self._timezone, time.time())
         if first is None:
-            raise SessionError("bad_request", f"{every!r} has no future occurrence")
+            raise BadInput(f"{every!r} has no future occurrence")
         schedule_id = f"r-{protocol.new_id()[:12]}"
         self._db.conn.execute(
             "INSERT INTO schedules (id, every, timezone, host, invite, title, auto_join, "
@@ -152,7 +153,7 @@ class Schedules:
              int(auto_join), time.time()))
         try:
             await self._open_next(schedule_id, first)
-        except SessionError:
+        except TiepdanError:
             self._db.conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
             raise
         log.info("schedule_added schedule=%s every=%r timezone=%s host=%s", schedule_id, every,
@@ -164,7 +165,7 @@ class Schedules:
     async def cancel(self, schedule_id: str) -> Schedule:
         schedule = self.get(schedule_id)
         if schedule is None:
-            raise SessionError("not_found", f"no schedule {schedule_id!r}")
+            raise NotFound(f"no schedule {schedule_id!r}")
         self._db.conn.execute("UPDATE schedules SET active = 0 WHERE id = ?", (schedule_id,))
         pending = self._sessions.get(schedule.next_session or "")
         if pending is not None and pending.state == "scheduled":
@@ -199,7 +200,7 @@ class Schedules:
                 continue
             try:
                 await self._open_next(schedule.id, following)
-            except SessionError as exc:
+            except TiepdanError as exc:
                 log.error("schedule_open_failed schedule=%s error=%s", schedule.id, exc)
 
     async def run(self) -> None:

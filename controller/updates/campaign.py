@@ -34,11 +34,13 @@ import msgspec
 
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.controller.store import Database
+from tiepdan.errors import Conflict
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import Inbound
 
 if TYPE_CHECKING:
-    from tiepdan.controller.service import Controller
+    from tiepdan.controller.fleet.registry import Registry
+    from tiepdan.firmware.core.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ class CampaignSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(max_length=120)] = ""
 
 
-class CampaignError(ValueError):
+class CampaignError(Conflict, ValueError):
     pass
 
 
@@ -203,20 +205,23 @@ def assign_waves(devices: list[str], waves: list[Wave]) -> list[int]:
 
 
 class Campaigns:
-    def __init__(self, controller: Controller, public_url: str, tick: float = 1.0) -> None:
-        self._controller = controller
-        self._db: Database = controller.db
+    """The campaign engine; job updates from boxes arrive through `on_update`."""
+
+    def __init__(self, db: Database, registry: Registry, link: MqttLink, public_url: str,
+                 tick: float = 1.0) -> None:
+        self._db = db
+        self._registry = registry
+        self._link = link
         self._db.ensure(SCHEMA)
         self.public_url = public_url.rstrip("/")
         self.tick = tick
         self._bucket = _Bucket(rate=1.0, at=time.monotonic())
         self._wake = asyncio.Event()
-        controller.ingest.route("jobs", self._on_update, suffix="jobs/+/update")
 
     # -- admin actions ---------------------------------------------------------------------------
 
     def create(self, spec: CampaignSpec, actor: str, approved_by: str = "") -> str:
-        devices = select(self._controller.registry.devices(), spec.selector)
+        devices = select(self._registry.devices(), spec.selector)
         if not devices:
             raise CampaignError("no box matches the selection")
         if sorted(w.percent for w in spec.waves) != [w.percent for w in spec.waves]:
@@ -345,7 +350,7 @@ class Campaigns:
 
     # -- box updates -----------------------------------------------------------------------------
 
-    def _on_update(self, topic: protocol.Topic, message: Inbound) -> None:
+    def on_update(self, topic: protocol.Topic, message: Inbound) -> None:
         if len(topic.rest) != 2 or topic.rest[1] != "update":
             raise protocol.ProtocolError(f"unexpected jobs topic {message.topic[:120]}")
         update = protocol.decode(message.payload, protocol.JobUpdate)
@@ -379,7 +384,7 @@ class Campaigns:
                              "reason, running) VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (now, device, update.job, update.status, step,
                               update.reason or "", update.running))
-        self._controller.registry.set_extra(device, "update", {
+        self._registry.set_extra(device, "update", {
             "campaign": update.job, "status": update.status, "step": step,
             "progress": update.progress, "reason": update.reason})
         if update.status in protocol.TERMINAL_JOB_STATUSES:
@@ -483,7 +488,7 @@ class Campaigns:
     def _publish_notify(self, device: str, job: protocol.JobDocument | None) -> None:
         payload = protocol.encode(protocol.JobNotify(ts=protocol.now_ms(), job=job)) \
             if job is not None else b""
-        self._controller.link.publish(protocol.job_notify_topic(device), payload, qos=1,
+        self._link.publish(protocol.job_notify_topic(device), payload, qos=1,
                                       retain=True)
 
     @staticmethod

@@ -1,7 +1,10 @@
-"""The box agent: presence, commands, desired state, buttons, LEDs, health, watchdog.
+"""The box agent: presence, commands, desired state, buttons, LEDs, health, watchdog, and the
+composition root of the box.
 
-Later features (the call client, the recorder, the updater) plug in through `commands`,
-`route()`, `on_button()`, `add_status()` and `capabilities` rather than editing this class.
+The features (the call client, the recorder and its uploader, the updater) are built in
+`__init__` from what they use and connected in `_connect`, the one place that shows which
+command, topic, button and status goes where; their constructors register nothing and start
+nothing, and their loops start in `start()`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any, Protocol
 from tiepdan import __version__
 from tiepdan.board.panel import Panel
 from tiepdan.board.profile import BoardProfile, load_profile
-from tiepdan.board.sensors import Health, Sensors
+from tiepdan.board.sensors import Readings, Sensors
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.commands import Commands
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.agent.indicators import Indicators
 from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.agent.outbox import Outbox
@@ -30,7 +34,7 @@ from tiepdan.firmware.agent.store import BoxStore
 from tiepdan.firmware.agent.telemetry import Telemetry
 from tiepdan.firmware.call.client import CallClient
 from tiepdan.firmware.core import logs
-from tiepdan.firmware.core.config import AgentConfig, link_settings
+from tiepdan.firmware.core.config import link_settings
 from tiepdan.firmware.core.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.evidence.recipients import Recipients
 from tiepdan.firmware.recording.session import BoxRecording
@@ -57,7 +61,7 @@ class FrontPanel(Protocol):
 class HealthSource(Protocol):
     """What the agent needs of sensors: `tiepdan.board.sensors.Sensors` on a box."""
 
-    def read(self) -> Health: ...
+    def read(self) -> Readings: ...
 
 
 class Exit(enum.IntEnum):
@@ -109,15 +113,40 @@ class Agent:
         self._ready_sent = False
         self._holds: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._register_commands()
-        self.call = CallClient(self)
-        self.recording = BoxRecording(self)
+        self._started = False
+        self._closed = False
         logs.ring()
         # The last desired document applies from boot, before the broker is reachable.
         self.shadow.listen(self._apply_remote_config)
-        self.ota = OtaClient(self)
+        self.call = CallClient(self)
         self.recipients = Recipients(config.state_dir)
-        self.uploader = Uploader(self)
+        self.uploader = Uploader(self, self.recipients)
+        self.recording = BoxRecording(self, self.call, self.uploader)
+        self.ota = OtaClient(self)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Who hears what: every feature's commands, topics, buttons and status."""
+        call, recording, ota = self.call, self.recording, self.ota
+        self.commands.register("ping", self._cmd_ping, read_only=True)
+        self.commands.register("get-status", self._cmd_status, read_only=True)
+        self.commands.register("collect-logs", self._cmd_logs, read_only=True)
+        self.commands.register("restart-agent", self._cmd_restart)
+        self.capabilities.append("call")
+        self.commands.register("session-invite", call.cmd_invite)
+        self.commands.register("session-join", call.cmd_join)
+        self.commands.register("session-leave", call.cmd_leave)
+        self.route("call", call.on_down, suffix="call/+/down")
+        self.on_button(call.on_button)
+        self.add_status("call", call.status)
+        self.capabilities.append("recording")
+        self.add_status("recording", recording.status)
+        call.on_live(recording.on_live)
+        call.on_left(recording.on_left)
+        self.route("jobs", ota.on_jobs, suffix="jobs/notify")
+        self.add_status("ota", ota.status)
+        self.capabilities.append("ota")
+        self.add_status("upload", self.uploader.status)
 
     # -- extension points ------------------------------------------------------------------------
 
@@ -172,6 +201,18 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> Exit:
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.close()
+        return self._exit
+
+    async def start(self) -> None:
+        """Hardware callbacks, then every loop; a second call does nothing."""
+        if self._started:
+            return
+        self._started = True
         loop = asyncio.get_running_loop()
 
         def pressed(name: str) -> None:  # on gpiozero's thread
@@ -189,18 +230,21 @@ class Agent:
         log.info("agent_start device=%s firmware=%s board=%s", self.device, __version__,
                  self.profile.name)
         self.notifier.status("connecting to broker")
+        self.recording.recover()
+        self.spawn(self.call.run(), "call")
+        self.spawn(self.recording.run(), "recording")
+        self.spawn(self.ota.run(), "ota")
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self.telemetry.run(), "telemetry")
         self.spawn(self.uploader.run(), "uploader")
         if self.notifier.watchdog_interval:
             self.spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
-        try:
-            await self._stop.wait()
-        finally:
-            await self._shutdown()
-        return self._exit
 
-    async def _shutdown(self) -> None:
+    async def close(self) -> None:
+        """Say goodbye on the broker, stop every loop, release the hardware; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         self.notifier.stopping()
         log.info("agent_stop device=%s exit=%s", self.device, self._exit.name)
@@ -324,11 +368,11 @@ class Agent:
     # -- buttons and config ----------------------------------------------------------------------
 
     def _button(self, name: str) -> None:
-        if name not in ("call", "mute", "end"):
+        if not protocol.is_button(name):
             log.error("button_unknown name=%s", name)
             return
         log.info("button_pressed device=%s button=%s", self.device, name)
-        self.outbox.send(protocol.ButtonEvent(button=name))  # type: ignore[arg-type]
+        self.outbox.send(protocol.ButtonEvent(button=name))
         for hook in self._button_hooks:
             try:
                 if hook(name):
@@ -356,12 +400,6 @@ class Agent:
         logs.set_level(config.log_level or self.config.log.level)
 
     # -- commands --------------------------------------------------------------------------------
-
-    def _register_commands(self) -> None:
-        self.commands.register("ping", self._cmd_ping, read_only=True)
-        self.commands.register("get-status", self._cmd_status, read_only=True)
-        self.commands.register("collect-logs", self._cmd_logs, read_only=True)
-        self.commands.register("restart-agent", self._cmd_restart)
 
     async def _cmd_ping(self, args: dict[str, Any]) -> Any:
         protocol.convert(args, protocol.NoArgs)

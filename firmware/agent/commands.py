@@ -14,6 +14,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tiepdan.errors import (
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TiepdanError,
+    Unauthorized,
+    Unavailable,
+)
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.store import BoxStore
 from tiepdan.firmware.core.mqtt import Inbound, MqttLink
@@ -23,12 +32,25 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class CommandError(Exception):
-    """Raised by a handler to answer with a specific error code."""
+# The one place a `TiepdanError` becomes an MQTT error code: the error's own code when the wire
+# contract knows it (busy, expired ...), else by its kind.
+ERROR_CODES: dict[type[TiepdanError], protocol.ErrorCode] = {
+    BadInput: "bad_request",
+    NotFound: "not_found",
+    Conflict: "conflict",
+    Unauthorized: "forbidden",
+    Forbidden: "forbidden",
+    Unavailable: "unavailable",
+}
 
-    def __init__(self, code: protocol.ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: protocol.ErrorCode = code
+
+def error_code(exc: TiepdanError) -> protocol.ErrorCode:
+    if exc.code in protocol.ERROR_CODES:
+        return exc.code  # type: ignore[return-value]
+    for kind in type(exc).__mro__:
+        if kind in ERROR_CODES:
+            return ERROR_CODES[kind]
+    return "internal"
 
 
 class Commands:
@@ -97,10 +119,8 @@ class Commands:
             result = await handler(command.args)
             response = protocol.Response(id=command.id, ok=True, ts=protocol.now_ms(),
                                          result=result)
-        except CommandError as exc:
-            response = protocol.error_response(command.id, exc.code, str(exc))
-        except protocol.ProtocolError as exc:
-            response = protocol.error_response(command.id, "bad_request", str(exc))
+        except TiepdanError as exc:
+            response = protocol.error_response(command.id, error_code(exc), str(exc))
         except Exception as exc:
             log.exception("command_failed device=%s command=%s id=%s",
                           self._device, name, command.id)

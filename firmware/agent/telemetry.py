@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from tiepdan.board.sensors import Health
+from tiepdan.board.sensors import Readings
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import MqttLink
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Telemetry:
-    def __init__(self, device: str, sensors: Callable[[], Health], link: MqttLink,
+    def __init__(self, device: str, sensors: Callable[[], Readings], link: MqttLink,
                  outbox_len: Callable[[], int], interval: float) -> None:
         self._device = device
         self._sensors = sensors

@@ -35,8 +35,8 @@ from av.stream import Stream
 
 from tiepdan.board.audio import Microphone, Speaker, open_microphone, open_speaker
 from tiepdan.board.camera import open_camera
+from tiepdan.errors import Conflict, NotFound, Unavailable
 from tiepdan.firmware import protocol
-from tiepdan.firmware.agent.commands import CommandError
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.media.fanout import Fanout
@@ -68,7 +68,7 @@ FINAL_REFUSALS = ("not_found", "expired", "forbidden", "conflict")
 REJOIN_PAUSE_S = (0.2, 0.5, 1.0, 2.0)
 
 
-class AttemptFailed(Exception):
+class AttemptFailed(Unavailable):
     def __init__(self, reason: str, final: bool = False) -> None:
         super().__init__(reason)
         self.final = final
@@ -101,14 +101,6 @@ class CallClient:
         self._bye: asyncio.Event = asyncio.Event()
         self._last_media = 0.0
         self._frames_received = 0
-        agent.capabilities.append("call")
-        agent.commands.register("session-invite", self._cmd_invite)
-        agent.commands.register("session-join", self._cmd_join)
-        agent.commands.register("session-leave", self._cmd_leave)
-        agent.route("call", self._on_down, suffix="call/+/down")
-        agent.on_button(self._on_button)
-        agent.add_status("call", self.status)
-        agent.spawn(self._guard(), "call")
 
     # -- the recorder's seam -----------------------------------------------------------------
 
@@ -139,18 +131,18 @@ class CallClient:
 
     # -- commands --------------------------------------------------------------------------------
 
-    async def _cmd_invite(self, args: dict[str, Any]) -> Any:
+    async def cmd_invite(self, args: dict[str, Any]) -> Any:
         invite = protocol.convert(args, protocol.SessionInvite)
         if self.invite is not None and self.invite.session != invite.session \
                 and self.state != "idle":
-            raise CommandError("busy", f"in session {self.invite.session} ({self.state})")
+            raise Conflict(code="busy", message=f"in session {self.invite.session} ({self.state})")
         if self.invite is not None and self.invite.session == invite.session \
                 and self.state != "idle":
             if invite.auto_join and self.state == "invited":
                 self._join()
             return self.status()  # a repeated invitation (controller restart, rejoin)
         if invite.expires <= protocol.now_ms():
-            raise CommandError("expired", "the invitation has already expired")
+            raise Conflict(code="expired", message="the invitation has already expired")
         self.invite, self.attempt, self.error, self.layout = invite, invite.attempt, None, None
         log.info("call_invited device=%s session=%s call=%s role=%s auto_join=%s", self.device,
                  invite.session, invite.call, invite.role, invite.auto_join)
@@ -163,17 +155,17 @@ class CallClient:
             self._ring_timer = loop.call_later(delay, self._ring_expired, invite.session)
         return self.status()
 
-    async def _cmd_join(self, args: dict[str, Any]) -> Any:
+    async def cmd_join(self, args: dict[str, Any]) -> Any:
         ref = protocol.convert(args, protocol.SessionRef)
         if self.invite is None or self.invite.session != ref.session:
-            raise CommandError("not_found", f"not invited to session {ref.session}")
+            raise NotFound(f"not invited to session {ref.session}")
         if self.state == "invited":
             self._join()
         elif self.state == "idle":
-            raise CommandError("conflict", f"left session {ref.session} already")
+            raise Conflict(f"left session {ref.session} already")
         return self.status()
 
-    async def _cmd_leave(self, args: dict[str, Any]) -> Any:
+    async def cmd_leave(self, args: dict[str, Any]) -> Any:
         ref = protocol.convert(args, protocol.SessionRef)
         if self.invite is not None and self.invite.session == ref.session \
                 and self.state != "idle":
@@ -182,7 +174,7 @@ class CallClient:
 
     # -- buttons ---------------------------------------------------------------------------------
 
-    def _on_button(self, name: str) -> bool:
+    def on_button(self, name: str) -> bool:
         if name == "call" and self.state == "invited":
             self._join()
             return True
@@ -457,7 +449,7 @@ class CallClient:
 
     # -- bridge -> box ---------------------------------------------------------------------------
 
-    def _on_down(self, topic: protocol.Topic, message: Inbound) -> None:
+    def on_down(self, topic: protocol.Topic, message: Inbound) -> None:
         if len(topic.rest) != 2 or topic.rest[1] != "down":
             raise protocol.ProtocolError(f"not a call/<call>/down topic: {message.topic[:120]}")
         down = protocol.decode_call_down(message.payload)
@@ -491,7 +483,7 @@ class CallClient:
                     f"bridge refused: {down.code}: {down.message}",
                     final=down.code in FINAL_REFUSALS))
 
-    async def _guard(self) -> None:
+    async def run(self) -> None:
         """Lives as long as the agent; on shutdown closes the call rather than abandon it."""
         try:
             await asyncio.Event().wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -25,10 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from tiepdan.errors import Unavailable
+from tiepdan.firmware.core.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 
-class LinkError(RuntimeError):
+class LinkError(Unavailable, RuntimeError):
     """Publishing or subscribing failed before the broker could take the request."""
 
 
@@ -154,7 +156,7 @@ class MqttLink:
         """Connect, stay connected, reconnect with jittered backoff; returns after `stop()`."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        delay = self.settings.reconnect_min
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
         misc = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc-{self.settings.client_id}")
         try:
             while not self._stop_event.is_set():
@@ -165,14 +167,12 @@ class MqttLink:
                 if self._stop_event.is_set():
                     break
                 if self.connects > up_before:
-                    delay = self.settings.reconnect_min
-                # Equal jitter: never a thundering herd, never longer than reconnect_max.
-                pause = delay / 2 + random.uniform(0, delay / 2)
+                    backoff.reset()
+                pause = backoff.next()
                 log.info("mqtt_reconnect_wait client=%s seconds=%.2f",
                          self.settings.client_id, pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), pause)
-                delay = min(delay * 2, self.settings.reconnect_max)
         finally:
             misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,30 +8,25 @@ readable by the agent's user only. Provisioning adds the TLS key and certificate
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tiepdan.errors import Unavailable
+from tiepdan.firmware.core.durable import write_atomic
+
 log = logging.getLogger(__name__)
 
 
-class IdentityError(RuntimeError):
+class IdentityError(Unavailable, RuntimeError):
     pass
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Create a secret file with mode 0600 from the first byte (no window with wider rights)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 class Identity:

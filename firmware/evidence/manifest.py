@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from tiepdan.errors import BadInput
 from tiepdan.firmware.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Record(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return hashlib.sha256(self.line()).hexdigest()
 
 
-class ManifestError(Exception):
+class ManifestError(BadInput):
     """A manifest that cannot be read or extended."""
 
 

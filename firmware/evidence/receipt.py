@@ -18,6 +18,8 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tiepdan.errors import Corrupt
+
 VERSION = 1
 
 
@@ -47,7 +49,7 @@ class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return msgspec.json.encode(self, order="sorted")
 
 
-class ReceiptError(Exception):
+class ReceiptError(Corrupt):
     """A receipt that does not parse, is not signed by the archive, or names another segment."""
 
 

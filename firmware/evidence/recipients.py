@@ -19,13 +19,15 @@ import msgspec
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tiepdan.errors import BadInput
+from tiepdan.firmware import protocol
 from tiepdan.firmware.core.durable import write_atomic
 from tiepdan.firmware.evidence.receipt import Signer, controller_key, signature_valid
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-PATH = "/archive/v1/recipients"
+PATH = protocol.ARCHIVE_RECIPIENTS_PATH
 MAX_DOCUMENT = 64 * 1024
 
 
@@ -39,7 +41,7 @@ class RecipientsDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         return msgspec.json.encode(msgspec.structs.replace(self, sig=""), order="sorted")
 
 
-class RecipientsError(Exception):
+class RecipientsError(BadInput):
     """A recipients document that is malformed, unsigned, stale, or names no usable recipient."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tiepdan.errors import BadInput
 from tiepdan.firmware.evidence.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"
 
 
-class SealError(ValueError):
+class SealError(BadInput):
     """Recipients that cannot be used: the recorder must not start (never record plaintext)."""
 
 

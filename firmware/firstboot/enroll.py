@@ -17,13 +17,12 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 import ssl
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -34,44 +33,29 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tiepdan.errors import Unavailable
 from tiepdan.firmware import protocol
+from tiepdan.firmware.agent.config import DEFAULT_PATH
 from tiepdan.firmware.core import logs
-from tiepdan.firmware.core.config import DEFAULT_PATH, ConfigError, DeviceSection, Port, read_toml
+from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.core.durable import fsync_dir, write_atomic
 from tiepdan.firmware.evidence.identity import Identity, write_private
+from tiepdan.firmware.protocol.firstboot import (
+    FOLDER,
+    PROVISION_FILE,
+    TOKEN_FILE,
+    EnrollError,
+    Provision,
+    read_provision,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOT = Path("/boot/firmware")
 DEFAULT_STATE = Path("/var/lib/tiepdan")
-FOLDER = "tiepdan"
-PROVISION_FILE = "provision.toml"
-CA_FILE = "ca.pem"
-TOKEN_FILE = "claim.token"
 
 
-class BrokerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
-    port: Port = 8883
-
-
-class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """`provision.toml` on the boot partition, written by `tiepdan-provision new-box`."""
-
-    enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+$")]
-    device: DeviceSection
-    broker: BrokerSection
-
-
-class EnrollError(RuntimeError):
-    """Enrollment cannot succeed by trying again: a refusal, or a broken provisioning folder."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Transient(RuntimeError):
+class Transient(Unavailable, RuntimeError):
     """Worth another try: network down, controller busy or restarting, rate limited."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
@@ -119,27 +103,6 @@ class Enrolled:
     device: str
     serial: str
     already: bool = False
-
-
-def read_provision(folder: Path) -> tuple[Provision, bytes, str]:
-    """The provisioning folder: settings, CA certificate and claim token, each checked."""
-    try:
-        provision = read_toml(folder / PROVISION_FILE, Provision)
-    except ConfigError as exc:
-        raise EnrollError("bad_provisioning", str(exc)) from None
-    try:
-        ca_pem = (folder / CA_FILE).read_bytes()
-        x509.load_pem_x509_certificate(ca_pem)
-    except (OSError, ValueError) as exc:
-        raise EnrollError("bad_provisioning",
-                          f"{folder / CA_FILE}: not a CA certificate: {exc}") from None
-    try:
-        token = (folder / TOKEN_FILE).read_text().strip()
-    except OSError as exc:
-        raise EnrollError("no_token", f"{folder / TOKEN_FILE}: {exc.strerror}") from None
-    if not token:
-        raise EnrollError("no_token", f"{folder / TOKEN_FILE} is empty")
-    return provision, ca_pem, token
 
 
 def tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -277,7 +240,7 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
         sign_key=base64.b64encode(identity.signing_public_raw()).decode())
     context = client_context(ca_pem)
     loop = asyncio.get_running_loop()
-    delay = retry_min
+    backoff = Backoff(retry_min, retry_max)
     log.info("enroll_start device=%s commune=%s url=%s", device, provision.device.commune,
              provision.enroll_url)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -286,13 +249,11 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
                 response = await post(session, provision.enroll_url, request, context)
                 break
             except Transient as exc:
-                pause = exc.retry_after if exc.retry_after is not None else \
-                    delay / 2 + random.uniform(0, delay / 2)
+                pause = backoff.next() if exc.retry_after is None else exc.retry_after
                 if deadline is not None and loop.time() + pause > deadline:
                     raise EnrollError("unreachable", f"gave up: {exc}") from None
                 log.warning("enroll_retry device=%s seconds=%.1f error=%s", device, pause, exc)
                 await asyncio.sleep(pause)
-                delay = min(delay * 2, retry_max)
     cert = check_certificate(response, device=device, ca_pem=ca_pem, key=key)
     controller_key = base64.b64decode(response.controller_sign_key)
     write_atomic(paths.ca, ca_pem, 0o644)

@@ -39,6 +39,8 @@ from tiepdan.firmware.evidence.sealer import TMP_SUFFIX, FileSystem, SealError
 
 if TYPE_CHECKING:
     from tiepdan.firmware.agent.agent import Agent
+    from tiepdan.firmware.call.client import CallClient
+    from tiepdan.firmware.recording.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,13 @@ CONTAINER_OVERHEAD = 1.03
 
 
 class BoxRecording:
-    def __init__(self, agent: Agent) -> None:
+    """Records the box's side of each session it is live in; `on_live` and `on_left` are
+    connected to the call by the composition root."""
+
+    def __init__(self, agent: Agent, call: CallClient, uploader: Uploader) -> None:
         self._agent = agent
+        self._call = call
+        self._uploader = uploader
         self.config = agent.config.recording
         self.directory = agent.config.recording_dir
         self.fs = FileSystem()  # the OS seam: tests swap it to inject a full disk
@@ -61,12 +68,6 @@ class BoxRecording:
         self._wanted: str | None = None  # the session the box is in, as the call says
         self._full: str | None = None  # the session whose recording the full disk stopped
         self._task: asyncio.Task[None] | None = None
-        agent.capabilities.append("recording")
-        agent.add_status("recording", self.status)
-        agent.call.on_live(self._on_live)
-        agent.call.on_left(self._on_left)
-        agent.spawn(self._guard(), "recording")
-        self.recover()
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -95,10 +96,10 @@ class BoxRecording:
 
     # -- following the call ----------------------------------------------------------------------
 
-    def _on_live(self, session: str, call: str) -> None:
+    def on_live(self, session: str, call: str) -> None:
         self.begin(session)
 
-    def _on_left(self, session: str) -> None:
+    def on_left(self, session: str) -> None:
         self.end(session)
 
     def begin(self, session: str) -> None:
@@ -138,7 +139,7 @@ class BoxRecording:
             self._raise("no_recipients", "critical", session,
                         "no valid signed recipients: the session is NOT recorded")
             return
-        call = self._agent.call
+        call = self._call
         tracks = [
             Track.copied("sent-video", call.sent_video),
             Track.audio("sent-audio", call.sent_audio),
@@ -180,7 +181,7 @@ class BoxRecording:
             self._failed(session, exc)
             return
         self._agent.hold("recording")
-        self._agent.uploader.attach(session, recorder)
+        self._uploader.attach(session, recorder)
         if self.alarm in ("disk_full", "no_recipients", "recorder_failed"):
             self._clear(session)
         self._agent.indicators.update(recording=True)
@@ -192,7 +193,7 @@ class BoxRecording:
         if recorder is None:
             return
         await recorder.stop(reason)
-        self._agent.uploader.detach(recorder.session)
+        self._uploader.detach(recorder.session)
         elapsed_s = recorder.now_ms() / 1000
         if recorder.counters.segments and elapsed_s > 10:
             self.measured_bps = recorder.counters.bytes * 8 / elapsed_s
@@ -267,7 +268,7 @@ class BoxRecording:
                          key=Identity(self._agent.config.state_dir).signing_key(),
                          boot_id=self._agent.boot_id, clock_synced=self._clock_synced)
 
-    async def _guard(self) -> None:
+    async def run(self) -> None:
         """Lives as long as the agent; on shutdown ends the recording with a `stop` record."""
         try:
             await asyncio.Event().wait()

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import msgspec
 
+from tiepdan.errors import TiepdanError
+from tiepdan.firmware import protocol
+from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.core.durable import fsync_dir
 from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.evidence.manifest import (
@@ -53,6 +55,7 @@ from tiepdan.firmware.evidence.receipt import (
 
 if TYPE_CHECKING:
     from tiepdan.firmware.agent.agent import Agent
+    from tiepdan.firmware.evidence.recipients import Recipients
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class ManifestWriter(Protocol):
                      segment: Segment | None = None) -> Record: ...
 
 
-class UploadError(Exception):
+class UploadError(TiepdanError):
     """A pass could not finish a step; retried with backoff."""
 
 
@@ -82,7 +85,7 @@ class Held(msgspec.Struct, frozen=True):
 
 
 @dataclass
-class Report:
+class UploadReport:
     """What one pass did (tests and the bench read it)."""
 
     records_sent: int = 0
@@ -94,8 +97,9 @@ class Report:
 
 
 class Uploader:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, recipients: Recipients) -> None:
         self.agent = agent
+        self.recipients = recipients
         self.device = agent.device
         self.config = agent.config.recording
         self.dir = agent.config.recording_dir
@@ -105,9 +109,9 @@ class Uploader:
         self._complete: dict[str, int] = {}  # session -> manifest size when nothing was left
         self._identity = Identity(agent.config.state_dir)
         self._recipients_at = 0.0
-        self.last: Report | None = None
+        self.last: UploadReport | None = None
         self.failures = 0
-        agent.add_status("upload", self.status)
+        self._backoff = Backoff(1.0, self.config.upload_retry_max)
 
     # -- the recorder's seam ---------------------------------------------------------------------
 
@@ -135,20 +139,20 @@ class Uploader:
                 report = await self.sync()
             except Exception as exc:  # a pass must never kill the agent
                 log.exception("upload_pass_failed")
-                report = Report(errors=[repr(exc)])
+                report = UploadReport(errors=[repr(exc)])
             if report.errors:
                 self.failures += 1
-                delay = min(self.config.upload_retry_max, 0.5 * 2 ** min(self.failures, 16))
-                delay *= random.uniform(0.5, 1.0)
+                delay = self._backoff.next()
                 log.warning("upload_retry failures=%d delay_s=%.1f first_error=%s",
                             self.failures, delay, report.errors[0])
             else:
                 self.failures = 0
+                self._backoff.reset()
                 delay = idle
             await asyncio.sleep(delay)
 
     async def _refresh_recipients(self) -> None:
-        recipients = self.agent.recipients
+        recipients = self.recipients
         fresh = time.monotonic() - self._recipients_at < RECIPIENTS_EVERY
         if fresh and recipients.current() is not None:
             return
@@ -164,9 +168,9 @@ class Uploader:
                 "pending": None if last is None else last.pending,
                 "last_error": None if last is None or not last.errors else last.errors[0]}
 
-    async def sync(self) -> Report:
+    async def sync(self) -> UploadReport:
         """One pass over every session directory."""
-        report = Report()
+        report = UploadReport()
         if not self.archive_url:
             return report
         key = controller_key(self.state_dir)
@@ -238,15 +242,15 @@ class _Pass:
     """One session directory, once: records, segments, receipts, bookkeeping, deletion."""
 
     def __init__(self, uploader: Uploader, http: aiohttp.ClientSession, key: Any,
-                 directory: Path, report: Report) -> None:
+                 directory: Path, report: UploadReport) -> None:
         self.up = uploader
         self.http = http
         self.key = key
         self.directory = directory
         self.session = directory.name
         self.report = report
-        self.base = f"{uploader.archive_url}/archive/v1/recordings/{self.session}/" \
-                    f"{uploader.device}"
+        self.base = uploader.archive_url + protocol.archive_recording_path(self.session,
+                                                                          uploader.device)
 
     async def run(self) -> bool:
         """True when nothing is left to do for this session (until its manifest grows)."""
@@ -303,9 +307,9 @@ class _Pass:
         async with self.http.head(url) as reply:
             if reply.status != 200:
                 raise UploadError(f"HEAD {segment.name}: {reply.status} "
-                                  f"{reply.headers.get('Archive-Error', '')}")
-            offset = int(reply.headers.get("Upload-Offset", "0"))
-            stored = reply.headers.get("Segment-Stored") == "yes"
+                                  f"{reply.headers.get(protocol.ERROR_HEADER, '')}")
+            offset = int(reply.headers.get(protocol.UPLOAD_OFFSET_HEADER, "0"))
+            stored = reply.headers.get(protocol.SEGMENT_STORED_HEADER) == "yes"
         if stored:
             async with self.http.get(f"{self.base}/receipts",
                                      params={"name": segment.name}) as reply:

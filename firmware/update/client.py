@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,9 @@ from tuf.api import exceptions as tuf_errors
 
 import tiepdan
 from tiepdan.board.sensors import clock_synced
+from tiepdan.errors import Conflict
 from tiepdan.firmware import protocol
+from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.update import boot, slots, window
 
@@ -52,7 +53,7 @@ DONE_KEPT = 20
 POLL = 1.0
 
 
-class JobEnded(Exception):
+class JobEnded(Conflict):
     """The job reached a final status (already reported) or was withdrawn."""
 
 
@@ -81,10 +82,6 @@ class OtaClient:
         self._last_progress = (0.0, -100.0)
         self._step: str = "idle"
         self._waiting_for = ""
-        agent.route("jobs", self._on_jobs, suffix="jobs/notify")
-        agent.add_status("ota", self.status)
-        agent.capabilities.append("ota")
-        agent.spawn(self.run(), "ota")
 
     def assume_slot(self, slot: slots.Slot) -> None:
         """For hosts that run many boxes' agents in one process (benchmarks, campaign tests):
@@ -94,7 +91,7 @@ class OtaClient:
 
     # -- inbound ---------------------------------------------------------------------------------
 
-    def _on_jobs(self, topic: protocol.Topic, message: Inbound) -> None:
+    def on_jobs(self, topic: protocol.Topic, message: Inbound) -> None:
         if topic.rest != ("notify",):
             raise protocol.ProtocolError(f"unexpected jobs topic {message.topic[:120]}")
         notify = protocol.decode(message.payload, protocol.JobNotify) if message.payload \
@@ -299,6 +296,7 @@ class OtaClient:
     async def _fetch(self, job: protocol.JobDocument) -> tuple[Path, TargetFile]:
         """Refresh metadata, check policy, download and verify; bounded retries."""
         attempts = self.config.download_attempts
+        backoff = Backoff(self.config.retry_delay, float("inf"))
         loop = asyncio.get_running_loop()
         for attempt in range(1, attempts + 1):
             self._still(job)
@@ -321,8 +319,7 @@ class OtaClient:
                         self.agent.device, job.job, attempt, attempts, error)
             if attempt == attempts:
                 raise self._finish(job.job, "failed", f"{error} (after {attempts} attempts)")
-            pause = self.config.retry_delay * 2 ** (attempt - 1)
-            await asyncio.sleep(pause / 2 + random.uniform(0, pause / 2))
+            await asyncio.sleep(backoff.next())
         raise AssertionError("unreachable")
 
     async def _fetch_once(self, job: protocol.JobDocument,

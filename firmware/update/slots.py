@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tiepdan.errors import Unavailable
 from tiepdan.firmware.update import boot
 from tiepdan.ota.bundle import read_bundle
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 Checkpoint = Callable[[str], None]
 
 
-class InstallError(RuntimeError):
+class InstallError(Unavailable, RuntimeError):
     """The slot could not be written (disk full, bad wheel); the box is unchanged."""
 
 

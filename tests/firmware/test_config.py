@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.firmware.core.config import AgentConfig, ConfigError, load_config
+from tiepdan.firmware.agent.config import AgentConfig, load_config
+from tiepdan.firmware.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -85,3 +85,10 @@ def test_topic_directions_do_not_overlap() -> None:
     assert both == {"$state"}, "only its own presence is both written and read by a box"
     assert "cmd/+" not in protocol.BOX_PUBLISHES
     assert "state/desired" not in protocol.BOX_PUBLISHES
+
+
+def test_the_board_wires_exactly_the_buttons_the_wire_names() -> None:
+    from tiepdan.board.profile import BUTTONS
+
+    assert tuple(BUTTONS) == protocol.BUTTON_NAMES
+    assert all(protocol.is_button(b) for b in BUTTONS) and not protocol.is_button("reset")

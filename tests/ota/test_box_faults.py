@@ -34,7 +34,7 @@ from tests.support import Observer, eventually
 from tiepdan.board.panel import Panel
 from tiepdan.board.profile import load_profile
 from tiepdan.firmware import protocol
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.broker import Mosquitto

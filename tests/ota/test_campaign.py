@@ -24,7 +24,7 @@ from tiepdan.board.profile import load_profile
 from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.service import Controller
 from tiepdan.controller.updates.campaign import CampaignSpec, Selector, Wave
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot, slots
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel

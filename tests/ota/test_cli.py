@@ -16,7 +16,7 @@ import tomli_w
 from tests.ota.harness import box_settings
 from tests.support import ROOT, eventually, make_controller_config, running_controller
 from tiepdan.board.profile import load_profile
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.timeout(300)  # whole updates, on a shared 2-core machi
 CLI = [sys.executable, "-m", "tiepdan.controller.cli.ota"]
 
 
-def ota(*args: str, config: Path | None = None) -> str:
-    argv = [*CLI, *(["--config", str(config)] if config else []), *args]
+def ota(*args: str, config: Path | None = None, cli: list[str] = CLI) -> str:
+    argv = [*cli, *(["--config", str(config)] if config else []), *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
                             cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr
@@ -63,7 +63,8 @@ async def test_admin_workflow_from_keys_to_a_finished_campaign(
     assert json.loads(trusted.read_text())["signed"]["version"] == 1
     ota("sign", "timestamp", config=toml)
     template = tmp_path / "template"
-    out = ota("install-image", str(base / "tiepdan-1.9.0.tar"), "--root", str(template))
+    out = ota(str(base / "tiepdan-1.9.0.tar"), "--root", str(template),
+              cli=[sys.executable, "-m", "tiepdan.firmware.update.install"])
     assert "installed 1.9.0" in out
 
     repo = UpdateRepository(config.data_dir / "ota" / "repository")

@@ -14,7 +14,7 @@ import tomli_w
 from tiepdan.controller.enrollment.provisioning import NewBox
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
-from tiepdan.firmware.core.config import AgentConfig, load_config
+from tiepdan.firmware.agent.config import AgentConfig, load_config
 from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.firstboot.enroll import Paths, make_csr, tls_key
 from tiepdan.provisioning.boot import write_boot_folder

@@ -15,7 +15,7 @@ import tomli_w
 from tests.provisioning.support import FAST_AGENT
 from tests.support import SecureBroker, eventually, running_agent, running_controller
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.firmware.core.config import load_config
+from tiepdan.firmware.agent.config import load_config
 from tiepdan.tools.broker import Mosquitto, free_port
 
 BIN = Path(sys.executable).parent

@@ -23,14 +23,16 @@ from tiepdan.controller.enrollment.enrollment import RateLimiter
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.firstboot.enroll import (
+    check_certificate,
+    make_csr,
+    tls_key,
+    write_agent_config,
+)
+from tiepdan.firmware.protocol.firstboot import (
     BrokerSection,
     EnrollError,
     Provision,
-    check_certificate,
-    make_csr,
     read_provision,
-    tls_key,
-    write_agent_config,
 )
 from tiepdan.provisioning.boot import write_boot_folder
 from tiepdan.provisioning.ca import (

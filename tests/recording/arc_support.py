@@ -219,7 +219,7 @@ class Interposer:
             data = await reply.read()
             out = {k: v for k, v in reply.headers.items()
                    if k in ("Upload-Offset", "Upload-Length", "Segment-Stored",
-                            "Archive-Error")}
+                            protocol.ERROR_HEADER)}
             status = reply.status
         if status == 200 and "/segments/" in request.path and request.method == "PUT":
             data = self._rewrite(data)

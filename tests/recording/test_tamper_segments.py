@@ -26,7 +26,7 @@ from tests.recording.ver_support import (
 )
 from tiepdan.controller.archive.export import ExportError, export_recording
 from tiepdan.controller.archive.verification import (
-    Report,
+    VerificationReport,
     key_lookup,
     load_identities,
     verify_session,
@@ -113,13 +113,13 @@ def _trust(archive: Archive) -> dict[str, object]:
             "controller_key": public}
 
 
-def _box(archive: Archive, *, decrypt: bool) -> Report:
+def _box(archive: Archive, *, decrypt: bool) -> VerificationReport:
     report = verify_session(archive.dir, SESSION, identities=[archive.identity] if decrypt
                             else [], **_trust(archive))  # type: ignore[arg-type]
     return next(r for r in report.recordings if r.recorder == BOX)
 
 
-def _export(archive: Archive, out_dir: Path, allow_gaps: bool = False) -> Report:
+def _export(archive: Archive, out_dir: Path, allow_gaps: bool = False) -> VerificationReport:
     return export_recording(archive.dir, SESSION, BOX, out=out_dir / "box.mp4",
                             identities=[archive.identity], allow_gaps=allow_gaps,
                             **_trust(archive))  # type: ignore[arg-type]

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tiepdan.controller.sessions.engine import SessionError
 from tiepdan.controller.sessions.schedule import next_time, parse_at
+from tiepdan.errors import BadInput
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -46,15 +46,15 @@ def test_several_days_daily_and_rrule() -> None:
 
 @pytest.mark.parametrize("every", ["THURSDAY 8", "XYZ 08:00", "THU 25:00", "FREQ=NEVER", ""])
 def test_unreadable_schedules_are_clear_errors(every: str) -> None:
-    with pytest.raises(SessionError) as caught:
+    with pytest.raises(BadInput) as caught:
         next_time(every, "Asia/Ho_Chi_Minh", at(2025, 7, 3, 9, 0))
     assert caught.value.code == "bad_request"
 
 
 def test_unknown_time_zone_and_bad_times() -> None:
-    with pytest.raises(SessionError, match="time zone"):
+    with pytest.raises(BadInput, match="time zone"):
         next_time("THU 08:00", "Mars/Olympus", 0)
-    with pytest.raises(SessionError, match="ISO 8601"):
+    with pytest.raises(BadInput, match="ISO 8601"):
         parse_at("next thursday", "Asia/Ho_Chi_Minh")
     # Without an offset a time is read in the province's zone.
     assert parse_at("2025-07-03T08:00", "Asia/Ho_Chi_Minh") == at(2025, 7, 3, 8, 0)

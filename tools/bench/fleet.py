@@ -35,12 +35,12 @@ import psutil
 import tomli_w
 
 from tiepdan.board.profile import load_profile
-from tiepdan.board.sensors import Health
+from tiepdan.board.sensors import Readings
 from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -73,8 +73,8 @@ class QuietPanel:
 
 
 class CannedSensors:
-    def read(self) -> Health:
-        return Health(cpu_temp_c=48.0, throttled=0, under_voltage=False, cpu_percent=7.0,
+    def read(self) -> Readings:
+        return Readings(cpu_temp_c=48.0, throttled=0, under_voltage=False, cpu_percent=7.0,
                       mem_percent=31.0, disk_free_bytes=20 * 2**30, disk_total_bytes=32 * 2**30,
                       load1=0.3, uptime_s=1000.0, clock_synced=True)
 

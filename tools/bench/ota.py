@@ -42,7 +42,7 @@ from tuf.ngclient import Updater
 
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.cli.client import ApiClient, ApiError
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update.fetcher import ResumableFetcher
 from tiepdan.firmware.update.slots import install_image
 from tiepdan.ota.bundle import build_bundle, build_wheel

@@ -106,8 +106,8 @@ async def run_bridge(config_path: Path, mode: str) -> None:
 
 async def run_box(config_path: Path, out: Path) -> None:
     from tiepdan.firmware.agent.agent import Agent
+    from tiepdan.firmware.agent.config import load_config
     from tiepdan.firmware.core import logs
-    from tiepdan.firmware.core.config import load_config
 
     config = load_config(config_path)
     logs.setup(config.log.level, config.log.format)

@@ -38,7 +38,7 @@ from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
-from tiepdan.firmware.core.config import AgentConfig
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.evidence.manifest import FILENAME, Manifest, Segment
 from tiepdan.firmware.recording.uploader import Uploader
@@ -137,7 +137,7 @@ async def bench(segments: int, size: int, workdir: Path) -> dict[str, Any]:
             directory.mkdir(parents=True)
             total = _recording(directory, session, key, controller.archive.recipients,
                                segments, size)
-            uploader = Uploader(agent)
+            uploader = Uploader(agent, agent.recipients)
             started = time.perf_counter()
             report = await uploader.sync()
             upload_s = time.perf_counter() - started

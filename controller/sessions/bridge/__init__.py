@@ -18,6 +18,7 @@ import av
 from av.stream import Stream
 
 from tiepdan.controller.config import BridgeSection
+from tiepdan.errors import Unavailable
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Fanout
 
@@ -28,7 +29,7 @@ PeerListener = Callable[[str, str, int, PeerEvent, str], None]
 LayoutListener = Callable[[str, protocol.CallLayout], None]
 
 
-class BridgeError(Exception):
+class BridgeError(Unavailable):
     """An offer the bridge refuses; `code` goes back to the box in a `CallRefused`."""
 
     def __init__(self, code: protocol.ErrorCode, message: str) -> None:

@@ -12,9 +12,11 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeGuard, TypeVar, get_args
 
 import msgspec
+
+from tiepdan.errors import BadInput
 
 VERSION: Final = "v1"
 PREFIX: Final = f"tiepdan/{VERSION}"
@@ -34,7 +36,7 @@ ShortText = Annotated[str, msgspec.Meta(max_length=200)]
 MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(BadInput):
     """A message that does not follow this contract: wrong topic, wrong shape, too large."""
 
 
@@ -218,6 +220,12 @@ class Health(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 ButtonName = Literal["call", "mute", "end"]
+BUTTON_NAMES: Final = get_args(ButtonName)
+
+
+def is_button(name: str) -> TypeGuard[ButtonName]:
+    """The wire's button names; `board.profile.BUTTONS` wires the same three (a test checks)."""
+    return name in BUTTON_NAMES
 
 
 class ButtonEvent(msgspec.Struct, frozen=True, tag="button", tag_field="kind"):
@@ -314,6 +322,7 @@ ErrorCode = Literal[
     "bad_request", "unknown_command", "forbidden", "busy", "timeout", "expired", "internal",
     "not_found", "conflict", "unavailable",
 ]
+ERROR_CODES: Final = frozenset(get_args(ErrorCode))
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -566,6 +575,29 @@ class CallTelemetry(msgspec.Struct, frozen=True, omit_defaults=True):
     state: CallStateName
     muted: bool
     qos: CallQos | None = None
+
+
+# -- HTTP: the archive (recording, issue 4) -----------------------------------------------------
+# Bytes go over HTTP, not MQTT. A box reads the recipients document, then for each of its
+# recordings sends manifest records (NDJSON), resumes each segment from the offset HEAD reports and
+# collects the archive's signed receipts. Every refusal carries its machine-readable code in
+# ERROR_HEADER (a HEAD answer has no body) and, with a body, as {"error": {"code", "message"}}.
+
+ERROR_HEADER: Final = "Tiepdan-Error"
+ARCHIVE_RECIPIENTS_PATH: Final = "/archive/v1/recipients"
+ARCHIVE_RECORDING_PATH: Final = "/archive/v1/recordings/{session}/{recorder}"
+ARCHIVE_RECORDS_PATH: Final = ARCHIVE_RECORDING_PATH + "/records"
+ARCHIVE_SEGMENT_PATH: Final = ARCHIVE_RECORDING_PATH + "/segments/{name}"
+ARCHIVE_RECEIPTS_PATH: Final = ARCHIVE_RECORDING_PATH + "/receipts"
+UPLOAD_OFFSET_HEADER: Final = "Upload-Offset"
+UPLOAD_LENGTH_HEADER: Final = "Upload-Length"
+SEGMENT_STORED_HEADER: Final = "Segment-Stored"
+
+
+def archive_recording_path(session: str, recorder: str) -> str:
+    """The recording's base path; both ids are checked, so nothing else can reach the URL."""
+    return ARCHIVE_RECORDING_PATH.format(session=check_device_id(session),
+                                         recorder=check_device_id(recorder))
 
 
 # -- enrollment (provisioning, issue 6) ----------------------------------------------------------
