@@ -16,7 +16,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from tiepdan.firmware import protocol
-from tiepdan.provisioning import mosquitto
+from tiepdan.firmware.evidence.identity import write_private
+from tiepdan.provisioning import dynsec, mosquitto
 from tiepdan.provisioning.ca import (
     CertificateAuthority,
     Revoked,
@@ -102,6 +103,7 @@ def initialise(material: Material, *, controller: str, hosts: Sequence[str], bro
 
     write_broker_state(material, ca, controllers=[controller], revoked=[],
                        revoked_devices=[], crl_days=crl_days)
+    write_subscribe_rules(material, controllers=[controller])
     material.broker.conf.write_text(
         mosquitto.listener_text(material.broker, broker_port, listen_host, debug_log=debug_log))
     return ca
@@ -118,3 +120,14 @@ def write_broker_state(material: Material, ca: CertificateAuthority, *,
     if old != acl:
         write_public(material.broker.acl, acl.encode())
     return old != acl
+
+
+def write_subscribe_rules(material: Material, *, controllers: Sequence[str]) -> bool:
+    """The dynamic-security plugin's first file; False when one exists (the plugin owns it
+    from its first start, and boxes are added to the running broker, see dynsec.Admin)."""
+    if material.broker.dynsec.exists():
+        return False
+    text = dynsec.config_json([controller_client_id(c) for c in controllers])
+    # The plugin rewrites this file itself, so it must own it; nobody else needs to read it.
+    write_private(material.broker.dynsec, text.encode())
+    return True

@@ -25,6 +25,7 @@ from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent, Exit
 from tiepdan.firmware.core.config import AgentConfig
 from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
+from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
 from tiepdan.provisioning.material import initialise
 from tiepdan.provisioning.mosquitto import listener_text
@@ -244,6 +245,15 @@ class SecureBroker:
 
     def log(self) -> str:
         return self.broker.logfile.read_text(errors="replace")
+
+    async def admit(self, *devices: str) -> None:
+        """Give boxes their subscribe rules, as the controller does at enrollment."""
+        cn = dynsec.admin_username("controller-central")
+        tls = self.issue(cn, self.tmp_path / cn)
+        assert tls.cert_file is not None and tls.key_file is not None
+        admin = dynsec.Admin(self.host, self.port, tls.ca_file, tls.cert_file, tls.key_file,
+                             client_id=cn)
+        await asyncio.to_thread(admin.add_boxes, devices)
 
 
 class TlsClient:
