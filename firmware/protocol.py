@@ -578,12 +578,30 @@ ENROLL_PATH: Final = "/v1/enroll"
 SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 
 
+# base64 of a 64-byte Ed25519 signature; empty only in requests from before issue 15 (refused)
+SignProof = Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9+/]{86}==)?$")]
+
+
 class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceId
     commune: Annotated[str, msgspec.Meta(max_length=16)]
     token: Annotated[str, msgspec.Meta(min_length=16, max_length=128)]
     csr: Annotated[str, msgspec.Meta(max_length=8192)]
     sign_key: SignKey
+    # Proof of possession: the signing key's signature over `enroll_challenge(...)`.
+    sign_proof: SignProof = ""
+
+
+ENROLL_PROOF_CONTEXT: Final = b"tiepdan enroll proof of possession v1"
+
+
+def enroll_challenge(device: str, token: str, csr: str, sign_key: str) -> bytes:
+    """What the box signs with its Ed25519 key at enrollment: bound to this claim token and
+    this CSR, so a signature made for one enrollment proves nothing for another. Each field is
+    length-prefixed (no two field lists give the same bytes) and domain-separated."""
+    parts = [ENROLL_PROOF_CONTEXT, device.encode(), token.encode(), csr.encode(),
+             sign_key.encode()]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 class EnrollResponse(msgspec.Struct, frozen=True):

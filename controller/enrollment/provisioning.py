@@ -38,6 +38,7 @@ import msgspec
 import paho.mqtt.client as paho
 from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -52,6 +53,7 @@ from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.firstboot.enroll import BrokerSection, Provision
+from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
     CertificateAuthority,
     CsrRefused,
@@ -68,6 +70,7 @@ from tiepdan.provisioning.claims import Box, ClaimRefused, ClaimStore
 from tiepdan.provisioning.material import (
     Material,
     check_box_id,
+    controller_client_id,
     write_broker_state,
 )
 from tiepdan.provisioning.mosquitto import BrokerFiles
@@ -214,6 +217,29 @@ class Provisioning:
             await self.sync_broker(why)
         except (OSError, ValueError) as exc:
             log.error("broker_files_failed why=%s error=%s", why, exc)
+        if why == "start":
+            enrolled = [b.device for b in self.claims.all() if b.cert_pem and not b.revoked_at]
+            try:
+                await self.admit(enrolled)
+            except dynsec.DynsecError as exc:
+                log.error("broker_subscribe_rules_failed boxes=%d error=%s", len(enrolled), exc)
+
+    async def admit(self, devices: list[str]) -> bool:
+        """Give boxes their SUBSCRIBE rules on the running broker (provisioning/dynsec.py),
+        as a throw-away admin identity; DynsecError when the broker would not take them."""
+        target = self._broker_tls()
+        if target is None or not devices:
+            if target is None:
+                log.warning("broker_subscribe_rules_skipped reason=the controller does not use "
+                            "TLS")
+            return False
+        username = dynsec.admin_username(controller_client_id(self.controller.id))
+        key = new_key()
+        cert = self.authority().issue_client(key.public_key(), username, EPHEMERAL_DAYS)
+        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+            admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
+            await asyncio.to_thread(admin.add_boxes, devices)
+        return True
 
     # -- claim tokens and enrollment ---------------------------------------------------------------
 
@@ -250,11 +276,7 @@ class Provisioning:
             ca = self.authority()
         except Unavailable as exc:
             raise Refused(503, "unavailable", str(exc)) from None
-        try:
-            sign_key = base64.b64decode(request.sign_key, validate=True)
-            Ed25519PublicKey.from_public_bytes(sign_key)
-        except (ValueError, binascii.Error) as exc:
-            raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+        sign_key = check_sign_key(request)
         try:
             csr = check_device_csr(request.csr, request.device)
         except CsrRefused as exc:
@@ -271,6 +293,12 @@ class Provisioning:
             except ClaimRefused as exc:
                 raise Refused(403, exc.code, str(exc)) from None
             repeated = box.cert_pem is not None
+            others = [d for d in self.controller.identities.holders(sign_key)
+                      if d != request.device]
+            if others:
+                # A cloned key (a stolen box's) would sign recordings for two boxes at once.
+                raise Refused(409, "duplicate_sign_key", "this signing key is already bound to "
+                              f"another box ({others[0]})")
             if box.cert_pem is not None:
                 certificate = box.cert_pem
                 serial = box.cert_serial
@@ -425,6 +453,26 @@ class Provisioning:
             return False
         with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
             return await asyncio.to_thread(_connect_once, *target, cert_file, key_file, device)
+
+
+def check_sign_key(request: protocol.EnrollRequest) -> bytes:
+    """The Ed25519 public key, once its proof of possession verifies; Refused otherwise."""
+    try:
+        sign_key = base64.b64decode(request.sign_key, validate=True)
+        public = Ed25519PublicKey.from_public_bytes(sign_key)
+    except (ValueError, binascii.Error) as exc:
+        raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+    if not request.sign_proof:
+        raise Refused(400, "no_proof", "the request carries no proof of possession of the "
+                                       "signing key (firmware older than issue 15?)")
+    challenge = protocol.enroll_challenge(request.device, request.token, request.csr,
+                                          request.sign_key)
+    try:
+        public.verify(base64.b64decode(request.sign_proof, validate=True), challenge)
+    except (InvalidSignature, ValueError, binascii.Error):
+        raise Refused(403, "bad_proof", "the signing key's proof of possession does not "
+                                        "verify for this token and CSR") from None
+    return sign_key
 
 
 class Unavailable(RuntimeError):

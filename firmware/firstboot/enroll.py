@@ -3,11 +3,12 @@
 Run once by `tiepdan-firstboot.service` before the agent. It reads `<boot>/tiepdan/`
 (`provision.toml`: device, broker and enrollment URL; `ca.pem`; `claim.token`), creates the
 box's TLS key and Ed25519 signing key on the box (neither ever leaves it), sends a CSR, the
-token and the signing key's public half to the controller over HTTPS (checked against the CA from
-the SD card), checks the certificate it gets back, writes it under `<state dir>/tls/`, the
-controller's public key under `<state dir>/identity/`, and the agent configuration, and deletes
-the token. A box that cannot reach the controller keeps trying; a refusal is final and logged.
-Running it again after success does nothing.
+token and the signing key's public half, with a signature proving the box holds it, to the
+controller over HTTPS (checked against the CA from the SD card), checks the certificate it gets
+back, writes it under `<state dir>/tls/`, the controller's public key under
+`<state dir>/identity/`, and the agent configuration, and deletes the token. A box that cannot
+reach the controller keeps trying; a refusal is final and logged. Running it again after
+success does nothing.
 """
 
 from __future__ import annotations
@@ -165,6 +166,16 @@ def make_csr(key: ec.EllipticCurvePrivateKey, device: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def signed_request(identity: Identity, *, device: str, commune: str, token: str,
+                   csr: str) -> protocol.EnrollRequest:
+    """The request, with the signing key's proof of possession over this token and CSR: the
+    controller binds no public key the box cannot sign with."""
+    sign_key = base64.b64encode(identity.signing_public_raw()).decode()
+    proof = identity.signing_key().sign(protocol.enroll_challenge(device, token, csr, sign_key))
+    return protocol.EnrollRequest(device=device, commune=commune, token=token, csr=csr,
+                                  sign_key=sign_key, sign_proof=base64.b64encode(proof).decode())
+
+
 def client_context(ca_pem: bytes) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem.decode())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -271,10 +282,8 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
     device = provision.device.id
     key = tls_key(paths.key)
     identity = Identity(paths.state)
-    request = protocol.EnrollRequest(
-        device=device, commune=provision.device.commune, token=token,
-        csr=make_csr(key, device),
-        sign_key=base64.b64encode(identity.signing_public_raw()).decode())
+    request = signed_request(identity, device=device, commune=provision.device.commune,
+                             token=token, csr=make_csr(key, device))
     context = client_context(ca_pem)
     loop = asyncio.get_running_loop()
     delay = retry_min
