@@ -578,8 +578,9 @@ ENROLL_PATH: Final = "/v1/enroll"
 SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 
 
-# base64 of a 64-byte Ed25519 signature; empty only in requests from before issue 15 (refused)
-SignProof = Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9+/]{86}==)?$")]
+# base64 of a 64-byte Ed25519 signature (\Z: no trailing newline); empty only in requests from
+# firmware older than issue 15, which the controller refuses
+SignProof = Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9+/]{86}==)?\Z")]
 
 
 class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
