@@ -92,3 +92,9 @@ class Identities:
             "SELECT device FROM device_identities WHERE sign_key = ? ORDER BY device",
             (sign_key,))
         return [row[0] for row in rows]
+
+    def certificate(self, device: str, cert_serial: str, cert_fingerprint: str) -> None:
+        """A renewed certificate for the same, still trusted, binding."""
+        self._db.conn.execute(
+            "UPDATE device_identities SET cert_serial = ?, cert_fingerprint = ? "
+            "WHERE device = ? AND revoked_at IS NULL", (cert_serial, cert_fingerprint, device))

@@ -612,6 +612,21 @@ class EnrollResponse(msgspec.Struct, frozen=True):
     controller_sign_key: SignKey
 
 
+# Renewal (issue 15): an enrolled box POSTs a CSR for its own key over mutual TLS, with the
+# certificate it holds; it gets a new certificate (a RenewResponse) or {"error": EnrollRefusal}.
+RENEW_PATH: Final = "/v1/renew"
+
+
+class RenewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    csr: Annotated[str, msgspec.Meta(max_length=8192)]
+
+
+class RenewResponse(msgspec.Struct, frozen=True):
+    device: DeviceId
+    certificate: str
+    ca: str
+
+
 class EnrollRefusal(msgspec.Struct, frozen=True):
     code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
     message: Annotated[str, msgspec.Meta(max_length=1000)]

@@ -227,6 +227,7 @@ class SecureBroker:
             "mqtt": {"tls": True},
             "provisioning": {"broker_reload": self.broker.reload_command(),
                              "enroll_host": "127.0.0.1", "enroll_port": 0,
+                             "renew_host": "127.0.0.1", "renew_port": 0,
                              "broker_host": "127.0.0.1"},
         }
         for section, values in sections.items():

@@ -134,7 +134,8 @@ def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) ->
     material = material_for(config)
     initialise(material, controller=config.controller.id, hosts=[broker.host, "localhost"],
                broker_port=broker.port, listen_host=broker.host,
-               cert_days=config.provisioning.cert_days, crl_days=config.provisioning.crl_days)
+               cert_days=config.provisioning.server_cert_days,
+               crl_days=config.provisioning.crl_days)
     broker.listeners = material.broker.conf.read_text()
 
 

@@ -54,7 +54,7 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     hosts = args.host or [host, "localhost", "127.0.0.1"]
     p = config.provisioning
     initialise(material, controller=config.controller.id, hosts=hosts, broker_port=port,
-               listen_host=args.listen_host, cert_days=p.cert_days, crl_days=p.crl_days,
+               listen_host=args.listen_host, cert_days=p.server_cert_days, crl_days=p.crl_days,
                debug_log=args.broker_debug_log)
     broker = material.broker
     console.print(f"[green]provisioning CA created[/green] in {material.dir} "

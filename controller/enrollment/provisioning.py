@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
+from tiepdan.controller.enrollment.renewal import RenewalSite
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.controller.http.app import CONTROLLER_KEY, error
 from tiepdan.firmware import protocol
@@ -55,11 +56,13 @@ from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.firstboot.enroll import BrokerSection, Provision
 from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
+    BACKDATE,
     CertificateAuthority,
     CsrRefused,
     Revoked,
     cert_pem,
     check_device_csr,
+    common_name,
     fingerprint,
     key_pem,
     new_key,
@@ -80,7 +83,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CRL_CHECK_S = 3600.0
+CRL_CHECK_S = 600.0
 CA_WAIT_S = 30.0
 # Throw-away certificates (the reload probe, the session takeover) live this long at most.
 EPHEMERAL_DAYS = 10 / (24 * 60)
@@ -140,6 +143,7 @@ class Provisioning:
         self.material = material_for(controller.config)
         self.claims = ClaimStore(controller.db.conn)
         self.enrollment = Enrollment(self)
+        self.renewal = RenewalSite(self)
         self._ca: CertificateAuthority | None = None
         self._lock = asyncio.Lock()
         controller.registry.listen(self._check_birth)
@@ -188,6 +192,15 @@ class Provisioning:
         port = self.enrollment.port or self.settings.enroll_port
         return f"https://{host}:{port}{protocol.ENROLL_PATH}"
 
+    @property
+    def renew_url(self) -> str:
+        if self.settings.renew_url:
+            return self.settings.renew_url
+        host, _ = broker_address(self.config)
+        host = f"[{host}]" if ":" in host else host
+        port = self.renewal.port or self.settings.renew_port
+        return f"https://{host}:{port}{protocol.RENEW_PATH}"
+
     async def run(self) -> None:
         """Serve enrollment and keep the broker's CRL fresh until cancelled."""
         if not self.material.exists():
@@ -205,12 +218,17 @@ class Provisioning:
                 # Revocation and the CRL still matter without it; say so and carry on.
                 log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port,
                           exc)
+            try:
+                await self.renewal.start()
+            except OSError as exc:
+                log.error("renewal_unavailable port=%s error=%s", self.settings.renew_port, exc)
             while True:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
                     await self._sync_logged("crl_refresh")
         finally:
             await self.enrollment.stop()
+            await self.renewal.stop()
 
     async def _sync_logged(self, why: str) -> None:
         try:
@@ -268,7 +286,7 @@ class Provisioning:
             device=msgspec.convert({"id": box.device, "name": box.hall, "kind": box.kind,
                                     "province": box.province, "commune": box.commune},
                                    DeviceSection),
-            broker=BrokerSection(host=host, port=port))
+            broker=BrokerSection(host=host, port=port), renew_url=self.renew_url)
 
     def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
         """Grant a certificate, or raise Refused; everything granted commits together."""
@@ -309,6 +327,8 @@ class Provisioning:
                                      cert_pem=certificate, cert_serial=serial,
                                      cert_not_after=cert.not_valid_after_utc.timestamp(),
                                      peer=peer)
+                self.claims.record_certificate(request.device, serial,
+                                               cert.not_valid_after_utc.timestamp())
                 self.controller.identities.bind(request.device, sign_key, cert_serial=serial,
                                                  cert_fingerprint=fingerprint(cert))
         log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
@@ -317,6 +337,45 @@ class Provisioning:
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
             controller_sign_key=base64.b64encode(self.controller.signing.public_raw()).decode())
+
+    def renew(self, peer_cert: x509.Certificate, request: protocol.RenewRequest,
+              peer: str) -> protocol.RenewResponse:
+        """A new certificate for the same key, for a box that proved itself with the certificate
+        it holds (mutual TLS); Refused otherwise. The old one stays valid until it expires
+        (the box may not have stored the answer yet) and is revoked with the box."""
+        ca = self.authority()
+        device = common_name(peer_cert.subject)
+        serial = serial_hex(peer_cert)
+        if device is None or not ca.issued(peer_cert):
+            raise Refused(403, "unknown_certificate", "not a box certificate of this CA")
+        box = self.claims.get(device)
+        if box is None or box.enrolled_at is None:
+            raise Refused(403, "unknown_device", f"{device} is not an enrolled box")
+        if box.revoked_at is not None or self.claims.is_revoked_certificate(serial):
+            raise Refused(403, "revoked", f"{device} or this certificate has been revoked")
+        if serial not in dict(self.claims.certificates(device)):
+            raise Refused(403, "unknown_certificate", f"{serial} is not a current certificate "
+                                                      f"of {device}")
+        try:
+            csr = check_device_csr(request.csr, device)
+        except CsrRefused as exc:
+            raise Refused(403 if exc.code == "forged_subject" else 400, exc.code,
+                          str(exc)) from None
+        key = csr.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        if public_key_fingerprint(key) != box.tls_key:
+            raise Refused(403, "wrong_key", "renewal keeps the box's key; a new key means "
+                                            "enrolling again")
+        cert = ca.issue_client(key, device, self.settings.cert_days)
+        certificate, new_serial = cert_pem(cert).decode(), serial_hex(cert)
+        with self.controller.db.transaction():
+            self.claims.renewed(device, cert_pem=certificate, cert_serial=new_serial,
+                                cert_not_after=cert.not_valid_after_utc.timestamp())
+            self.controller.identities.certificate(device, new_serial, fingerprint(cert))
+        log.info("certificate_renewed device=%s peer=%s old=%s serial=%s not_after=%s", device,
+                 peer, serial, new_serial, cert.not_valid_after_utc.date().isoformat())
+        return protocol.RenewResponse(device=device, certificate=certificate,
+                                      ca=ca.pem.decode())
 
     # -- the broker's files ------------------------------------------------------------------------
 
@@ -331,13 +390,20 @@ class Provisioning:
                  len(revoked), changed)
         await self.reload_broker(why)
 
-    def crl_due(self) -> bool:
+    def crl_due(self, now: dt.datetime | None = None) -> bool:
+        """Re-sign when the CRL is `crl_refresh_hours` old, or half its life is gone (a
+        shorter `crl_days`), or it cannot be read."""
+        now = now or dt.datetime.now(dt.UTC)
         try:
             crl = x509.load_pem_x509_crl(self.material.broker.crl.read_bytes())
         except (OSError, ValueError):
             return True
-        left = (crl.next_update_utc or dt.datetime.now(dt.UTC)) - dt.datetime.now(dt.UTC)
-        return left < dt.timedelta(days=self.settings.crl_days / 2)
+        if crl.next_update_utc is None:
+            return True
+        signed = crl.last_update_utc + BACKDATE
+        age, left = now - signed, crl.next_update_utc - now
+        return (age >= dt.timedelta(hours=self.settings.crl_refresh_hours)
+                or left < dt.timedelta(days=self.settings.crl_days / 2))
 
     async def reload_broker(self, why: str) -> bool:
         argv = list(self.settings.broker_reload)
@@ -377,11 +443,11 @@ class Provisioning:
             with self.controller.db.transaction():
                 if box is not None:
                     box = self.claims.revoke(device, reason, at)
-                    if box.cert_serial and box.cert_not_after:
+                    # Every unexpired certificate: a renewed box still holds its previous one.
+                    for serial, not_after in self.claims.certificates(device, at):
                         self.claims.add_revoked_certificate(
-                            box.cert_serial, device=device, not_after=box.cert_not_after,
-                            reason=reason, at=at)
-                        serials.append(box.cert_serial)
+                            serial, device=device, not_after=not_after, reason=reason, at=at)
+                        serials.append(serial)
                 self._revoke_ephemeral(probe, device, "revocation probe", at)
                 with contextlib.suppress(KeyError):
                     self.controller.identities.revoke(device, reason, at)

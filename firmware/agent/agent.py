@@ -35,6 +35,7 @@ from tiepdan.firmware.core.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.evidence.recipients import Recipients
 from tiepdan.firmware.recording.session import BoxRecording
 from tiepdan.firmware.recording.uploader import Uploader
+from tiepdan.firmware.renewal.renewer import CertificateRenewal
 from tiepdan.firmware.update.client import OtaClient
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Agent:
         self.ota = OtaClient(self)
         self.recipients = Recipients(config.state_dir)
         self.uploader = Uploader(self)
+        self.renewal = CertificateRenewal(self)
 
     # -- extension points ------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class Agent:
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self.telemetry.run(), "telemetry")
         self.spawn(self.uploader.run(), "uploader")
+        self.spawn(self.renewal.run(), "renewal")
         if self.notifier.watchdog_interval:
             self.spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
         try:

@@ -62,6 +62,8 @@ class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+$")]
     device: DeviceSection
     broker: BrokerSection
+    # Where the agent renews its certificate over mutual TLS (issue 15); empty on older cards.
+    renew_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
 
 
 class EnrollError(RuntimeError):
@@ -194,8 +196,8 @@ async def post(session: aiohttp.ClientSession, url: str, request: protocol.Enrol
                     return protocol.decode(body, protocol.EnrollResponse)
                 except protocol.ProtocolError as exc:
                     raise EnrollError("bad_response", str(exc)) from None
-            retry_after = _retry_after(reply.headers.get("Retry-After"))
-            refusal = _refusal(body)
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            refusal = parse_refusal(body)
             if reply.status in (408, 429) or reply.status >= 500:
                 raise Transient(f"HTTP {reply.status}: {refusal.message}", retry_after)
             raise EnrollError(refusal.code, f"HTTP {reply.status}: {refusal.message}")
@@ -207,7 +209,7 @@ async def post(session: aiohttp.ClientSession, url: str, request: protocol.Enrol
         raise Transient(f"{type(exc).__name__}: {exc}") from None
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -218,7 +220,7 @@ class _Refused(msgspec.Struct):
     error: protocol.EnrollRefusal
 
 
-def _refusal(body: bytes) -> protocol.EnrollRefusal:
+def parse_refusal(body: bytes) -> protocol.EnrollRefusal:
     try:
         return msgspec.json.decode(body, type=_Refused).error
     except msgspec.DecodeError:
@@ -226,7 +228,8 @@ def _refusal(body: bytes) -> protocol.EnrollRefusal:
                                       message=body[:200].decode(errors="replace"))
 
 
-def check_certificate(response: protocol.EnrollResponse, *, device: str, ca_pem: bytes,
+def check_certificate(response: protocol.EnrollResponse | protocol.RenewResponse, *,
+                      device: str, ca_pem: bytes,
                       key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     """The certificate must be ours: our key, our device id, signed by the SD card's CA."""
     try:
@@ -263,6 +266,8 @@ def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
     for name in ("ca_file", "cert_file", "key_file"):
         mqtt.pop(name, None)  # the defaults under <state>/tls/ are where enrollment writes
     settings.setdefault("state", {})["dir"] = str(state)
+    if provision.renew_url:
+        settings.setdefault("renewal", {})["url"] = provision.renew_url
     header = (f"# written by tiepdan-enroll from the boot partition's {FOLDER}/{PROVISION_FILE};"
               "\n# settings are documented in the README (Configuration).\n")
     write_atomic(path, (header + tomli_w.dumps(settings)).encode(), 0o644)
