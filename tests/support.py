@@ -204,13 +204,18 @@ class SecureBroker:
     TLS material and the listener config of `tiepdan-provision ca init`, with debug logging on
     (where Mosquitto reports refused publishes) and a reload command the controller can run."""
 
+    # The root CA's key as `ca init` writes it: encrypted, on "offline media".
+    passphrase = b"correct horse battery staple"
+
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
+        self.root_key = tmp_path / "offline" / "root.key"
         self.broker = Mosquitto(tmp_path / "broker")
         self.material = material_for(self.controller_config())
         initialise(self.material, controller="central", hosts=["127.0.0.1", "localhost"],
                    broker_port=self.broker.port, listen_host=self.broker.host, cert_days=30,
-                   crl_days=30, debug_log=True)
+                   crl_days=30, debug_log=True, root_key=self.root_key,
+                   passphrase=self.passphrase)
         self.broker.listeners = listener_text(self.material.broker, self.broker.port,
                                               self.broker.host, debug_log=True)
 

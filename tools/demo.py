@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import secrets
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ from tiepdan.controller.cli.fleet_table import fleet_table
 from tiepdan.controller.cli.provision import new_box
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -132,10 +134,16 @@ def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
 def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) -> None:
     """`tiepdan-provision ca init`: the CA, the TLS material, and the broker's TLS listener."""
     material = material_for(config)
+    # The root CA's key as on offline media: apart from the controller's data, encrypted.
+    offline = workdir / "offline"
+    offline.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passphrase = secrets.token_urlsafe(24)
+    write_private(offline / "root-passphrase.txt", f"{passphrase}\n".encode())
     initialise(material, controller=config.controller.id, hosts=[broker.host, "localhost"],
                broker_port=broker.port, listen_host=broker.host,
                cert_days=config.provisioning.server_cert_days,
-               crl_days=config.provisioning.crl_days)
+               crl_days=config.provisioning.crl_days, root_key=offline / "root.key",
+               passphrase=passphrase.encode())
     broker.listeners = material.broker.conf.read_text()
 
 

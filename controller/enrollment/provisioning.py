@@ -145,6 +145,7 @@ class Provisioning:
         self.enrollment = Enrollment(self)
         self.renewal = RenewalSite(self)
         self._ca: CertificateAuthority | None = None
+        self._ca_changed = 0
         self._lock = asyncio.Lock()
         controller.registry.listen(self._check_birth)
         controller.app.add_routes([
@@ -177,10 +178,12 @@ class Provisioning:
 
     def authority(self) -> CertificateAuthority:
         """The provisioning CA; Unavailable until `tiepdan-provision ca init` has run."""
-        if self._ca is None:
-            if not self.material.exists():
-                raise Unavailable("no provisioning CA: run `tiepdan-provision ca init` first")
-            self._ca = self.material.authority()
+        if not self.material.exists():
+            raise Unavailable("no provisioning CA: run `tiepdan-provision ca init` first")
+        # `ca rotate` (another process) replaces the issuing CA: pick the new one up.
+        changed = self.material.ca_cert.stat().st_mtime_ns
+        if self._ca is None or changed != self._ca_changed:
+            self._ca, self._ca_changed = self.material.authority(), changed
         return self._ca
 
     @property
@@ -346,7 +349,8 @@ class Provisioning:
         ca = self.authority()
         device = common_name(peer_cert.subject)
         serial = serial_hex(peer_cert)
-        if device is None or not ca.issued(peer_cert):
+        if device is None or not any(a.issued(peer_cert)
+                                     for a in self.material.authorities()):
             raise Refused(403, "unknown_certificate", "not a box certificate of this CA")
         box = self.claims.get(device)
         if box is None or box.enrolled_at is None:

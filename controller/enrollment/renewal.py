@@ -34,8 +34,9 @@ class RenewalSite:
 
     def context(self) -> ssl.SSLContext:
         material = self._provisioning.material
+        # Every live issuing CA: a box certified before a rotation renews into the new one.
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
-                                             cafile=str(material.ca_cert))
+                                             cadata=material.trust_pem().decode())
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_cert_chain(material.enroll_cert, material.enroll_key)

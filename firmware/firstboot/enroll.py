@@ -231,10 +231,12 @@ def parse_refusal(body: bytes) -> protocol.EnrollRefusal:
 def check_certificate(response: protocol.EnrollResponse | protocol.RenewResponse, *,
                       device: str, ca_pem: bytes,
                       key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """The certificate must be ours: our key, our device id, signed by the SD card's CA."""
+    """The certificate must be ours: our key, our device id, signed by a CA of the SD card's
+    bundle, or by an issuing CA in the answer that the bundle's root signed (a rotation)."""
     try:
         cert = x509.load_pem_x509_certificate(response.certificate.encode())
-        ca = x509.load_pem_x509_certificate(ca_pem)
+        anchors = x509.load_pem_x509_certificates(ca_pem)
+        offered = x509.load_pem_x509_certificates(response.ca.encode())
     except ValueError as exc:
         raise EnrollError("bad_response", f"unreadable certificate: {exc}") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -244,14 +246,32 @@ def check_certificate(response: protocol.EnrollResponse | protocol.RenewResponse
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [n.value for n in names] != [device] or response.device != device:
         raise EnrollError("bad_response", f"the certificate is not for {device}")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    roots = [a for a in anchors if _path_length(a) >= 1]
+    issuers = anchors + [c for c in offered if c not in anchors and _path_length(c) >= 0
+                         and any(_signed_by(c, r) for r in roots)]
+    if not any(_signed_by(cert, issuer) for issuer in issuers):
         raise EnrollError("bad_response", "the certificate is not signed by the provisioning "
                                           "CA on the SD card") from None
-    if x509.load_pem_x509_certificate(response.ca.encode()) != ca:
-        raise EnrollError("bad_response", "the controller names another CA than the SD card")
     return cert
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _path_length(cert: x509.Certificate) -> int:
+    """-1 for a leaf; a CA's path length (a root that signs issuing CAs has 1)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return -1
+    if not constraints.ca:
+        return -1
+    return 99 if constraints.path_length is None else constraints.path_length
 
 
 def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
