@@ -91,6 +91,8 @@ class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     dir: str = ""  # default <data dir>/archive
     recipients: tuple[str, ...] = ()  # age X25519 recipients ("age1..."); empty: see README
+    # Without recipients, make and keep a decryption identity on the controller: trials only.
+    trial_identity: bool = False
     escrow_recipient: str = ""
     max_segment_mb: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
     record_bridge: bool = True

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 import msgspec
+import pyrage
 import tomli_w
 from rich.console import Console, Group
 from rich.live import Live
@@ -113,8 +114,23 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "info"},
         "provisioning": {"broker_host": broker.host, "broker_reload": broker.reload_command(),
-                         "enroll_host": "127.0.0.1", "enroll_port": free_port()},
+                         "enroll_host": "127.0.0.1", "enroll_port": free_port(),
+                         "renew_host": "127.0.0.1", "renew_port": free_port()},
+        # The controller gets only the archivist's public recipient, never the identity.
+        "archive": {"recipients": [archivist_recipient(workdir / "archivist")]},
     }
+
+
+def archivist_recipient(folder: Path) -> str:
+    """The archivist's age identity, made apart from the controller's data (as it would be on
+    the archivist's offline machine); returns its public recipient."""
+    identity_file = folder / "identity.txt"
+    if not identity_file.exists():
+        identity = pyrage.x25519.Identity.generate()
+        write_private(identity_file, f"# public key: {identity.to_public()}\n{identity}\n"
+                      .encode())
+    secret = identity_file.read_text().splitlines()[-1]
+    return str(pyrage.x25519.Identity.from_str(secret).to_public())
 
 
 def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,

@@ -191,9 +191,11 @@ def run(count: int, concurrency: int) -> dict[str, Any]:
         "mqtt": {"host": "127.0.0.1", "port": tls_broker.port, "tls": True},
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "warning"},
+        "archive": {"trial_identity": True},  # a benchmark, not a deployment
         "provisioning": {"broker_host": "127.0.0.1", "enroll_host": "127.0.0.1",
                          "enroll_port": enroll_port, "enroll_rate": 100_000,
-                         "enroll_burst": 1_000_000,
+                         "enroll_burst": 1_000_000, "renew_host": "127.0.0.1",
+                         "renew_port": free_port(),
                          "broker_reload": tls_broker.reload_command()},
     }
     config = msgspec.convert(settings, ControllerConfig)
