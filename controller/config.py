@@ -62,8 +62,18 @@ class ProvisioningSection(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     enroll_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 1.0
     enroll_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
     token_days: Annotated[float, msgspec.Meta(gt=0, le=365)] = 7.0
-    cert_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] = 3650
-    crl_days: Annotated[int, msgspec.Meta(ge=2, le=3650)] = 365
+    # A box's certificate lives at most a year and is renewed over mutual TLS (renewal.py).
+    cert_days: Annotated[float, msgspec.Meta(gt=0, le=366)] = 365
+    # The central side's own certificates (broker, enrollment and renewal sites, controller).
+    server_cert_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 825
+    # nextUpdate of the CRL; it is re-signed every `crl_refresh_hours`, so the broker (which
+    # refuses every client once the CRL is past nextUpdate) survives a controller outage of
+    # about `crl_days` minus the refresh interval.
+    crl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 2.0
+    crl_refresh_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 30)] = 4.0
+    renew_host: str = "0.0.0.0"
+    renew_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8444
+    renew_url: str = ""
 
 
 class OtaSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,6 +91,8 @@ class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     dir: str = ""  # default <data dir>/archive
     recipients: tuple[str, ...] = ()  # age X25519 recipients ("age1..."); empty: see README
+    # Without recipients, make and keep a decryption identity on the controller: trials only.
+    trial_identity: bool = False
     escrow_recipient: str = ""
     max_segment_mb: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
     record_bridge: bool = True

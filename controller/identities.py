@@ -85,3 +85,16 @@ class Identities:
             "SELECT device, sign_key, cert_serial, cert_fingerprint, enrolled_at, revoked_at, "
             "revoked_reason FROM device_identities ORDER BY device")
         return [DeviceIdentity(*row) for row in rows]
+
+    def holders(self, sign_key: bytes) -> list[str]:
+        """Every device this key is (or was, if revoked) bound to: a key speaks for one box."""
+        rows = self._db.conn.execute(
+            "SELECT device FROM device_identities WHERE sign_key = ? ORDER BY device",
+            (sign_key,))
+        return [row[0] for row in rows]
+
+    def certificate(self, device: str, cert_serial: str, cert_fingerprint: str) -> None:
+        """A renewed certificate for the same, still trusted, binding."""
+        self._db.conn.execute(
+            "UPDATE device_identities SET cert_serial = ?, cert_fingerprint = ? "
+            "WHERE device = ? AND revoked_at IS NULL", (cert_serial, cert_fingerprint, device))

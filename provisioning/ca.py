@@ -1,4 +1,11 @@
-"""The provisioning CA: one key that vouches for the broker, the controller and every box.
+"""The provisioning CA: an offline root, and the online issuing CA it signs.
+
+The root (`create_root`) signs nothing but issuing CAs; its key is encrypted with a passphrase
+and kept on offline media, brought out only to start or rotate the issuing CA
+(`issue_authority`). The issuing CA's key lives on the controller and vouches for the broker,
+the controller and every box. Trust files (`pem`) carry the issuing CA with its chain up to the
+root, so a box or broker that trusts the bundle keeps trusting an issuing CA the root signs
+later.
 
 Keys are ECDSA P-256: every OpenSSL that Mosquitto, Python and a Pi ship with speaks it, and
 handshakes are cheap on a Pi. A box's certificate carries only `CN=<device id>`, which the
@@ -28,7 +35,8 @@ from tiepdan.firmware.evidence.identity import write_private
 # Certificates start a little in the past: a broker or box whose clock lags by minutes must not
 # refuse a certificate that was issued a moment ago.
 BACKDATE = dt.timedelta(hours=1)
-CA_DAYS = 20 * 365
+CA_DAYS = 20 * 365  # the root; also a one-tier CA (tests, other parties' CAs)
+ISSUING_DAYS = 5 * 365  # rotated by the root long before: certificates it issues must end first
 
 
 class CsrRefused(BadInput):
@@ -79,15 +87,27 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+def load_key(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    except TypeError as exc:  # encrypted without a passphrase, or the other way round
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} is not an EC private key")
     return key
 
 
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    write_private(path, key_pem(key))
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey,
+              passphrase: bytes | None = None) -> None:
+    """Mode 0600; encrypted (PKCS#8, the best scheme the library has) with a passphrase."""
+    if passphrase is None:
+        write_private(path, key_pem(key))
+        return
+    if len(passphrase) < 12:
+        raise ValueError("the passphrase must have at least 12 characters")
+    write_private(path, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase)))
 
 
 def write_public(path: Path, data: bytes) -> None:
@@ -109,13 +129,26 @@ class Revoked:
     revoked_at: dt.datetime
 
 
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+        encipher_only=False, decipher_only=False)
+
+
 class CertificateAuthority:
-    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    """A CA key and certificate; `chain` holds the certificates above it (the root)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate,
+                 chain: Sequence[x509.Certificate] = ()) -> None:
         self.key = key
         self.cert = cert
+        self.chain = list(chain)
 
     @classmethod
-    def create(cls, name: str) -> CertificateAuthority:
+    def create(cls, name: str, *, days: float = CA_DAYS,
+               path_length: int = 0) -> CertificateAuthority:
+        """A self-signed CA: `path_length=1` for a root that signs issuing CAs."""
         key = new_key()
         start = now() - BACKDATE
         cert = (
@@ -123,12 +156,10 @@ class CertificateAuthority:
             .subject_name(_name(name)).issuer_name(_name(name))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                           critical=True)
+            .add_extension(_ca_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, hashes.SHA256())
@@ -136,16 +167,52 @@ class CertificateAuthority:
         return cls(key, cert)
 
     @classmethod
-    def load(cls, key_file: Path, cert_file: Path) -> CertificateAuthority:
-        return cls(load_key(key_file), x509.load_pem_x509_certificate(cert_file.read_bytes()))
+    def create_root(cls, name: str, days: float = CA_DAYS) -> CertificateAuthority:
+        return cls.create(name, days=days, path_length=1)
 
-    def save(self, key_file: Path, cert_file: Path) -> None:
-        write_key(key_file, self.key)
-        write_public(cert_file, cert_pem(self.cert))
+    @property
+    def is_root(self) -> bool:
+        constraints = self.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        return not self.chain and (constraints.path_length or 0) >= 1
+
+    def issue_authority(self, name: str, days: float = ISSUING_DAYS) -> CertificateAuthority:
+        """A new issuing CA (its own fresh key) under this root; it may sign only leaves."""
+        if not self.is_root:
+            raise ValueError("only the root CA signs issuing CAs")
+        key = new_key()
+        issued = now()
+        end = min(issued + dt.timedelta(days=days), self.cert.not_valid_after_utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name)).issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(issued - BACKDATE).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_ca_usage(), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return CertificateAuthority(key, cert, [self.cert, *self.chain])
+
+    @classmethod
+    def load(cls, key_file: Path, cert_file: Path,
+             passphrase: bytes | None = None) -> CertificateAuthority:
+        """`cert_file` holds the CA's certificate first, then its chain (as `save` writes)."""
+        certs = x509.load_pem_x509_certificates(cert_file.read_bytes())
+        return cls(load_key(key_file, passphrase), certs[0], certs[1:])
+
+    def save(self, key_file: Path, cert_file: Path, passphrase: bytes | None = None) -> None:
+        write_key(key_file, self.key, passphrase)
+        write_public(cert_file, self.pem)
 
     @property
     def pem(self) -> bytes:
-        return cert_pem(self.cert)
+        """The trust bundle: this CA's certificate and the chain above it, up to the root."""
+        return b"".join(cert_pem(c) for c in [self.cert, *self.chain])
 
     def _leaf(self, public_key: ec.EllipticCurvePublicKey, cn: str, days: float,
               usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:

@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS provisioned_boxes (
     revoked_at REAL,
     revoked_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS device_certificates (
+    serial TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    not_after REAL NOT NULL,
+    issued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_certificates_device ON device_certificates (device);
 CREATE TABLE IF NOT EXISTS revoked_certificates (
     serial TEXT PRIMARY KEY,
     device TEXT NOT NULL,
@@ -181,6 +188,44 @@ class ClaimStore:
              cert_not_after, device))
         if cur.rowcount != 1:
             raise ClaimRefused("token_used", "the token has already been used")
+
+    def record_certificate(self, device: str, serial: str, not_after: float,
+                           at: float | None = None) -> None:
+        """Every certificate a box was given: a renewed box holds two valid ones for a while,
+        and revocation must list both."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO device_certificates (serial, device, not_after, issued_at) "
+            "VALUES (?, ?, ?, ?)", (serial, device, not_after, time.time() if at is None else at))
+
+    def certificates(self, device: str, at: float | None = None) -> list[tuple[str, float]]:
+        """(serial, not after) of the box's certificates that have not expired, the current
+        one included (also for boxes enrolled before this table existed)."""
+        at = time.time() if at is None else at
+        rows = self._conn.execute(
+            "SELECT serial, not_after FROM device_certificates WHERE device = ? AND "
+            "not_after > ? ORDER BY issued_at", (device, at))
+        found = {serial: not_after for serial, not_after in rows}
+        box = self.get(device)
+        if box is not None and box.cert_serial and box.cert_not_after and \
+                box.cert_not_after > at:
+            found.setdefault(box.cert_serial, box.cert_not_after)
+        return list(found.items())
+
+    def renewed(self, device: str, *, cert_pem: str, cert_serial: str,
+                cert_not_after: float) -> None:
+        """The box's current certificate is now this one (same key, see renewal)."""
+        cur = self._conn.execute(
+            "UPDATE provisioned_boxes SET cert_pem = ?, cert_serial = ?, cert_not_after = ? "
+            "WHERE device = ? AND enrolled_at IS NOT NULL AND revoked_at IS NULL",
+            (cert_pem, cert_serial, cert_not_after, device))
+        if cur.rowcount != 1:
+            raise ClaimRefused("revoked", f"{device} is not an enrolled, unrevoked box")
+        self.record_certificate(device, cert_serial, cert_not_after)
+
+    def is_revoked_certificate(self, serial: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM revoked_certificates WHERE serial = ?",
+                                 (serial,)).fetchone()
+        return row is not None
 
     def revoke(self, device: str, reason: str, at: float) -> Box:
         self._conn.execute(

@@ -11,9 +11,14 @@ broker in tests/provisioning/test_broker_security.py:
   client id, so no box can take over another box's session by borrowing its client id.
 - `acl_file`: PUBLISH is checked on receipt (a denied QoS 1 publish gets PUBACK 0x87; the broker
   logs "Denied PUBLISH" at debug level only). Read access is checked for every message at
-  delivery, retained ones included. SUBSCRIBE itself is *not* checked (the source says "FIXME -
-  implement ACL subscription strings"): a box may subscribe to `tiepdan/#` and gets a SUBACK,
-  but is delivered nothing it may not read. `log_type subscribe` records such subscriptions.
+  delivery, retained ones included. SUBSCRIBE itself is *not* checked by the ACL file (the
+  source says "FIXME - implement ACL subscription strings"); the dynamic-security plugin checks
+  it instead (see provisioning/dynsec.py): a refused SUBSCRIBE gets SUBACK 0x87. The broker
+  logs granted subscriptions (`log_type subscribe`), never a refused one.
+- Limits (`LIMITS`): a PUBLISH larger than `max_packet_size` is refused and its sender
+  disconnected ("exceeded maximum packet size" with `log_type debug`, otherwise a plain
+  disconnect); queued messages per client are bounded in number and bytes, oldest kept, newest
+  dropped; a session nobody resumes is dropped after `persistent_client_expiration`.
 - SIGHUP rereads the ACL file (connected clients get the new rules at once) and, on a listener
   with both `crlfile` and `require_certificate`, rebuilds the TLS context with the CRL. A client
   already connected keeps its connection: revocation cuts it separately (session takeover,
@@ -29,6 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tiepdan.firmware import protocol
+from tiepdan.provisioning import dynsec
+
+# Room for the topic, MQTT 5 properties (response topic, correlation data, expiry) and headers
+# beyond the largest payload either side accepts (protocol.MAX_PAYLOAD).
+PACKET_OVERHEAD = 8 * 1024
+LIMITS: dict[str, str] = {
+    "max_packet_size": str(protocol.MAX_PAYLOAD + PACKET_OVERHEAD),
+    # Per client: the controller's queue while it restarts is the largest (QoS 1 events from
+    # the whole fleet); a box's is a few commands. Beyond either bound new messages are dropped.
+    "max_queued_messages": "20000",
+    "max_queued_bytes": str(64 * 1024 * 1024),
+    "max_inflight_messages": "100",
+    # A box away longer than this (a flood, a long power cut) starts a fresh session; its
+    # retained desired state and job are still there.
+    "persistent_client_expiration": "14d",
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,11 @@ class BrokerFiles:
     @property
     def conf(self) -> Path:
         return self.dir / "tiepdan.conf"
+
+    @property
+    def dynsec(self) -> Path:
+        """The dynamic-security plugin's file: written once, then owned by the plugin."""
+        return self.dir / "dynamic-security.json"
 
 
 def box_acl_rules() -> list[str]:
@@ -101,15 +127,21 @@ def acl_text(controllers: Sequence[str], revoked: Iterable[str] = ()) -> str:
 
 
 def listener_text(files: BrokerFiles, port: int, host: str | None = None, *,
-                  debug_log: bool = False) -> str:
-    """The security settings and the one TLS listener, for mosquitto.conf (or conf.d/)."""
+                  debug_log: bool = False, plugin: Path | None = None) -> str:
+    """The security settings, limits and the one TLS listener, for mosquitto.conf (or conf.d/).
+
+    `plugin` is the dynamic-security plugin (found in the usual places when not given)."""
     bind = f"listener {port} {host}" if host else f"listener {port}"
     lines = [
         "# tiepdan fleet listener (provisioning/mosquitto.py): mutual TLS only, identity from the",
-        "# certificate, per-device ACL, CRL. SIGHUP reloads the ACL and the CRL. The first lines",
-        "# apply to the whole broker: no anonymous client, one ACL for every listener.",
+        "# certificate, per-device ACL, subscribe rules, CRL, size and queue limits. SIGHUP",
+        "# reloads the ACL and the CRL. The first lines apply to the whole broker: no anonymous",
+        "# client, one ACL for every listener.",
         "per_listener_settings false",
         "allow_anonymous false",
+        *(f"{name} {value}" for name, value in LIMITS.items()),
+        f"plugin {plugin or dynsec.plugin_path()}",
+        f"plugin_opt_config_file {files.dynsec}",
         f"acl_file {files.acl}",
         "log_type subscribe",
         # Mosquitto logs refused publishes ("Denied PUBLISH") only at debug level.

@@ -25,6 +25,7 @@ from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent, Exit
 from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
+from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
 from tiepdan.provisioning.material import initialise
 from tiepdan.provisioning.mosquitto import listener_text
@@ -85,6 +86,8 @@ def make_controller_config(tmp_path: Path, broker: Mosquitto,
         "http": {"host": "127.0.0.1", "port": free_port()},
         "registry": {"flush_interval": 0.2},
         "log": {"level": "debug"},
+        # The tests decrypt what they archive; production sets archive.recipients instead.
+        "archive": {"trial_identity": True},
     }
     for section, values in sections.items():
         settings.setdefault(section, {}).update(values)
@@ -203,13 +206,18 @@ class SecureBroker:
     TLS material and the listener config of `tiepdan-provision ca init`, with debug logging on
     (where Mosquitto reports refused publishes) and a reload command the controller can run."""
 
+    # The root CA's key as `ca init` writes it: encrypted, on "offline media".
+    passphrase = b"correct horse battery staple"
+
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
+        self.root_key = tmp_path / "offline" / "root.key"
         self.broker = Mosquitto(tmp_path / "broker")
         self.material = material_for(self.controller_config())
         initialise(self.material, controller="central", hosts=["127.0.0.1", "localhost"],
                    broker_port=self.broker.port, listen_host=self.broker.host, cert_days=30,
-                   crl_days=30, debug_log=True)
+                   crl_days=30, debug_log=True, root_key=self.root_key,
+                   passphrase=self.passphrase)
         self.broker.listeners = listener_text(self.material.broker, self.broker.port,
                                               self.broker.host, debug_log=True)
 
@@ -226,6 +234,7 @@ class SecureBroker:
             "mqtt": {"tls": True},
             "provisioning": {"broker_reload": self.broker.reload_command(),
                              "enroll_host": "127.0.0.1", "enroll_port": 0,
+                             "renew_host": "127.0.0.1", "renew_port": 0,
                              "broker_host": "127.0.0.1"},
         }
         for section, values in sections.items():
@@ -244,6 +253,15 @@ class SecureBroker:
 
     def log(self) -> str:
         return self.broker.logfile.read_text(errors="replace")
+
+    async def admit(self, *devices: str) -> None:
+        """Give boxes their subscribe rules, as the controller does at enrollment."""
+        cn = dynsec.admin_username("controller-central")
+        tls = self.issue(cn, self.tmp_path / cn)
+        assert tls.cert_file is not None and tls.key_file is not None
+        admin = dynsec.Admin(self.host, self.port, tls.ca_file, tls.cert_file, tls.key_file,
+                             client_id=cn)
+        await asyncio.to_thread(admin.add_boxes, devices)
 
 
 class TlsClient:

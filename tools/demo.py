@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 import msgspec
+import pyrage
 import tomli_w
 from rich.console import Console, Group
 from rich.live import Live
@@ -37,6 +39,7 @@ from tiepdan.controller.cli.fleet_table import fleet_table
 from tiepdan.controller.cli.provision import new_box
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -111,8 +114,23 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "info"},
         "provisioning": {"broker_host": broker.host, "broker_reload": broker.reload_command(),
-                         "enroll_host": "127.0.0.1", "enroll_port": free_port()},
+                         "enroll_host": "127.0.0.1", "enroll_port": free_port(),
+                         "renew_host": "127.0.0.1", "renew_port": free_port()},
+        # The controller gets only the archivist's public recipient, never the identity.
+        "archive": {"recipients": [archivist_recipient(workdir / "archivist")]},
     }
+
+
+def archivist_recipient(folder: Path) -> str:
+    """The archivist's age identity, made apart from the controller's data (as it would be on
+    the archivist's offline machine); returns its public recipient."""
+    identity_file = folder / "identity.txt"
+    if not identity_file.exists():
+        identity = pyrage.x25519.Identity.generate()
+        write_private(identity_file, f"# public key: {identity.to_public()}\n{identity}\n"
+                      .encode())
+    secret = identity_file.read_text().splitlines()[-1]
+    return str(pyrage.x25519.Identity.from_str(secret).to_public())
 
 
 def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
@@ -132,9 +150,16 @@ def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
 def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) -> None:
     """`tiepdan-provision ca init`: the CA, the TLS material, and the broker's TLS listener."""
     material = material_for(config)
+    # The root CA's key as on offline media: apart from the controller's data, encrypted.
+    offline = workdir / "offline"
+    offline.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passphrase = secrets.token_urlsafe(24)
+    write_private(offline / "root-passphrase.txt", f"{passphrase}\n".encode())
     initialise(material, controller=config.controller.id, hosts=[broker.host, "localhost"],
                broker_port=broker.port, listen_host=broker.host,
-               cert_days=config.provisioning.cert_days, crl_days=config.provisioning.crl_days)
+               cert_days=config.provisioning.server_cert_days,
+               crl_days=config.provisioning.crl_days, root_key=offline / "root.key",
+               passphrase=passphrase.encode())
     broker.listeners = material.broker.conf.read_text()
 
 

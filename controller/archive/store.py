@@ -51,6 +51,7 @@ from tiepdan.errors import (
     TooLarge,
 )
 from tiepdan.firmware import protocol
+from tiepdan.firmware.core.config import ConfigError
 from tiepdan.firmware.core.durable import fsync_dir, write_atomic
 from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.evidence.manifest import (
@@ -218,6 +219,13 @@ class Archive:
     def _recipients(self) -> list[str]:
         recipients = list(self.config.recipients)
         if not recipients:
+            if not self.config.trial_identity:
+                # Security by default: whoever holds the controller must not read recordings.
+                raise ConfigError(
+                    "no [archive] recipients: generate the archive's age identity on the "
+                    "archivist's offline machine (age-keygen) and set archive.recipients to its "
+                    "public key; only for a trial, archive.trial_identity = true keeps one on "
+                    "this controller")
             if not self.identity_file.exists():
                 identity = pyrage.x25519.Identity.generate()
                 write_private(self.identity_file, f"# public key: {identity.to_public()}\n"

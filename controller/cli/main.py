@@ -34,7 +34,11 @@ def _run(config: ControllerConfig, args: argparse.Namespace, console: Console) -
     logs.setup(config.log.level, config.log.format)
 
     async def run() -> None:
-        controller = Controller(config)
+        try:
+            controller = Controller(config)
+        except ConfigError as exc:
+            log.error("config_invalid %s", exc)
+            raise SystemExit(2) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, controller.request_stop)

@@ -1,19 +1,24 @@
 """`tiepdan-provision`: the technician's and the central admin's tool for box identities.
 
-    tiepdan-provision ca init --host mqtt.tinh.example.gov.vn
+    tiepdan-provision ca init --host mqtt.tinh.example.gov.vn --root-key /media/usb/root.key
+    tiepdan-provision ca rotate --root-key /media/usb/root.key
     tiepdan-provision new-box --commune 17980 --hall "UBND xã Hưng Nguyên" --boot /media/bootfs
     tiepdan-provision verify xa-17980-3fa2c1
     tiepdan-provision revoke xa-17980-3fa2c1 --reason "stolen 2025-06-30"
     tiepdan-provision list
 
-`ca init` runs once on the central server, before the controller's first start. Every other
-command talks to the running controller's admin API (address and token from the controller's
+`ca init` runs once on the central server, before the controller's first start; it writes the
+root CA's key, encrypted with a passphrase (from --passphrase-file or asked for), to offline
+media, and keeps only the issuing CA online. `ca rotate` brings the root key back to sign a new
+issuing CA (every few years, or when the online key may have leaked). Every other command
+talks to the running controller's admin API (address and token from the controller's
 configuration), which keeps the claim tokens and does the signing.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import time
 from collections.abc import Callable
@@ -34,14 +39,47 @@ from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
 from tiepdan.firmware.protocol.firstboot import Provision
 from tiepdan.provisioning.boot import write_boot_folder
+from tiepdan.provisioning.ca import CertificateAuthority, serial_hex
 from tiepdan.provisioning.label import Label, write_labels
-from tiepdan.provisioning.material import initialise
+from tiepdan.provisioning.material import initialise, rotate
 
 
 def _when(epoch: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     if not epoch:
         return "-"
     return datetime.fromtimestamp(epoch, UTC).astimezone().strftime(fmt)
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
+    if args.passphrase_file:
+        path: Path = args.passphrase_file
+        lines = path.read_text().splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"{path} is empty")
+        return lines[0].encode()
+    first: str = getpass.getpass("root CA key passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise ValueError("the passphrases differ")
+    return first.encode()
+
+
+def _ca_rotate(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
+    material = material_for(config)
+    if not material.exists() or not material.root_cert.exists():
+        console.print(f"[red]no two-tier CA in {material.dir}[/red] (`ca init --root-key` "
+                      "makes one)")
+        return 1
+    root = CertificateAuthority.load(args.root_key, material.root_cert,
+                                     _passphrase(args, confirm=False))
+    old = material.authority()
+    ca = rotate(material, root, controller=config.controller.id,
+                cert_days=config.provisioning.server_cert_days)
+    console.print(f"[green]new issuing CA[/green] {ca.cert.subject.rfc4514_string()} "
+                  f"(serial {serial_hex(ca.cert)}); the old one ({serial_hex(old.cert)}) is "
+                  f"kept in {material.previous_dir} to sign CRLs until its certificates "
+                  "expire.\nNow restart the controller: it rewrites the CRLs and reloads the "
+                  "broker. Boxes renew into the new CA by themselves.")
+    return 0
 
 
 def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
@@ -53,9 +91,16 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     host, port = broker_address(config)
     hosts = args.host or [host, "localhost", "127.0.0.1"]
     p = config.provisioning
+    if args.root_key.exists():
+        console.print(f"[red]{args.root_key} already exists[/red]: a root key is never "
+                      "overwritten; choose another path")
+        return 1
+    passphrase = _passphrase(args, confirm=True)
     initialise(material, controller=config.controller.id, hosts=hosts, broker_port=port,
-               listen_host=args.listen_host, cert_days=p.cert_days, crl_days=p.crl_days,
-               debug_log=args.broker_debug_log)
+               listen_host=args.listen_host, cert_days=p.server_cert_days, crl_days=p.crl_days,
+               debug_log=args.broker_debug_log, root_key=args.root_key, passphrase=passphrase)
+    console.print(f"[green]root CA key written, encrypted,[/green] to {args.root_key}: keep it "
+                  "offline (and a second copy); it is needed only for `ca rotate`.")
     broker = material.broker
     console.print(f"[green]provisioning CA created[/green] in {material.dir} "
                   f"(key mode 0600), valid for {', '.join(dict.fromkeys(hosts))}")
@@ -276,6 +321,15 @@ def parser() -> argparse.ArgumentParser:
                            "publishes")
     init.add_argument("--force", action="store_true",
                       help="replace an existing CA (every enrolled box must enroll again)")
+    rotate = ca_sub.add_parser("rotate", help="a new online issuing CA, signed by the root "
+                                              "(boxes keep working; restart the controller)")
+    for command in (init, rotate):
+        command.add_argument("--root-key", type=Path, required=True,
+                             help="the root CA's encrypted key on offline media (init writes "
+                                  "it, rotate reads it)")
+        command.add_argument("--passphrase-file", type=Path,
+                             help="a file whose first line is the root key's passphrase "
+                                  "(default: ask)")
     n = sub.add_parser("new-box", help="claim token, first-boot folder and QR label for a box")
     n.add_argument("--commune", default="", help="commune code, e.g. 17980 (required for a "
                                                   "commune hall's box)")
@@ -312,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "ca":
+            if args.ca_command == "rotate":
+                return _ca_rotate(config, args, console)
             return _ca_init(config, args, console)
         return COMMANDS[args.command](config, args, console)
     except ApiError as exc:

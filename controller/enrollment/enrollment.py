@@ -18,6 +18,7 @@ from aiohttp import web
 
 from tiepdan.errors import Forbidden
 from tiepdan.firmware import protocol
+from tiepdan.provisioning.dynsec import DynsecError
 
 if TYPE_CHECKING:
     from tiepdan.controller.enrollment.provisioning import Provisioning
@@ -128,4 +129,12 @@ class Enrollment:
             log.warning("enroll_refused device=%s commune=%s peer=%s code=%s error=%s",
                         enroll.device, enroll.commune, peer, exc.code, exc)
             return refusal(exc.status, exc.code, str(exc))
+        try:
+            # Before the box has its certificate: a box the broker's subscribe rules do not know
+            # would be checked by the ACL file alone. The box retries; the answer is the same.
+            await self._provisioning.admit([enroll.device])
+        except DynsecError as exc:
+            log.error("enroll_deferred device=%s peer=%s reason=broker_rules error=%s",
+                      enroll.device, peer, exc)
+            return refusal(503, "unavailable", "the broker is not ready for this box yet")
         return web.Response(body=protocol.encode(answer), content_type="application/json")

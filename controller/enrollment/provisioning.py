@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 import paho.mqtt.client as paho
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -46,17 +47,21 @@ from paho.mqtt.properties import Properties
 from tiepdan import errors
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
+from tiepdan.controller.enrollment.renewal import RenewalSite
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.protocol.firstboot import BrokerSection, Provision
+from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
+    BACKDATE,
     CertificateAuthority,
     CsrRefused,
     Revoked,
     cert_pem,
     check_device_csr,
+    common_name,
     fingerprint,
     key_pem,
     new_key,
@@ -67,6 +72,7 @@ from tiepdan.provisioning.claims import Box, ClaimRefused, ClaimStore
 from tiepdan.provisioning.material import (
     Material,
     check_box_id,
+    controller_client_id,
     write_broker_state,
 )
 from tiepdan.provisioning.mosquitto import BrokerFiles
@@ -80,7 +86,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CRL_CHECK_S = 3600.0
+CRL_CHECK_S = 600.0
 CA_WAIT_S = 30.0
 # Throw-away certificates (the reload probe, the session takeover) live this long at most.
 EPHEMERAL_DAYS = 10 / (24 * 60)
@@ -149,7 +155,9 @@ class Provisioning:
         self.controller_id = config.controller.id
         self.claims = ClaimStore(db.conn)
         self.enrollment = Enrollment(self)
+        self.renewal = RenewalSite(self)
         self._ca: CertificateAuthority | None = None
+        self._ca_changed = 0
         self._lock = asyncio.Lock()
 
     def check_birth(self, device: Device, what: str) -> None:
@@ -175,10 +183,12 @@ class Provisioning:
 
     def authority(self) -> CertificateAuthority:
         """The provisioning CA; Unavailable until `tiepdan-provision ca init` has run."""
-        if self._ca is None:
-            if not self.material.exists():
-                raise Unavailable("no provisioning CA: run `tiepdan-provision ca init` first")
-            self._ca = self.material.authority()
+        if not self.material.exists():
+            raise Unavailable("no provisioning CA: run `tiepdan-provision ca init` first")
+        # `ca rotate` (another process) replaces the issuing CA: pick the new one up.
+        changed = self.material.ca_cert.stat().st_mtime_ns
+        if self._ca is None or changed != self._ca_changed:
+            self._ca, self._ca_changed = self.material.authority(), changed
         return self._ca
 
     @property
@@ -189,6 +199,15 @@ class Provisioning:
         host = f"[{host}]" if ":" in host else host
         port = self.enrollment.port or self.settings.enroll_port
         return f"https://{host}:{port}{protocol.ENROLL_PATH}"
+
+    @property
+    def renew_url(self) -> str:
+        if self.settings.renew_url:
+            return self.settings.renew_url
+        host, _ = broker_address(self.config)
+        host = f"[{host}]" if ":" in host else host
+        port = self.renewal.port or self.settings.renew_port
+        return f"https://{host}:{port}{protocol.RENEW_PATH}"
 
     async def run(self) -> None:
         """Serve enrollment and keep the broker's CRL fresh until cancelled."""
@@ -207,18 +226,46 @@ class Provisioning:
                 # Revocation and the CRL still matter without it; say so and carry on.
                 log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port,
                           exc)
+            try:
+                await self.renewal.start()
+            except OSError as exc:
+                log.error("renewal_unavailable port=%s error=%s", self.settings.renew_port, exc)
             while True:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
                     await self._sync_logged("crl_refresh")
         finally:
             await self.enrollment.stop()
+            await self.renewal.stop()
 
     async def _sync_logged(self, why: str) -> None:
         try:
             await self.sync_broker(why)
         except (OSError, ValueError) as exc:
             log.error("broker_files_failed why=%s error=%s", why, exc)
+        if why == "start":
+            enrolled = [b.device for b in self.claims.all() if b.cert_pem and not b.revoked_at]
+            try:
+                await self.admit(enrolled)
+            except dynsec.DynsecError as exc:
+                log.error("broker_subscribe_rules_failed boxes=%d error=%s", len(enrolled), exc)
+
+    async def admit(self, devices: list[str]) -> bool:
+        """Give boxes their SUBSCRIBE rules on the running broker (provisioning/dynsec.py),
+        as a throw-away admin identity; DynsecError when the broker would not take them."""
+        target = self._broker_tls()
+        if target is None or not devices:
+            if target is None:
+                log.warning("broker_subscribe_rules_skipped reason=the controller does not use "
+                            "TLS")
+            return False
+        username = dynsec.admin_username(controller_client_id(self.controller_id))
+        key = new_key()
+        cert = self.authority().issue_client(key.public_key(), username, EPHEMERAL_DAYS)
+        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+            admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
+            await asyncio.to_thread(admin.add_boxes, devices)
+        return True
 
     # -- claim tokens and enrollment ---------------------------------------------------------------
 
@@ -247,7 +294,7 @@ class Provisioning:
             device=msgspec.convert({"id": box.device, "name": box.hall, "kind": box.kind,
                                     "province": box.province, "commune": box.commune},
                                    DeviceSection),
-            broker=BrokerSection(host=host, port=port))
+            broker=BrokerSection(host=host, port=port), renew_url=self.renew_url)
 
     def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
         """Grant a certificate, or raise Refused; everything granted commits together."""
@@ -255,11 +302,7 @@ class Provisioning:
             ca = self.authority()
         except Unavailable as exc:
             raise Refused(503, "unavailable", str(exc)) from None
-        try:
-            sign_key = base64.b64decode(request.sign_key, validate=True)
-            Ed25519PublicKey.from_public_bytes(sign_key)
-        except (ValueError, binascii.Error) as exc:
-            raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+        sign_key = check_sign_key(request)
         try:
             csr = check_device_csr(request.csr, request.device)
         except CsrRefused as exc:
@@ -276,6 +319,12 @@ class Provisioning:
             except ClaimRefused as exc:
                 raise Refused(403, exc.code, str(exc)) from None
             repeated = box.cert_pem is not None
+            others = [d for d in self.identities.holders(sign_key)
+                      if d != request.device]
+            if others:
+                # A cloned key (a stolen box's) would sign recordings for two boxes at once.
+                raise Refused(409, "duplicate_sign_key", "this signing key is already bound to "
+                              f"another box ({others[0]})")
             if box.cert_pem is not None:
                 certificate = box.cert_pem
                 serial = box.cert_serial
@@ -286,6 +335,8 @@ class Provisioning:
                                      cert_pem=certificate, cert_serial=serial,
                                      cert_not_after=cert.not_valid_after_utc.timestamp(),
                                      peer=peer)
+                self.claims.record_certificate(request.device, serial,
+                                               cert.not_valid_after_utc.timestamp())
                 self.identities.bind(request.device, sign_key, cert_serial=serial,
                                                  cert_fingerprint=fingerprint(cert))
         log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
@@ -294,6 +345,46 @@ class Provisioning:
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
             controller_sign_key=base64.b64encode(self.signing.public_raw()).decode())
+
+    def renew(self, peer_cert: x509.Certificate, request: protocol.RenewRequest,
+              peer: str) -> protocol.RenewResponse:
+        """A new certificate for the same key, for a box that proved itself with the certificate
+        it holds (mutual TLS); Refused otherwise. The old one stays valid until it expires
+        (the box may not have stored the answer yet) and is revoked with the box."""
+        ca = self.authority()
+        device = common_name(peer_cert.subject)
+        serial = serial_hex(peer_cert)
+        if device is None or not any(a.issued(peer_cert)
+                                     for a in self.material.authorities()):
+            raise Refused(403, "unknown_certificate", "not a box certificate of this CA")
+        box = self.claims.get(device)
+        if box is None or box.enrolled_at is None:
+            raise Refused(403, "unknown_device", f"{device} is not an enrolled box")
+        if box.revoked_at is not None or self.claims.is_revoked_certificate(serial):
+            raise Refused(403, "revoked", f"{device} or this certificate has been revoked")
+        if serial not in dict(self.claims.certificates(device)):
+            raise Refused(403, "unknown_certificate", f"{serial} is not a current certificate "
+                                                      f"of {device}")
+        try:
+            csr = check_device_csr(request.csr, device)
+        except CsrRefused as exc:
+            raise Refused(403 if exc.code == "forged_subject" else 400, exc.code,
+                          str(exc)) from None
+        key = csr.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        if public_key_fingerprint(key) != box.tls_key:
+            raise Refused(403, "wrong_key", "renewal keeps the box's key; a new key means "
+                                            "enrolling again")
+        cert = ca.issue_client(key, device, self.settings.cert_days)
+        certificate, new_serial = cert_pem(cert).decode(), serial_hex(cert)
+        with self.db.transaction():
+            self.claims.renewed(device, cert_pem=certificate, cert_serial=new_serial,
+                                cert_not_after=cert.not_valid_after_utc.timestamp())
+            self.identities.certificate(device, new_serial, fingerprint(cert))
+        log.info("certificate_renewed device=%s peer=%s old=%s serial=%s not_after=%s", device,
+                 peer, serial, new_serial, cert.not_valid_after_utc.date().isoformat())
+        return protocol.RenewResponse(device=device, certificate=certificate,
+                                      ca=ca.pem.decode())
 
     # -- the broker's files ------------------------------------------------------------------------
 
@@ -308,13 +399,20 @@ class Provisioning:
                  len(revoked), changed)
         await self.reload_broker(why)
 
-    def crl_due(self) -> bool:
+    def crl_due(self, now: dt.datetime | None = None) -> bool:
+        """Re-sign when the CRL is `crl_refresh_hours` old, or half its life is gone (a
+        shorter `crl_days`), or it cannot be read."""
+        now = now or dt.datetime.now(dt.UTC)
         try:
             crl = x509.load_pem_x509_crl(self.material.broker.crl.read_bytes())
         except (OSError, ValueError):
             return True
-        left = (crl.next_update_utc or dt.datetime.now(dt.UTC)) - dt.datetime.now(dt.UTC)
-        return left < dt.timedelta(days=self.settings.crl_days / 2)
+        if crl.next_update_utc is None:
+            return True
+        signed = crl.last_update_utc + BACKDATE
+        age, left = now - signed, crl.next_update_utc - now
+        return (age >= dt.timedelta(hours=self.settings.crl_refresh_hours)
+                or left < dt.timedelta(days=self.settings.crl_days / 2))
 
     async def reload_broker(self, why: str) -> bool:
         argv = list(self.settings.broker_reload)
@@ -354,11 +452,11 @@ class Provisioning:
             with self.db.transaction():
                 if box is not None:
                     box = self.claims.revoke(device, reason, at)
-                    if box.cert_serial and box.cert_not_after:
+                    # Every unexpired certificate: a renewed box still holds its previous one.
+                    for serial, not_after in self.claims.certificates(device, at):
                         self.claims.add_revoked_certificate(
-                            box.cert_serial, device=device, not_after=box.cert_not_after,
-                            reason=reason, at=at)
-                        serials.append(box.cert_serial)
+                            serial, device=device, not_after=not_after, reason=reason, at=at)
+                        serials.append(serial)
                 self._revoke_ephemeral(probe, device, "revocation probe", at)
                 with contextlib.suppress(KeyError):
                     self.identities.revoke(device, reason, at)
@@ -430,6 +528,26 @@ class Provisioning:
             return False
         with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
             return await asyncio.to_thread(_connect_once, *target, cert_file, key_file, device)
+
+
+def check_sign_key(request: protocol.EnrollRequest) -> bytes:
+    """The Ed25519 public key, once its proof of possession verifies; Refused otherwise."""
+    try:
+        sign_key = base64.b64decode(request.sign_key, validate=True)
+        public = Ed25519PublicKey.from_public_bytes(sign_key)
+    except (ValueError, binascii.Error) as exc:
+        raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+    if not request.sign_proof:
+        raise Refused(400, "no_proof", "the request carries no proof of possession of the "
+                                       "signing key (firmware older than issue 15?)")
+    challenge = protocol.enroll_challenge(request.device, request.token, request.csr,
+                                          request.sign_key)
+    try:
+        public.verify(base64.b64decode(request.sign_proof, validate=True), challenge)
+    except (InvalidSignature, ValueError, binascii.Error):
+        raise Refused(403, "bad_proof", "the signing key's proof of possession does not "
+                                        "verify for this token and CSR") from None
+    return sign_key
 
 
 class Unavailable(errors.Unavailable, RuntimeError):

@@ -39,6 +39,7 @@ from tiepdan.firmware.core.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.evidence.recipients import Recipients
 from tiepdan.firmware.recording.session import BoxRecording
 from tiepdan.firmware.recording.uploader import Uploader
+from tiepdan.firmware.renewal.renewer import CertificateRenewal
 from tiepdan.firmware.update.client import OtaClient
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class Agent:
         self.uploader = Uploader(self, self.recipients)
         self.recording = BoxRecording(self, self.call, self.uploader)
         self.ota = OtaClient(self)
+        self.renewal = CertificateRenewal(self)
         self._connect()
 
     def _connect(self) -> None:
@@ -237,6 +239,7 @@ class Agent:
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self.telemetry.run(), "telemetry")
         self.spawn(self.uploader.run(), "uploader")
+        self.spawn(self.renewal.run(), "renewal")
         if self.notifier.watchdog_interval:
             self.spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
 

@@ -73,6 +73,16 @@ class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     delete_grace: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 86400.0
 
 
+class RenewalSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Certificate renewal over mutual TLS (firmware/renewal/)."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
+    check_interval: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 6 * 3600.0
+    renew_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 1 / 3
+    retry_min: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 60.0
+    retry_max: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 6 * 3600.0
+
+
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceSection
     board: BoardSection = BoardSection()
@@ -83,6 +93,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     call: CallSection = CallSection()
     ota: UpdateSection = UpdateSection()
     recording: RecordingSection = RecordingSection()
+    renewal: RenewalSection = RenewalSection()
 
     @property
     def state_dir(self) -> Path:

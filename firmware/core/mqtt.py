@@ -122,8 +122,10 @@ class MqttLink:
         self._client.max_inflight_messages_set(100)
         if settings.username:
             self._client.username_pw_set(settings.username, settings.password)
+        self._tls: ssl.SSLContext | None = None
         if settings.tls:
-            self._client.tls_set_context(_tls_context(settings.tls))
+            self._tls = _tls_context(settings.tls)
+            self._client.tls_set_context(self._tls)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
@@ -294,6 +296,18 @@ class MqttLink:
         future: asyncio.Future[list[int]] = loop.create_future()
         self._subscribing[mid] = future
         return await asyncio.wait_for(future, self.settings.connect_timeout)
+
+    def reload_certificate(self) -> None:
+        """Use the certificate and key files as they are now from the next connection on (a
+        renewed certificate); the connection that is up stays as it is."""
+        tls = self.settings.tls
+        if self._tls is None or tls is None or tls.cert_file is None:
+            return
+        try:
+            self._tls.load_cert_chain(str(tls.cert_file),
+                                      str(tls.key_file) if tls.key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"TLS material unusable ({tls.cert_file}): {exc}") from None
 
     def ack(self, message: Inbound) -> None:
         """Acknowledge a QoS 1 message once it is safely handled (manual-ack links only)."""

@@ -3,11 +3,12 @@
 Run once by `tiepdan-firstboot.service` before the agent. It reads `<boot>/tiepdan/`
 (`provision.toml`: device, broker and enrollment URL; `ca.pem`; `claim.token`), creates the
 box's TLS key and Ed25519 signing key on the box (neither ever leaves it), sends a CSR, the
-token and the signing key's public half to the controller over HTTPS (checked against the CA from
-the SD card), checks the certificate it gets back, writes it under `<state dir>/tls/`, the
-controller's public key under `<state dir>/identity/`, and the agent configuration, and deletes
-the token. A box that cannot reach the controller keeps trying; a refusal is final and logged.
-Running it again after success does nothing.
+token and the signing key's public half, with a signature proving the box holds it, to the
+controller over HTTPS (checked against the CA from the SD card), checks the certificate it gets
+back, writes it under `<state dir>/tls/`, the controller's public key under
+`<state dir>/identity/`, and the agent configuration, and deletes the token. A box that cannot
+reach the controller keeps trying; a refusal is final and logged. Running it again after
+success does nothing.
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ def make_csr(key: ec.EllipticCurvePrivateKey, device: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def signed_request(identity: Identity, *, device: str, commune: str, token: str,
+                   csr: str) -> protocol.EnrollRequest:
+    """The request, with the signing key's proof of possession over this token and CSR: the
+    controller binds no public key the box cannot sign with."""
+    sign_key = base64.b64encode(identity.signing_public_raw()).decode()
+    proof = identity.signing_key().sign(protocol.enroll_challenge(device, token, csr, sign_key))
+    return protocol.EnrollRequest(device=device, commune=commune, token=token, csr=csr,
+                                  sign_key=sign_key, sign_proof=base64.b64encode(proof).decode())
+
+
 def client_context(ca_pem: bytes) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem.decode())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -146,8 +157,8 @@ async def post(session: aiohttp.ClientSession, url: str, request: protocol.Enrol
                     return protocol.decode(body, protocol.EnrollResponse)
                 except protocol.ProtocolError as exc:
                     raise EnrollError("bad_response", str(exc)) from None
-            retry_after = _retry_after(reply.headers.get("Retry-After"))
-            refusal = _refusal(body)
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            refusal = parse_refusal(body)
             if reply.status in (408, 429) or reply.status >= 500:
                 raise Transient(f"HTTP {reply.status}: {refusal.message}", retry_after)
             raise EnrollError(refusal.code, f"HTTP {reply.status}: {refusal.message}")
@@ -159,7 +170,7 @@ async def post(session: aiohttp.ClientSession, url: str, request: protocol.Enrol
         raise Transient(f"{type(exc).__name__}: {exc}") from None
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -170,7 +181,7 @@ class _Refused(msgspec.Struct):
     error: protocol.EnrollRefusal
 
 
-def _refusal(body: bytes) -> protocol.EnrollRefusal:
+def parse_refusal(body: bytes) -> protocol.EnrollRefusal:
     try:
         return msgspec.json.decode(body, type=_Refused).error
     except msgspec.DecodeError:
@@ -178,12 +189,15 @@ def _refusal(body: bytes) -> protocol.EnrollRefusal:
                                       message=body[:200].decode(errors="replace"))
 
 
-def check_certificate(response: protocol.EnrollResponse, *, device: str, ca_pem: bytes,
+def check_certificate(response: protocol.EnrollResponse | protocol.RenewResponse, *,
+                      device: str, ca_pem: bytes,
                       key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """The certificate must be ours: our key, our device id, signed by the SD card's CA."""
+    """The certificate must be ours: our key, our device id, signed by a CA of the SD card's
+    bundle, or by an issuing CA in the answer that the bundle's root signed (a rotation)."""
     try:
         cert = x509.load_pem_x509_certificate(response.certificate.encode())
-        ca = x509.load_pem_x509_certificate(ca_pem)
+        anchors = x509.load_pem_x509_certificates(ca_pem)
+        offered = x509.load_pem_x509_certificates(response.ca.encode())
     except ValueError as exc:
         raise EnrollError("bad_response", f"unreadable certificate: {exc}") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -193,14 +207,32 @@ def check_certificate(response: protocol.EnrollResponse, *, device: str, ca_pem:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if [n.value for n in names] != [device] or response.device != device:
         raise EnrollError("bad_response", f"the certificate is not for {device}")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    roots = [a for a in anchors if _path_length(a) >= 1]
+    issuers = anchors + [c for c in offered if c not in anchors and _path_length(c) >= 0
+                         and any(_signed_by(c, r) for r in roots)]
+    if not any(_signed_by(cert, issuer) for issuer in issuers):
         raise EnrollError("bad_response", "the certificate is not signed by the provisioning "
                                           "CA on the SD card") from None
-    if x509.load_pem_x509_certificate(response.ca.encode()) != ca:
-        raise EnrollError("bad_response", "the controller names another CA than the SD card")
     return cert
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _path_length(cert: x509.Certificate) -> int:
+    """-1 for a leaf; a CA's path length (a root that signs issuing CAs has 1)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return -1
+    if not constraints.ca:
+        return -1
+    return 99 if constraints.path_length is None else constraints.path_length
 
 
 def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
@@ -215,6 +247,8 @@ def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
     for name in ("ca_file", "cert_file", "key_file"):
         mqtt.pop(name, None)  # the defaults under <state>/tls/ are where enrollment writes
     settings.setdefault("state", {})["dir"] = str(state)
+    if provision.renew_url:
+        settings.setdefault("renewal", {})["url"] = provision.renew_url
     header = (f"# written by tiepdan-enroll from the boot partition's {FOLDER}/{PROVISION_FILE};"
               "\n# settings are documented in the README (Configuration).\n")
     write_atomic(path, (header + tomli_w.dumps(settings)).encode(), 0o644)
@@ -234,10 +268,8 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
     device = provision.device.id
     key = tls_key(paths.key)
     identity = Identity(paths.state)
-    request = protocol.EnrollRequest(
-        device=device, commune=provision.device.commune, token=token,
-        csr=make_csr(key, device),
-        sign_key=base64.b64encode(identity.signing_public_raw()).decode())
+    request = signed_request(identity, device=device, commune=provision.device.commune,
+                             token=token, csr=make_csr(key, device))
     context = client_context(ca_pem)
     loop = asyncio.get_running_loop()
     backoff = Backoff(retry_min, retry_max)

@@ -610,12 +610,31 @@ ENROLL_PATH: Final = "/v1/enroll"
 SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 
 
+# base64 of a 64-byte Ed25519 signature (\Z: no trailing newline); empty only in requests from
+# firmware older than issue 15, which the controller refuses
+SignProof = Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9+/]{86}==)?\Z")]
+
+
 class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceId
     commune: Annotated[str, msgspec.Meta(max_length=16)]
     token: Annotated[str, msgspec.Meta(min_length=16, max_length=128)]
     csr: Annotated[str, msgspec.Meta(max_length=8192)]
     sign_key: SignKey
+    # Proof of possession: the signing key's signature over `enroll_challenge(...)`.
+    sign_proof: SignProof = ""
+
+
+ENROLL_PROOF_CONTEXT: Final = b"tiepdan enroll proof of possession v1"
+
+
+def enroll_challenge(device: str, token: str, csr: str, sign_key: str) -> bytes:
+    """What the box signs with its Ed25519 key at enrollment: bound to this claim token and
+    this CSR, so a signature made for one enrollment proves nothing for another. Each field is
+    length-prefixed (no two field lists give the same bytes) and domain-separated."""
+    parts = [ENROLL_PROOF_CONTEXT, device.encode(), token.encode(), csr.encode(),
+             sign_key.encode()]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 class EnrollResponse(msgspec.Struct, frozen=True):
@@ -623,6 +642,21 @@ class EnrollResponse(msgspec.Struct, frozen=True):
     certificate: str
     ca: str
     controller_sign_key: SignKey
+
+
+# Renewal (issue 15): an enrolled box POSTs a CSR for its own key over mutual TLS, with the
+# certificate it holds; it gets a new certificate (a RenewResponse) or {"error": EnrollRefusal}.
+RENEW_PATH: Final = "/v1/renew"
+
+
+class RenewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    csr: Annotated[str, msgspec.Meta(max_length=8192)]
+
+
+class RenewResponse(msgspec.Struct, frozen=True):
+    device: DeviceId
+    certificate: str
+    ca: str
 
 
 class EnrollRefusal(msgspec.Struct, frozen=True):

@@ -32,6 +32,8 @@ class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+$")]
     device: DeviceSection
     broker: BrokerSection
+    # Where the agent renews its certificate over mutual TLS (issue 15); empty on older cards.
+    renew_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
 
 
 class EnrollError(Forbidden, RuntimeError):

@@ -166,6 +166,7 @@ async def test_controller_killed_mid_campaign_resumes_it(
                  "reconnect_min": 0.2, "reconnect_max": 1.0},
         "http": {"host": "127.0.0.1", "port": port},
         "ota": ota_settings(tmp_path, repo),
+        "archive": {"trial_identity": True},
     }))
 
     def start() -> subprocess.Popen[bytes]:

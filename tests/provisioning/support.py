@@ -52,15 +52,21 @@ def token_of(paths: Paths) -> str:
 
 def request_for(paths: Paths, *, device: str | None = None, commune: str = "hung-nguyen",
                 token: str | None = None, csr: str | None = None,
-                cn: str | None = None) -> dict[str, Any]:
-    """An enrollment request as a box would build it, with any part replaced."""
+                cn: str | None = None, sign_key: bytes | None = None,
+                signer: Identity | None = None) -> dict[str, Any]:
+    """An enrollment request as a box would build it, with any part replaced; the proof of
+    possession is made by `signer` (the box's own signing key unless given)."""
     device = device or paths.state.name
     key = tls_key(paths.key)
-    sign_key = Identity(paths.state).signing_public_raw()
+    identity = Identity(paths.state)
+    public = base64.b64encode(sign_key or identity.signing_public_raw()).decode()
+    token = token or token_of(paths)
+    csr = csr if csr is not None else make_csr(key, cn or device)
+    proof = (signer or identity).signing_key().sign(
+        protocol.enroll_challenge(device, token, csr, public))
     return {
-        "device": device, "commune": commune, "token": token or token_of(paths),
-        "csr": csr if csr is not None else make_csr(key, cn or device),
-        "sign_key": base64.b64encode(sign_key).decode(),
+        "device": device, "commune": commune, "token": token, "csr": csr,
+        "sign_key": public, "sign_proof": base64.b64encode(proof).decode(),
     }
 
 

@@ -97,8 +97,9 @@ async def test_a_box_publishing_to_command_topics_is_refused(
 
 async def test_a_box_subscribing_to_everything_receives_only_its_own(
         secure_broker: SecureBroker, tmp_path: Path) -> None:
-    """Mosquitto 2.0's ACL file never checks SUBSCRIBE itself: the wildcard is granted and
-    logged, and every message is then checked against the box's read rights on delivery."""
+    """Defence in depth for a box the subscribe rules do not know (provisioning/dynsec.py
+    refuses these filters for every enrolled box): Mosquitto 2.0's ACL file grants the
+    wildcard, and every message is then checked against the box's read rights on delivery."""
     async with client(secure_broker, tmp_path, "controller-central") as ctl, \
             client(secure_broker, tmp_path, "xa-a") as a, \
             client(secure_broker, tmp_path, "xa-b") as b:
@@ -163,3 +164,28 @@ def test_the_acl_follows_the_protocol_directions() -> None:
     assert "user xa-z\ntopic deny #" in text
     with pytest.raises(protocol.ProtocolError):
         acl_text(["controller central"])
+
+
+async def test_a_ten_megabyte_retained_message_is_refused(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """The issue's attack: a box stored 10 MB retained on its own `evt/big`. The broker now
+    reads the packet's length, answers DISCONNECT 0x95 (packet too large) and keeps nothing;
+    the box reconnects and carries on."""
+    async with client(secure_broker, tmp_path, "controller-central") as ctl, \
+            client(secure_broker, tmp_path, "xa-a") as a:
+        await connected(ctl, a)
+        big = protocol.event_topic("xa-a", "big")
+        a.link.publish(big, b"x" * (10 * 1024 * 1024), qos=0, retain=True)
+        await eventually(lambda: a.link.connects >= 2, what="the box back after the refusal")
+        assert "Client xa-a disconnected due to oversize packet." in secure_broker.log()
+        await a.link.publish(protocol.event_topic("xa-a", "small"), b"{}", qos=1, retain=True)
+        granted = await ctl.link.subscribe((protocol.device_filter("xa-a", "evt/+"), 1))
+        assert granted == [1]
+        await eventually(lambda: ctl.on(protocol.event_topic("xa-a", "small")),
+                         what="the small retained event")
+        assert not ctl.on(big), "the broker kept the 10 MB message"
+        limit = protocol.MAX_PAYLOAD
+        # At the protocol's own limit a message still goes through.
+        await a.link.publish(protocol.event_topic("xa-a", "edge"), b"y" * limit, qos=1)
+        await eventually(lambda: ctl.on(protocol.event_topic("xa-a", "edge")),
+                         what="a message of MAX_PAYLOAD bytes")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 import tomli_w
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.provisioning.support import FAST_AGENT
 from tests.support import SecureBroker, eventually, running_agent, running_controller
@@ -42,11 +44,29 @@ async def test_ca_init_writes_a_broker_configuration_mosquitto_accepts(tmp_path:
         "mqtt": {"host": "127.0.0.1", "port": port},
     }, ControllerConfig)
     path = write_config(tmp_path / "controller.toml", config)
+    root_key, secret = tmp_path / "usb" / "root.key", tmp_path / "passphrase"
+    secret.write_text("correct horse battery staple\n")
+    offline = ["--root-key", root_key, "--passphrase-file", secret]
     status, out = await run(BIN / "tiepdan-provision", "--config", path, "ca", "init",
-                            "--listen-host", "127.0.0.1")
+                            "--listen-host", "127.0.0.1", *offline)
     assert status == 0, out
     assert "provisioning CA created" in out
     assert ((tmp_path / "ctl" / "provisioning" / "ca.key").stat().st_mode & 0o777) == 0o600
+    # The root's key went to the "offline media", encrypted; only the issuing CA is online.
+    assert b"ENCRYPTED PRIVATE KEY" in root_key.read_bytes()
+    assert (root_key.stat().st_mode & 0o777) == 0o600
+    root = x509.load_pem_x509_certificate((tmp_path / "ctl/provisioning/root.pem").read_bytes())
+    bundle = x509.load_pem_x509_certificates(
+        (tmp_path / "ctl/provisioning/ca.pem").read_bytes())
+    assert [c.subject for c in bundle] == [bundle[0].subject, root.subject]
+    bundle[0].verify_directly_issued_by(root)
+    root_spki = root.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    for key in (tmp_path / "ctl").rglob("*.key"):
+        loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        assert loaded.public_key().public_bytes(
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo) != root_spki, key
     for name in ("ca.pem", "controller.pem", "controller.key"):
         assert (tmp_path / "ctl" / "tls" / name).exists()
     conf = (tmp_path / "ctl" / "broker" / "tiepdan.conf").read_text()
@@ -54,8 +74,22 @@ async def test_ca_init_writes_a_broker_configuration_mosquitto_accepts(tmp_path:
     with Mosquitto(tmp_path / "mosquitto", port=port, listeners=conf) as broker:
         assert broker.process is not None and broker.process.poll() is None
 
-    status, out = await run(BIN / "tiepdan-provision", "--config", path, "ca", "init")
+    status, out = await run(BIN / "tiepdan-provision", "--config", path, "ca", "init",
+                            *offline)
     assert status == 1 and "already exists" in out
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase at all\n")
+    status, out = await run(BIN / "tiepdan-provision", "--config", path, "ca", "rotate",
+                            "--root-key", root_key, "--passphrase-file", wrong)
+    assert status == 1 and "error" in out
+    status, out = await run(BIN / "tiepdan-provision", "--config", path, "ca", "rotate",
+                            *offline)
+    assert status == 0, out
+    rotated = x509.load_pem_x509_certificates(
+        (tmp_path / "ctl/provisioning/ca.pem").read_bytes())
+    assert rotated[0] != bundle[0] and rotated[1] == root
+    assert list((tmp_path / "ctl/provisioning/previous").glob("*.key"))
 
 
 async def test_a_technician_provisions_verifies_and_revokes_a_box(

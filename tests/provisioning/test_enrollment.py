@@ -83,6 +83,8 @@ async def test_a_box_enrolls_on_first_boot_and_connects_over_mutual_tls(
         response = await controller.rpc.request("xa-hung-nguyen", "ping", timeout=10)
         assert response.ok
         assert box.agent.link.connected
+        # Enrollment gave the broker this box's subscribe rules (provisioning/dynsec.py).
+        assert await box.agent.link.subscribe(("#", 1), ("$SYS/#", 1)) == [0x87, 0x87]
 
     again = await enroll(paths)
     assert again.already and again.serial == enrolled.serial
@@ -96,6 +98,54 @@ async def test_a_box_that_lost_the_answer_gets_the_same_certificate(
     second_status, second = await post_enroll(controller, body)
     assert (first_status, second_status) == (200, 200)
     assert first["certificate"] == second["certificate"]
+
+
+async def test_a_box_cannot_enroll_with_another_boxs_public_signing_key(
+        controller: Controller, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's attack: xa-b presented xa-a's public signing key and got 200. Without xa-a's
+    private key it cannot sign the challenge for its own token and CSR."""
+    a, b = provision(controller, tmp_path, "xa-a"), provision(controller, tmp_path, "xa-b")
+    assert (await post_enroll(controller, request_for(a)))[0] == 200
+    stolen_public = Identity(a.state).signing_public_raw()
+    with caplog.at_level(logging.WARNING):
+        status, answer = await post_enroll(controller, request_for(b, sign_key=stolen_public))
+    assert (status, refusal_code(answer)) == (403, "bad_proof")
+    assert "enroll_refused device=xa-b" in caplog.text and "code=bad_proof" in caplog.text
+    assert controller.identities.get("xa-b") is None
+    # The token was not spent: with its own key the box still enrolls.
+    assert (await post_enroll(controller, request_for(b)))[0] == 200
+
+
+async def test_a_cloned_signing_key_is_bound_to_one_box_only(
+        controller: Controller, tmp_path: Path) -> None:
+    """Whoever holds xa-a's private key (a stolen box) can sign the proof; the key is still
+    refused for a second box, or recordings would verify as either."""
+    a, b = provision(controller, tmp_path, "xa-a"), provision(controller, tmp_path, "xa-b")
+    assert (await post_enroll(controller, request_for(a)))[0] == 200
+    clone = Identity(a.state)
+    status, answer = await post_enroll(controller, request_for(
+        b, sign_key=clone.signing_public_raw(), signer=clone))
+    assert (status, refusal_code(answer)) == (409, "duplicate_sign_key")
+    assert controller.identities.holders(clone.signing_public_raw()) == ["xa-a"]
+
+
+async def test_a_proof_is_bound_to_its_token_and_csr(controller: Controller,
+                                                     tmp_path: Path) -> None:
+    paths = provision(controller, tmp_path, "xa-a")
+    good = request_for(paths)
+    key = tls_key(paths.key)
+    other_csr = make_csr(key, "xa-a")  # same key and subject, other bytes
+    assert other_csr != good["csr"]
+    replayed = request_for(paths, csr=other_csr)["sign_proof"]
+    for changed in ({"csr": other_csr}, {"sign_proof": replayed},
+                    {"token": good["token"][::-1]}):
+        status, answer = await post_enroll(controller, {**good, **changed})
+        assert (status, refusal_code(answer)) == (403, "bad_proof"), changed
+    status, answer = await post_enroll(controller, {**good, "sign_proof": ""})
+    assert (status, refusal_code(answer)) == (400, "no_proof")
+    old = {k: v for k, v in good.items() if k != "sign_proof"}
+    assert refusal_code((await post_enroll(controller, old))[1]) == "no_proof"
+    assert (await post_enroll(controller, good))[0] == 200
 
 
 async def test_reused_token_is_refused(controller: Controller, tmp_path: Path,

@@ -238,7 +238,8 @@ def test_enroll_request_is_checked_strictly() -> None:
     protocol.decode(msgspec.json.encode(good), protocol.EnrollRequest)
     for bad in ({**good, "sign_key": base64.b64encode(b"k" * 31).decode()},
                 {**good, "device": "controller central"}, {**good, "extra": 1},
-                {**good, "token": "short"}):
+                {**good, "token": "short"}, {**good, "sign_proof": "A" * 87 + "="},
+                {**good, "sign_proof": "A" * 86 + "==\n"}):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode(msgspec.json.encode(bad), protocol.EnrollRequest)
 

@@ -109,11 +109,20 @@ async def test_the_crl_is_re_signed_long_before_it_expires(
                                        provisioning.material.ca_cert)
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        provisioning.material.broker.crl.write_bytes(ca.crl([], 1).public_bytes(Encoding.PEM))
+        provisioning.material.broker.crl.write_bytes(
+            ca.crl([], 0.5).public_bytes(Encoding.PEM))
         assert provisioning.crl_due()
         await provisioning.sync_broker("test")
         assert not provisioning.crl_due()
         crl = x509.load_pem_x509_crl(provisioning.material.broker.crl.read_bytes())
         assert crl.get_revoked_certificate_by_serial_number(serial) is not None
         assert crl.next_update_utc is not None
-        assert crl.next_update_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=20)
+        settings = provisioning.settings
+        left = crl.next_update_utc - dt.datetime.now(dt.UTC)
+        assert dt.timedelta(days=settings.crl_days) - left < dt.timedelta(minutes=1)
+        # Refreshed within hours, not when half of a long life has gone.
+        hours = dt.timedelta(hours=settings.crl_refresh_hours)
+        now = dt.datetime.now(dt.UTC)
+        assert not provisioning.crl_due(now + hours - dt.timedelta(minutes=1))
+        assert provisioning.crl_due(now + hours + dt.timedelta(minutes=1))
+        assert settings.crl_refresh_hours < 24 * settings.crl_days / 2

@@ -83,7 +83,7 @@ async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive)
         for title in TITLES:
             packets = media["packets"][title]
             assert packets, f"{title} empty in {segment.name}"
-            assert media["decoded"][title] > 0
+            assert media["decoded"][title] > 0, (title, segment.name, len(packets))
             if "video" in title:
                 assert packets[0][1], f"{title} of {segment.name} does not start at a key frame"
             times = [ms for ms, _ in packets]

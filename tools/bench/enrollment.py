@@ -62,6 +62,7 @@ class Box:
     key_pem: bytes
     csr: str
     sign_key: str
+    signer: Ed25519PrivateKey
     token: str = ""
     certificate: str = ""
 
@@ -71,10 +72,11 @@ def make_boxes(count: int) -> list[Box]:
     for n in range(count):
         device = f"xa-bench-{n:05d}"
         key = new_key()
-        sign = Ed25519PrivateKey.generate().public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        signer = Ed25519PrivateKey.generate()
+        sign = signer.public_key().public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw)
         boxes.append(Box(device, key_pem(key), make_csr(key, device),
-                         base64.b64encode(sign).decode()))
+                         base64.b64encode(sign).decode(), signer))
     return boxes
 
 
@@ -103,8 +105,11 @@ async def enroll_all(boxes: list[Box], url: str, ca_pem: bytes,
     latencies: list[float] = []
 
     async def one(session: aiohttp.ClientSession, box: Box) -> None:
+        proof = box.signer.sign(protocol.enroll_challenge(box.device, box.token, box.csr,
+                                                           box.sign_key))
         request = protocol.EnrollRequest(device=box.device, commune="bench", token=box.token,
-                                         csr=box.csr, sign_key=box.sign_key)
+                                         csr=box.csr, sign_key=box.sign_key,
+                                         sign_proof=base64.b64encode(proof).decode())
         async with gate:
             start = time.perf_counter()
             async with session.post(url, data=protocol.encode(request), ssl=context) as reply:
@@ -186,9 +191,11 @@ def run(count: int, concurrency: int) -> dict[str, Any]:
         "mqtt": {"host": "127.0.0.1", "port": tls_broker.port, "tls": True},
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "warning"},
+        "archive": {"trial_identity": True},  # a benchmark, not a deployment
         "provisioning": {"broker_host": "127.0.0.1", "enroll_host": "127.0.0.1",
                          "enroll_port": enroll_port, "enroll_rate": 100_000,
-                         "enroll_burst": 1_000_000,
+                         "enroll_burst": 1_000_000, "renew_host": "127.0.0.1",
+                         "renew_port": free_port(),
                          "broker_reload": tls_broker.reload_command()},
     }
     config = msgspec.convert(settings, ControllerConfig)

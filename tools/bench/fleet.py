@@ -201,6 +201,7 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": False},
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "warning"},
+        "archive": {"trial_identity": True},  # a benchmark, not a deployment
     }))
     controller = subprocess.Popen(
         [sys.executable, "-m", "tiepdan.controller", "--config", str(ctl_config), "run"],

@@ -200,6 +200,7 @@ def run(boxes: int, procs: int, waves: str, max_concurrent: int, notify_rate: fl
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": False},
         "http": {"host": "127.0.0.1", "port": http_port},
         "log": {"level": "warning"},
+        "archive": {"trial_identity": True},  # a benchmark, not a deployment
         "ota": {"tick": 0.5},
     }))
     controller = subprocess.Popen(

@@ -161,6 +161,7 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         "http": {"host": "127.0.0.1", "port": http_port},
         "bridge": {"width": size[0], "height": size[1], "fps": FPS},
         "log": {"level": "warning"},
+        "archive": {"trial_identity": True},  # a benchmark, not a deployment
     }))
     logs = run_dir / "logs"
     logs.mkdir()

@@ -105,7 +105,8 @@ async def bench(segments: int, size: int, workdir: Path) -> dict[str, Any]:
             "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
             "http": {"host": "127.0.0.1", "port": free_port()},
             "log": {"level": "warning"},
-            "archive": {"record_bridge": False, "close_interval": 3600}}, ControllerConfig)
+            "archive": {"record_bridge": False, "close_interval": 3600,
+                        "trial_identity": True}}, ControllerConfig)
         controller = Controller(config)
         ready = asyncio.Event()
         task = asyncio.create_task(controller.run(ready))
