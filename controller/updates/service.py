@@ -31,11 +31,10 @@ class Updates:
         config = controller.config
         ota = config.ota
         self.controller = controller
-        self.repository_path = Path(ota.repository or config.data_dir / "ota" / "repository")
+        self.repository_path = config.ota_repository_path
         self.keys = Path(ota.keys or config.data_dir / "ota" / "keys")
         self.refresh_interval = ota.refresh_interval
-        self.campaigns = Campaigns(controller, ota.public_url or f"{config.api_url}/ota",
-                                   tick=ota.tick)
+        self.campaigns = Campaigns(controller, config.ota_public_url, tick=ota.tick)
         self.repository_path.mkdir(parents=True, exist_ok=True)
         app = controller.app
         app.router.add_static("/ota/", self.repository_path, show_index=False,
