@@ -14,6 +14,7 @@ import pytest
 CACHE = Path(os.environ.get("TIEPDAN_ROOT_CACHE", "/var/cache/tiepdan-tests"))
 SUITE = "bookworm"
 # What Raspberry Pi OS Lite has that the package relies on; the package pulls nothing else.
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 INCLUDE = ("python3", "systemd", "adduser", "init-system-helpers", "ca-certificates")
 
 
@@ -49,7 +50,7 @@ def unpack(tarball: Path, root: Path) -> Path:
 def chroot(root: Path, *argv: str, user: str | None = None, check: bool = True,
            env: dict[str, str] | None = None, timeout: float = 300
            ) -> subprocess.CompletedProcess[str]:
-    command = ["chroot", *([f"--userspec={user}:{user}"] if user else []), str(root), *argv]
+    command = [CHROOT, *([f"--userspec={user}:{user}"] if user else []), str(root), *argv]
     environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                    "HOME": "/root", **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
