@@ -90,6 +90,7 @@ class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The recording archive (issue 4): where sealed segments rest and whom they are sealed to."""
 
     dir: str = ""  # default <data dir>/archive
+    public_url: str = ""  # where boxes reach the archive; default: the HTTP address (http.*)
     recipients: tuple[str, ...] = ()  # age X25519 recipients ("age1..."); empty: see README
     # Without recipients, make and keep a decryption identity on the controller: trials only.
     trial_identity: bool = False
@@ -123,6 +124,21 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def api_url(self) -> str:
         host = "127.0.0.1" if self.http.host in ("0.0.0.0", "::", "") else self.http.host
         return f"http://{host}:{self.http.port}"
+
+    @property
+    def archive_public_url(self) -> str:
+        """The archive's address as boxes are told it at enrollment."""
+        return (self.archive.public_url or self.api_url).rstrip("/")
+
+    @property
+    def ota_public_url(self) -> str:
+        """The TUF repository's address as boxes and campaigns name it."""
+        return (self.ota.public_url or f"{self.api_url}/ota").rstrip("/")
+
+    @property
+    def ota_repository_path(self) -> Path:
+        return Path(self.ota.repository) if self.ota.repository else \
+            self.data_dir / "ota" / "repository"
 
     @property
     def token_file(self) -> Path:

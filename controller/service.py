@@ -77,10 +77,10 @@ class Controller:
                                                 self.signing.path)
         self.provisioning = Provisioning(config, self.db, self.registry, self.identities,
                                          self.signing, self.link)
-        self.campaigns = Campaigns(self.db, self.registry, self.link,
-                                   config.ota.public_url or f"{config.api_url}/ota",
+        self.campaigns = Campaigns(self.db, self.registry, self.link, config.ota_public_url,
                                    tick=config.ota.tick)
-        self.updates = Updates(config.ota, config.data_dir, self.campaigns)
+        self.updates = Updates(config.ota, config.ota_repository_path, config.data_dir,
+                               self.campaigns)
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),

@@ -1,8 +1,11 @@
-"""Update bundles: the tiepdan wheel at one version plus a manifest, in one tar file.
+"""Update bundles: the tiepdan wheel at one version, its dependencies' wheels and a manifest.
 
-The wheel is pure Python; the box's base image brings the Python dependencies. The manifest says
-what the bundle is; whether a box may install it (and whether that is a downgrade the admin
-meant) is decided by the TUF-signed targets metadata, not by anything inside the file.
+A bundle is the whole application environment of one target (issue 12): the same file is the
+first install (inside the Debian package) and the OTA update, so a fix in a dependency reaches
+the fleet the way an app change does. The manifest pins every dependency wheel by name, version
+and SHA-256; a bundle with no dependency wheels (format 1, or tests) runs on the interpreter's
+own packages. Whether a box may install it is decided by the TUF-signed targets metadata, not
+by anything inside the file.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -26,19 +30,42 @@ from packaging.version import InvalidVersion, Version
 
 from tiepdan.errors import BadInput
 
-FORMAT = 1
+FORMAT = 2
+FORMATS = (1, 2)
 MANIFEST = "manifest.json"
+DEPENDENCY_DIR = "wheels"
 PACKAGE = "tiepdan"
 MAX_MANIFEST = 64 * 1024
 # What a build copies from a source tree: the package links and the folders they point to.
 SOURCE_ENTRIES = ("pyproject.toml", "setup.py", "README.md", "tiepdan", "board", "firmware",
                   "controller", "ota", "provisioning", "tools")
+# What a box runs (issue 10/12): the box's installable never carries the controller, the
+# technician's tools or the provisioning CA.
+BOX_PARTS = ("board", "firmware", "ota")
+_PARTS = ("board", "firmware", "controller", "ota", "provisioning", "tools")
+SERVER_PARTS = _PARTS
 _VERSION_LINE = re.compile(r'^__version__ = "[^"]*"$', re.M)
 _WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl$")
+# PEP 427 file names: distribution-version(-build)?-python-abi-platform.whl
+_ANY_WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-\d[^-]*)?"
+                        r"-[^-]+-[^-]+-[^-]+\.whl$")
+MAX_WHEEL = 512 * 2**20
 
 
 class BundleError(BadInput):
     """A bundle that is not what it claims to be, or cannot be built."""
+
+
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Dependency(msgspec.Struct, frozen=True):
+    """One pinned dependency wheel, stored in the bundle as `wheels/<file>`."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    file: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.whl$")]
+    sha256: Sha256
 
 
 class BundleManifest(msgspec.Struct, frozen=True):
@@ -46,8 +73,13 @@ class BundleManifest(msgspec.Struct, frozen=True):
     package: str
     version: str
     wheel: Annotated[str, msgspec.Meta(pattern=r"^tiepdan-[^/]+-py3-none-any\.whl$")]
-    wheel_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    wheel_sha256: Sha256
     built_ms: int
+    # format 2: the environment. `target` names the platform the wheels are for ("any" when
+    # there are none); `system` lists what the OS must bring (Debian packages).
+    target: str = "any"
+    dependencies: tuple[Dependency, ...] = ()
+    system: tuple[str, ...] = ()
 
 
 def check_version(text: str) -> Version:
@@ -62,18 +94,26 @@ def bundle_name(version: str) -> str:
     return f"{PACKAGE}-{version}.tar"
 
 
-def build_wheel(source: Path, version: str, out_dir: Path) -> Path:
+def build_wheel(source: Path, version: str, out_dir: Path,
+                parts: Sequence[str] = _PARTS) -> Path:
     """Build the tiepdan wheel of `source` with `__version__` set to `version`.
 
     The tree is copied first, so the working copy is never modified; pip runs the project's
-    own build backend.
+    own build backend. `parts` limits the wheel to those packages (BOX_PARTS for a box);
+    console scripts of the parts left out are dropped with them.
     """
     check_version(version)
+    unknown = set(parts) - set(_PARTS)
+    if unknown:
+        raise BundleError(f"unknown parts {sorted(unknown)}; known: {', '.join(_PARTS)}")
+    left_out = [p for p in _PARTS if p not in parts]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tiepdan-build-") as tmp:
         stage = Path(tmp) / "src"
         stage.mkdir()
         for entry in SOURCE_ENTRIES:
+            if entry in left_out:
+                continue
             src = source / entry
             if not src.exists() and not src.is_symlink():
                 raise BundleError(f"{source} is not a tiepdan source tree: {entry} is missing")
@@ -87,12 +127,14 @@ def build_wheel(source: Path, version: str, out_dir: Path) -> Path:
         if not _VERSION_LINE.search(text):
             raise BundleError(f"{init} has no __version__ line")
         init.write_text(_VERSION_LINE.sub(f'__version__ = "{version}"', text, count=1))
+        for part in left_out:
+            (stage / "tiepdan" / part).unlink(missing_ok=True)
         wheels = Path(tmp) / "wheels"
         result = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
              "--disable-pip-version-check", "-w", str(wheels), str(stage)],
             capture_output=True, text=True, check=False,
-            env={**os.environ, "TIEPDAN_TARGET": "box"})  # a box runs nothing else
+            env={**os.environ, "TIEPDAN_PARTS": ",".join(parts)})  # setup.py drops the rest
         if result.returncode != 0:
             raise BundleError(f"pip wheel failed: {result.stderr.strip()[-2000:]}")
         built = sorted(wheels.glob("tiepdan-*.whl"))
@@ -103,6 +145,7 @@ def build_wheel(source: Path, version: str, out_dir: Path) -> Path:
     return target
 
 
+
 def wheel_version(wheel: Path) -> str:
     match = _WHEEL_NAME.match(wheel.name)
     if match is None:
@@ -110,8 +153,23 @@ def wheel_version(wheel: Path) -> str:
     return match["version"]
 
 
-def build_bundle(wheel: Path, out_dir: Path) -> Path:
-    """Wrap a wheel and its manifest into `tiepdan-<version>.tar` in `out_dir`."""
+def dependency_of(wheel: Path) -> Dependency:
+    """A dependency wheel's pin: its name and version from the file name, its hash."""
+    match = _ANY_WHEEL.match(wheel.name)
+    if match is None:
+        raise BundleError(f"{wheel.name} is not a wheel file name")
+    digest = hashlib.sha256()
+    with wheel.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return Dependency(name=match["name"], version=match["version"], file=wheel.name,
+                      sha256=digest.hexdigest())
+
+
+def build_bundle(wheel: Path, out_dir: Path, dependencies: Sequence[Path] = (), *,
+                 target: str = "any", system: Sequence[str] = ()) -> Path:
+    """Wrap the tiepdan wheel, its dependency wheels and the manifest into
+    `tiepdan-<version>.tar` in `out_dir`."""
     version = wheel_version(wheel)
     check_version(version)
     data = wheel.read_bytes()
@@ -122,21 +180,38 @@ def build_bundle(wheel: Path, out_dir: Path) -> Path:
         raise BundleError(f"{wheel.name} is not a zip file: {exc}") from None
     if "tiepdan/__init__.py" not in names:
         raise BundleError(f"{wheel.name} does not contain the tiepdan package")
+    pins = tuple(sorted((dependency_of(p) for p in dependencies), key=lambda d: d.name.lower()))
+    names = [_normal(d.name) for d in pins]
+    if len(set(names)) != len(names) or PACKAGE in names:
+        raise BundleError(f"dependency wheels name a distribution twice: {sorted(names)}")
     manifest = BundleManifest(format=FORMAT, package=PACKAGE, version=version, wheel=wheel.name,
                         wheel_sha256=hashlib.sha256(data).hexdigest(),
-                        built_ms=time.time_ns() // 1_000_000)
+                        built_ms=time.time_ns() // 1_000_000, target=target,
+                        dependencies=pins, system=tuple(system))
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / bundle_name(version)
-    tmp = target.with_name(f".{target.name}.tmp")
+    bundle = out_dir / bundle_name(version)
+    tmp = bundle.with_name(f".{bundle.name}.tmp")
+    mtime = manifest.built_ms // 1000
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, payload in ((MANIFEST, msgspec.json.encode(manifest)), (wheel.name, data)):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
-            info.mtime = manifest.built_ms // 1000
+            info.mtime = mtime
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(payload))
-    tmp.replace(target)
-    return target
+        by_file = {p.name: p for p in dependencies}
+        for pin in pins:
+            info = tar.gettarinfo(str(by_file[pin.file]), f"{DEPENDENCY_DIR}/{pin.file}")
+            info.mtime, info.mode, info.uid, info.gid = mtime, 0o644, 0, 0
+            info.uname = info.gname = ""
+            with by_file[pin.file].open("rb") as handle:
+                tar.addfile(info, handle)
+    tmp.replace(bundle)
+    return bundle
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def read_bundle(path: Path) -> tuple[BundleManifest, bytes]:
@@ -144,18 +219,22 @@ def read_bundle(path: Path) -> tuple[BundleManifest, bytes]:
     try:
         with tarfile.open(path, "r:") as tar:
             members = {m.name: m for m in tar.getmembers()}
-            if MANIFEST not in members or len(members) != 2:
-                raise BundleError(f"bundle holds {sorted(members)[:5]}, not a manifest and a wheel")
+            if MANIFEST not in members:
+                raise BundleError(f"bundle holds {sorted(members)[:5]}, not a manifest")
             manifest = msgspec.json.decode(_member(tar, members[MANIFEST], MAX_MANIFEST),
                                            type=BundleManifest)
-            if manifest.wheel not in members:
-                raise BundleError(f"bundle lacks {manifest.wheel}")
-            wheel = _member(tar, members[manifest.wheel], 512 * 2**20)
+            expected = {MANIFEST, manifest.wheel,
+                        *(f"{DEPENDENCY_DIR}/{d.file}" for d in manifest.dependencies)}
+            if set(members) != expected:
+                raise BundleError(f"bundle members do not match its manifest: missing "
+                                  f"{sorted(expected - set(members))[:5]}, extra "
+                                  f"{sorted(set(members) - expected)[:5]}")
+            wheel = _member(tar, members[manifest.wheel], MAX_WHEEL)
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{path.name}: not a readable bundle: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BundleError(f"{path.name}: invalid manifest: {exc}") from None
-    if manifest.format != FORMAT or manifest.package != PACKAGE:
+    if manifest.format not in FORMATS or manifest.package != PACKAGE:
         raise BundleError(f"{path.name}: unsupported bundle format {manifest.format} "
                           f"of {manifest.package!r}")
     if hashlib.sha256(wheel).hexdigest() != manifest.wheel_sha256:
@@ -164,6 +243,24 @@ def read_bundle(path: Path) -> tuple[BundleManifest, bytes]:
         raise BundleError(f"{path.name}: wheel and manifest disagree on the version")
     check_version(manifest.version)
     return manifest, wheel
+
+
+def dependency_wheels(path: Path, manifest: BundleManifest) -> Iterator[tuple[Dependency, bytes]]:
+    """Each dependency wheel of a bundle `read_bundle` accepted, one at a time (a Pi has little
+    memory to spare), each checked against its pinned hash before it is handed out."""
+    pins = {f"{DEPENDENCY_DIR}/{d.file}": d for d in manifest.dependencies}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                pin = pins.get(member.name)
+                if pin is None:
+                    continue
+                data = _member(tar, member, MAX_WHEEL)
+                if hashlib.sha256(data).hexdigest() != pin.sha256:
+                    raise BundleError(f"{path.name}: {pin.file} does not match its pinned hash")
+                yield pin, data
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{path.name}: not a readable bundle: {exc}") from None
 
 
 def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:

@@ -5,7 +5,8 @@ Every part is the real program in its own process (Mosquitto, `tiepdan-controlle
 the real thing too: the demo creates the provisioning CA as `tiepdan-provision ca init` does,
 the broker accepts mutual TLS only, and each box is provisioned like a new one (claim token and
 first-boot folder from the controller) and enrolls itself with `tiepdan-enroll` before its agent
-starts. Ctrl-C stops everything; `--duration` stops it after that many seconds, for scripts.
+starts; the demo writes no box setting itself, enrollment does. Ctrl-C stops everything;
+`--duration` stops it after that many seconds, for scripts.
 The exit status is 0 when every box was seen online.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -79,10 +81,12 @@ class Processes:
         self.logdir = logdir
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logdir / f"{name}.log").open("ab") as out:
             child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=env)
         self.children.append((name, child))
         return child
 
@@ -133,20 +137,6 @@ def archivist_recipient(folder: Path) -> str:
     return str(pyrage.x25519.Identity.from_str(secret).to_public())
 
 
-def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
-                   archive_url: str) -> dict[str, Any]:
-    return {
-        "device": {"id": point.id, "name": point.name, "kind": point.kind,
-                   "province": point.province, "commune": point.commune},
-        "board": {"profile": "sim"},
-        "mqtt": {"host": broker.host, "port": broker.port, "tls": True, "keepalive": 10},
-        "telemetry": {"interval": 2.0},
-        "state": {"dir": str(workdir / "boxes" / point.id)},
-        "log": {"level": "info"},
-        "recording": {"archive_url": archive_url},
-    }
-
-
 def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) -> None:
     """`tiepdan-provision ca init`: the CA, the TLS material, and the broker's TLS listener."""
     material = material_for(config)
@@ -175,8 +165,7 @@ def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
         new_box(client, commune=point.commune, hall=point.name, boot=boot,
                 labels=workdir / "labels", device=point.id, province=point.province,
                 kind=point.kind)
-        config = write_toml(workdir / f"{point.id}.toml",
-                            agent_settings(workdir, broker, point, client.url))
+        config = workdir / f"{point.id}.toml"  # written by enrollment alone, as on a box
         with (logdir / f"{point.id}.log").open("ab") as out:
             enrolling[point.id] = subprocess.Popen(
                 [sys.executable, "-m", "tiepdan.firmware.firstboot.enroll", "--boot", str(boot),
@@ -303,9 +292,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
         failed = provision_boxes(workdir, client, broker, points, logdir, stop)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
+        # The only thing the demo adds to a box is its simulated hardware (TIEPDAN_BOARD, which
+        # board.profile = "auto" reads); every setting comes from enrollment.
+        simulated = {**os.environ, "TIEPDAN_BOARD": "sim"}
         for point in points:
             processes.start(point.id, [python, "-m", "tiepdan.firmware", "--config",
-                                       str(workdir / f"{point.id}.toml")])
+                                       str(workdir / f"{point.id}.toml")], env=simulated)
         started = time.monotonic()
         header = Text.assemble(
             ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",

@@ -47,12 +47,13 @@ from paho.mqtt.properties import Properties
 from tiepdan import errors
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
+from tiepdan.controller.enrollment.handover import handover
 from tiepdan.controller.enrollment.renewal import RenewalSite
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.evidence.identity import write_private
-from tiepdan.firmware.protocol.firstboot import BrokerSection, Provision
+from tiepdan.firmware.protocol.firstboot import BrokerSection, OtaPin, Provision
 from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
     BACKDATE,
@@ -294,7 +295,8 @@ class Provisioning:
             device=msgspec.convert({"id": box.device, "name": box.hall, "kind": box.kind,
                                     "province": box.province, "commune": box.commune},
                                    DeviceSection),
-            broker=BrokerSection(host=host, port=port), renew_url=self.renew_url)
+            broker=BrokerSection(host=host, port=port), renew_url=self.renew_url,
+            ota=OtaPin(root_sha256=handover(self.config).root_sha256))
 
     def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
         """Grant a certificate, or raise Refused; everything granted commits together."""
@@ -342,9 +344,12 @@ class Provisioning:
         log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
                  "repeated" if repeated else "done", request.device, request.commune, peer,
                  serial)
+        extra = handover(self.config)
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
-            controller_sign_key=base64.b64encode(self.signing.public_raw()).decode())
+            controller_sign_key=base64.b64encode(self.signing.public_raw()).decode(),
+            archive_url=extra.archive_url, ota_repository=extra.ota_repository,
+            ota_trusted_root=(extra.ota_trusted_root or b"").decode())
 
     def renew(self, peer_cert: x509.Certificate, request: protocol.RenewRequest,
               peer: str) -> protocol.RenewResponse:

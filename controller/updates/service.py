@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 class Updates:
     """The update repository the controller serves and keeps fresh, and its campaigns."""
 
-    def __init__(self, settings: OtaSection, data_dir: Path, campaigns: Campaigns) -> None:
-        self.repository_path = Path(settings.repository or data_dir / "ota" / "repository")
+    def __init__(self, settings: OtaSection, repository: Path, data_dir: Path,
+                 campaigns: Campaigns) -> None:
+        self.repository_path = repository
         self.keys = Path(settings.keys or data_dir / "ota" / "keys")
         self.refresh_interval = settings.refresh_interval
         self.campaigns = campaigns

@@ -47,6 +47,7 @@ class UpdateSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     root: str = "/opt/tiepdan"
     trusted_root: str = "/etc/tiepdan/ota-root.json"
+    repository: str = ""  # written at enrollment; empty: the repository each job names
     boot_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     health_timeout: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 180.0
     download_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5

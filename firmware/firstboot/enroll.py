@@ -6,9 +6,11 @@ box's TLS key and Ed25519 signing key on the box (neither ever leaves it), sends
 token and the signing key's public half, with a signature proving the box holds it, to the
 controller over HTTPS (checked against the CA from the SD card), checks the certificate it gets
 back, writes it under `<state dir>/tls/`, the controller's public key under
-`<state dir>/identity/`, and the agent configuration, and deletes the token. A box that cannot
-reach the controller keeps trying; a refusal is final and logged. Running it again after
-success does nothing.
+`<state dir>/identity/`, and the agent configuration, and deletes the token. Enrollment also
+hands over the archive's address, the OTA repository's and its TUF trusted root (checked against
+the hash pinned on the SD card), so the box records and updates with nothing edited by hand. A
+box that cannot reach the controller keeps trying; a refusal is final and logged. Running it
+again after success does nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
+import json
 import logging
 import ssl
 import sys
@@ -97,6 +101,11 @@ class Paths:
     @property
     def controller_pub(self) -> Path:
         return self.state / "identity" / "controller.pub"
+
+    @property
+    def ota_root(self) -> Path:
+        """The TUF trusted root, beside the agent's configuration (the agent's ota default)."""
+        return self.agent_config.parent / "ota-root.json"
 
 
 @dataclass(frozen=True)
@@ -235,8 +244,33 @@ def _path_length(cert: x509.Certificate) -> int:
     return 99 if constraints.path_length is None else constraints.path_length
 
 
-def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
-    """Merge provisioning into the agent's config, keeping any other settings already there."""
+def check_ota_root(response: protocol.EnrollResponse, provision: Provision) -> bytes | None:
+    """The TUF root handed over at enrollment, if any, checked against the SD card's pin."""
+    pin = provision.ota.root_sha256
+    if not response.ota_trusted_root:
+        if pin:
+            raise EnrollError("bad_response", "the SD card pins an OTA trusted root but the "
+                                              "controller sent none")
+        return None
+    root = response.ota_trusted_root.encode()
+    if pin and hashlib.sha256(root).hexdigest() != pin:
+        raise EnrollError("bad_response", "the OTA trusted root does not match the hash pinned "
+                                          "on the SD card at provisioning")
+    try:
+        signed = json.loads(root)["signed"]
+        if signed["_type"] != "root":
+            raise ValueError(f"_type is {signed['_type']!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EnrollError("bad_response", f"the OTA trusted root is not TUF root metadata: "
+                                          f"{exc}") from None
+    return root
+
+
+def write_agent_config(path: Path, provision: Provision, state: Path,
+                       response: protocol.EnrollResponse | None = None,
+                       ota_root: Path | None = None) -> None:
+    """Merge provisioning and what enrollment handed over into the agent's config, keeping any
+    other settings already there."""
     settings: dict[str, Any] = {}
     if path.exists():
         with contextlib.suppress(OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
@@ -249,6 +283,12 @@ def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
     settings.setdefault("state", {})["dir"] = str(state)
     if provision.renew_url:
         settings.setdefault("renewal", {})["url"] = provision.renew_url
+    if response is not None and response.archive_url:
+        settings.setdefault("recording", {})["archive_url"] = response.archive_url
+    if response is not None and response.ota_repository:
+        settings.setdefault("ota", {})["repository"] = response.ota_repository
+    if ota_root is not None:
+        settings.setdefault("ota", {})["trusted_root"] = str(ota_root)
     header = (f"# written by tiepdan-enroll from the boot partition's {FOLDER}/{PROVISION_FILE};"
               "\n# settings are documented in the README (Configuration).\n")
     write_atomic(path, (header + tomli_w.dumps(settings)).encode(), 0o644)
@@ -287,16 +327,22 @@ async def enroll(paths: Paths, *, retry_min: float = 2.0, retry_max: float = 60.
                 log.warning("enroll_retry device=%s seconds=%.1f error=%s", device, pause, exc)
                 await asyncio.sleep(pause)
     cert = check_certificate(response, device=device, ca_pem=ca_pem, key=key)
+    ota_root = check_ota_root(response, provision)
     controller_key = base64.b64decode(response.controller_sign_key)
     write_atomic(paths.ca, ca_pem, 0o644)
     write_atomic(paths.cert, response.certificate.encode(), 0o644)
     write_atomic(paths.controller_pub, base64.b64encode(controller_key) + b"\n", 0o644)
-    write_agent_config(paths.agent_config, provision, paths.state)
+    if ota_root is not None:
+        write_atomic(paths.ota_root, ota_root, 0o644)
+    write_agent_config(paths.agent_config, provision, paths.state, response,
+                       paths.ota_root if ota_root is not None else None)
     paths.token.unlink()
     fsync_dir(paths.folder)
     serial = f"{cert.serial_number:x}"
-    log.info("enroll_done device=%s serial=%s not_after=%s config=%s", device, serial,
-             cert.not_valid_after_utc.date().isoformat(), paths.agent_config)
+    log.info("enroll_done device=%s serial=%s not_after=%s config=%s archive=%s ota=%s "
+             "ota_root=%s", device, serial, cert.not_valid_after_utc.date().isoformat(),
+             paths.agent_config, response.archive_url or "-", response.ota_repository or "-",
+             "pinned" if provision.ota.root_sha256 else ("unpinned" if ota_root else "-"))
     return Enrolled(device, serial)
 
 

@@ -642,6 +642,13 @@ class EnrollResponse(msgspec.Struct, frozen=True):
     certificate: str
     ca: str
     controller_sign_key: SignKey
+    # Issue 12: the rest of what a box needs, so that nothing is edited by hand after first boot.
+    # Where it uploads recordings (and fetches whom to seal them to), the TUF repository it
+    # updates from, and that repository's first root metadata (JSON), which the box checks
+    # against the hash pinned on its SD card at provisioning. Empty: not configured centrally.
+    archive_url: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    ota_repository: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    ota_trusted_root: Annotated[str, msgspec.Meta(max_length=256 * 1024)] = ""
 
 
 # Renewal (issue 15): an enrolled box POSTs a CSR for its own key over mutual TLS, with the

@@ -26,6 +26,13 @@ class BrokerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 8883
 
 
+class OtaPin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The SHA-256 of the TUF root metadata the controller had at provisioning; enrollment's
+    root must match it (empty: the controller had no OTA repository yet)."""
+
+    root_sha256: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?\Z")] = ""
+
+
 class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`provision.toml` on the boot partition, written by `tiepdan-provision new-box`."""
 
@@ -34,6 +41,7 @@ class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     broker: BrokerSection
     # Where the agent renews its certificate over mutual TLS (issue 15); empty on older cards.
     renew_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
+    ota: OtaPin = OtaPin()
 
 
 class EnrollError(Forbidden, RuntimeError):

@@ -334,7 +334,7 @@ class OtaClient:
 
         from tiepdan.firmware.update.fetcher import ResumableFetcher
 
-        base = job.repository.rstrip("/")
+        base = (self.config.repository or job.repository).rstrip("/")
         received = [0, 1]
 
         def on_bytes(count: int) -> None:

@@ -1,5 +1,11 @@
 """Installing a bundle into the spare slot (the A/B state itself lives in `boot.py`).
 
+A slot is the whole application environment: `site/` holds the tiepdan wheel and every
+dependency wheel of the bundle, unpacked; `bin/tiepdan-agent` (the A/B launcher) and
+`bin/tiepdan-enroll` (first boot) run the system interpreter with `site/` first on the path, so
+the slot's pinned dependencies win over anything the OS brings, and what the OS alone provides
+(python3-picamera2, python3-lgpio) stays importable.
+
 A slot is built in `slots/.<x>.new`, flushed to disk, and renamed into place; `slot.json`,
 written last, marks it complete. A crash at any point leaves `current` and the committed slot
 untouched, and `recover()` removes the debris. Nothing here touches the running slot.
@@ -21,11 +27,26 @@ from pathlib import Path, PurePosixPath
 
 from tiepdan.errors import Unavailable
 from tiepdan.firmware.update import boot
-from tiepdan.ota.bundle import read_bundle
+from tiepdan.ota.bundle import BundleError, dependency_wheels, read_bundle
 
 log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[str], None]
+
+ENROLL = "bin/tiepdan-enroll"
+ENROLL_TEMPLATE = """#!{python}
+# tiepdan first-boot enrollment from this slot, written by tiepdan {version}. Do not edit.
+import os
+import sys
+
+slot = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+sys.path.insert(0, os.path.join(slot, "site"))
+from tiepdan.firmware.firstboot.enroll import main  # noqa: E402
+
+sys.exit(main())
+"""
+# What a slot must hold for the units in firmware/systemd/ to start.
+ENTRY_POINTS = (boot.LAUNCHER, ENROLL)
 
 
 class InstallError(Unavailable, RuntimeError):
@@ -85,26 +106,39 @@ def install(root: Path, bundle: Path, *, slot: str | None = None,
         raise InstallError(f"no slot named {target!r}")
     if target == boot.current_slot(root):
         raise InstallError(f"slot {target} is the running slot")
+    running = boot.current_slot(root)
+    if running is not None and not manifest.dependencies and _dependencies(root, running):
+        raise InstallError(f"{manifest.version} carries no dependency wheels but slot {running} "
+                           "runs on its own: build it with tools/packaging/artifact.py")
     building = root / "slots" / f".{target}.new"
     shutil.rmtree(building, ignore_errors=True)
     checkpoint("prepared")
     try:
         _unpack(wheel, building / "site")
+        for _, dependency in dependency_wheels(bundle, manifest):
+            _unpack(dependency, building / "site")
         checkpoint("unpacked")
         _write(building / "boot" / "tiepdan_boot.py", Path(boot.__file__).read_bytes())
         from tiepdan import __version__ as installer
 
         _write(building / boot.LAUNCHER, boot.LAUNCHER_TEMPLATE.format(
             python=python, version=installer).encode(), mode=0o755)
+        _write(building / ENROLL, ENROLL_TEMPLATE.format(
+            python=python, version=installer).encode(), mode=0o755)
         _write(building / "slot.json", json.dumps({
             "version": manifest.version, "wheel": manifest.wheel,
             "wheel_sha256": manifest.wheel_sha256, "installed": time.time(),
+            "target": manifest.target,
+            "dependencies": {d.name: d.version for d in manifest.dependencies},
         }, indent=1).encode())
         _sync_tree(building)
         checkpoint("synced")
     except OSError as exc:
         shutil.rmtree(building, ignore_errors=True)
         raise InstallError(f"cannot write slot {target}: {exc.strerror or exc}") from exc
+    except BundleError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise InstallError(f"cannot install into slot {target}: {exc}") from exc
     final = root / "slots" / target
     old = root / "slots" / f".{target}.old"
     if final.exists():
@@ -130,8 +164,19 @@ def install_image(root: Path, bundle: Path, python: str = sys.executable) -> Slo
     return installed
 
 
+def _dependencies(root: Path, slot: str) -> dict[str, str]:
+    try:
+        info = json.loads((root / "slots" / slot / "slot.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found = info.get("dependencies") if isinstance(info, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
 def _unpack(wheel: bytes, dest: Path) -> None:
-    """Extract a pure-Python wheel: its root is the site directory."""
+    """Extract a wheel into the site directory (PEP 427): its root and its `.data/purelib`
+    and `.data/platlib` go there; scripts, headers and data files are not needed by a slot,
+    whose entry points are its own launchers."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(wheel))
     except zipfile.BadZipFile as exc:
@@ -143,7 +188,12 @@ def _unpack(wheel: bytes, dest: Path) -> None:
                 raise InstallError(f"wheel member {info.filename!r} escapes the slot")
             if info.is_dir():
                 continue
-            _write(dest.joinpath(*name.parts), archive.read(info))
+            parts = name.parts
+            if parts[0].endswith(".data"):
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            _write(dest.joinpath(*parts), archive.read(info))
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -256,7 +256,7 @@ def test_the_first_boot_unit_runs_enrollment_once_before_the_agent(tmp_path: Pat
         pytest.skip("systemd-analyze is not installed")
     local = tmp_path / "tiepdan-firstboot.service"
     enroll_bin = Path(sys.executable).parent / "tiepdan-enroll"
-    local.write_text(unit.replace("/opt/tiepdan/current/venv/bin/tiepdan-enroll",
+    local.write_text(unit.replace("/opt/tiepdan/current/bin/tiepdan-enroll",
                                   str(enroll_bin)))
     result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
                             check=False)

@@ -1,0 +1,244 @@
+"""The box package CI builds, installed into a clean Debian bookworm root (issue 12): its files,
+user and units, the installed agent's configuration check, and purge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.debian_root import CHROOT, chroot, root_tarball, unpack
+from tests.provisioning.support import provision
+from tests.support import AgentProcess, SecureBroker, eventually, running_controller
+from tiepdan.controller.enrollment.provisioning import NewBox
+from tiepdan.controller.service import Controller
+from tiepdan.firmware.firstboot.enroll import enroll
+from tiepdan.ota.repository import Keyring, UpdateRepository
+from tiepdan.provisioning.boot import write_boot_folder
+from tiepdan.tools.packaging import deb
+
+pytestmark = pytest.mark.timeout(1200)
+
+UNITS = ("tiepdan-agent.service", "tiepdan-firstboot.service")
+# A small composed picture, as tests/sessions use: this is about deployment, not media.
+BRIDGE = {"width": 640, "height": 360, "fps": 10, "bitrate": 600_000, "media_timeout": 2.0,
+          "connect_timeout": 8.0}
+DEVICE = "xa-hung-nguyen"
+GUEST = "xa-dien-chau"
+
+
+@pytest.fixture(scope="module")
+def package(box_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return deb.build(box_artifact, tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="module")
+def installed(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = unpack(root_tarball(), tmp_path_factory.mktemp("bookworm") / "root")
+    shutil.copy(package, root / "tmp" / package.name)
+    chroot(root, "dpkg", "-i", f"/tmp/{package.name}")
+    return root
+
+
+def test_the_package_installs_slot_a_the_user_and_the_units(installed: Path) -> None:
+    opt = installed / "opt/tiepdan"
+    assert os.readlink(opt / "current") == "slots/a"
+    assert json.loads((opt / "boot.json").read_text())["committed"] == "a"
+    for program in ("bin/tiepdan-agent", "bin/tiepdan-enroll"):
+        assert os.access(opt / "slots/a" / program, os.X_OK), program
+    assert chroot(installed, "/opt/tiepdan/current/bin/tiepdan-agent", "--version"
+                  ).stdout.strip() == "tiepdan 1.0.0"
+    user = chroot(installed, "getent", "passwd", "tiepdan").stdout.split(":")
+    assert user[5] == "/var/lib/tiepdan" and user[6].strip() in ("/usr/sbin/nologin",
+                                                                  "/bin/false")
+    groups = chroot(installed, "id", "-nG", "tiepdan").stdout.split()
+    assert {"tiepdan", "video", "audio"} <= set(groups)  # gpio and render only exist on a Pi
+    uid = int(user[2])
+    state = (installed / "var/lib/tiepdan").stat()
+    assert (state.st_uid, state.st_mode & 0o777) == (uid, 0o700)
+    assert (opt / "slots/a/site").stat().st_uid == uid  # the agent installs updates itself
+    assert (installed / "etc/tiepdan").is_dir()
+    wants = installed / "etc/systemd/system/multi-user.target.wants"
+    for unit in UNITS:
+        assert (wants / unit).is_symlink(), f"{unit} is not enabled"
+    journald = (installed / "usr/lib/systemd/journald.conf.d/tiepdan.conf").read_text()
+    assert "SystemMaxUse=" in journald and "Storage=persistent" in journald
+
+
+def test_systemd_verifies_the_installed_units(installed: Path) -> None:
+    """Against the installed files: a unit whose command is missing fails here."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    result = subprocess.run([analyze, "verify", f"--root={installed}", *UNITS],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    broken = installed / "etc/systemd/system/tiepdan-broken.service"
+    broken.write_text((installed / "usr/lib/systemd/system/tiepdan-firstboot.service")
+                      .read_text().replace("current/bin/", "current/venv/bin/"))
+    try:
+        result = subprocess.run([analyze, "verify", f"--root={installed}", broken.name],
+                                capture_output=True, text=True, check=False, timeout=120)
+        assert "current/venv/bin/tiepdan-enroll is not executable" in result.stderr
+    finally:
+        broken.unlink()
+
+
+def test_the_installed_agent_checks_its_configuration(installed: Path) -> None:
+    config = installed / "etc/tiepdan/check.toml"
+    config.write_text('[device]\nid = "xa-check"\nname = "UBND xã"\n')
+    try:
+        ok = chroot(installed, "/opt/tiepdan/current/bin/tiepdan-agent", "--check-config",
+                    "--config", "/etc/tiepdan/check.toml", user="tiepdan")
+        assert "config_ok" in ok.stderr + ok.stdout
+        config.write_text('[device]\nid = "xa-check"\nname = "n"\n[mqtt]\nport = 70000\n')
+        bad = chroot(installed, "/opt/tiepdan/current/bin/tiepdan-agent", "--check-config",
+                     "--config", "/etc/tiepdan/check.toml", user="tiepdan", check=False)
+        assert bad.returncode == 2 and "mqtt.port" in bad.stderr
+    finally:
+        config.unlink()
+
+
+@contextlib.contextmanager
+def mounted_proc(root: Path) -> Iterator[None]:
+    """/proc inside the root, as systemd would give the agent (psutil reads it)."""
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+
+
+def unit_commands(root: Path, unit: str) -> dict[str, list[str]]:
+    text = (root / "usr/lib/systemd/system" / unit).read_text()
+    return {key: shlex.split(value) for key, _, value in
+            (line.partition("=") for line in text.splitlines())
+            if key in ("ExecStart", "ExecStartPost")}
+
+
+async def test_first_boot_in_the_root_enrolls_and_records_a_session_that_closes(
+        installed: Path, secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """As a technician sets a box up: SD-card folder, first boot, agent; nothing edited by hand.
+    The box in the root hosts a session with a second box (the agent from this checkout); the
+    session closes only once both boxes' recordings and the bridge's are archived."""
+    config = secure_broker.controller_config(
+        bridge=BRIDGE, sessions={"invite_timeout": 10.0},
+        archive={"close_interval": 0.5, "segment_seconds": 1.0})
+    UpdateRepository(config.ota_repository_path, Keyring()).initialise(
+        tmp_path / "keys", [tmp_path / "offline-1", tmp_path / "offline-2"], root_keys=3,
+        root_threshold=2)
+    async with running_controller(config) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port, what="enrollment")
+        token, box = controller.provisioning.new_box(
+            NewBox(commune="hung-nguyen", hall="UBND xã Hưng Nguyên", device=DEVICE))
+        write_boot_folder(installed / "boot/firmware", controller.provisioning.provision_file(box),
+                          controller.provisioning.authority().pem, token)
+        firstboot = unit_commands(installed, "tiepdan-firstboot.service")
+        enrolled = await asyncio.to_thread(chroot, installed, *firstboot["ExecStart"])
+        await asyncio.to_thread(chroot, installed, *firstboot["ExecStartPost"])
+        assert "enroll_done" in enrolled.stderr + enrolled.stdout
+        assert not (installed / "boot/firmware/tiepdan/claim.token").exists()
+        written = tomllib.loads((installed / "etc/tiepdan/agent.toml").read_text())
+        assert written["recording"]["archive_url"] == config.archive_public_url
+        assert written["device"]["id"] == DEVICE
+        assert written["ota"]["repository"] == config.ota_public_url
+        assert (installed / "etc/tiepdan/ota-root.json").read_bytes() == \
+            UpdateRepository(config.ota_repository_path).trusted_root()
+        check = await asyncio.to_thread(
+            chroot, installed, "/opt/tiepdan/current/bin/tiepdan-agent", "--check-config",
+            "--config", "/etc/tiepdan/agent.toml", user="tiepdan")
+        assert "config_ok" in check.stderr + check.stdout
+
+        guest_paths = provision(controller, tmp_path, GUEST)
+        await enroll(guest_paths)
+        guest = AgentProcess(guest_paths.agent_config)
+        agent_argv = unit_commands(installed, "tiepdan-agent.service")["ExecStart"]
+        (installed / "run/tiepdan").mkdir(parents=True, exist_ok=True)
+        shutil.chown(installed / "run/tiepdan", "root", "root")
+        log = (tmp_path / "box.log").open("wb")
+        with mounted_proc(installed):
+            # The agent unit's own command, as its user; only the hardware is simulated.
+            inside = await asyncio.to_thread(
+                subprocess.Popen,
+                [CHROOT, "--userspec=tiepdan:tiepdan", str(installed), *agent_argv],
+                stdout=log, stderr=subprocess.STDOUT,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/var/lib/tiepdan",
+                     "TIEPDAN_BOARD": "sim"})
+            guest.start()
+            try:
+                await eventually(lambda: all((d := controller.registry.get(n)) and d.online
+                                             for n in (DEVICE, GUEST)), 60,
+                                 what="both boxes ready at the controller")
+                session = await controller.sessions.open(DEVICE, [GUEST], auto_join=True,
+                                                         title="first boot (issue 12)")
+                await eventually(lambda: _joined(controller, session.id) == 2, 60,
+                                 what="both points live")
+                await eventually(lambda: len(controller.archive.receipts(session.id, DEVICE))
+                                 >= 2, 60, what="the box's segments in the archive")
+                await controller.sessions.end(session.id, "test")
+                await eventually(lambda: _state(controller, session.id) == "closed", 120,
+                                 what="the session closed (every recording archived)")
+            finally:
+                inside.terminate()
+                try:
+                    await asyncio.to_thread(inside.wait, 20)
+                except subprocess.TimeoutExpired:
+                    inside.kill()
+                    await asyncio.to_thread(inside.wait)
+                guest.terminate()
+                log.close()
+        output = (tmp_path / "box.log").read_text(errors="replace")
+        assert "Traceback" not in output, output[-3000:]
+        recordings = {r["recorder"] for r in controller.archive.recordings(session.id)}
+        assert {DEVICE, GUEST} <= recordings, recordings
+    # Nothing was edited by hand: the agent's configuration is enrollment's, byte for byte.
+    assert tomllib.loads((installed / "etc/tiepdan/agent.toml").read_text()) == written
+
+
+def _joined(controller: Controller, session: str) -> int:
+    return sum(1 for p in controller.sessions.points(session) if p.state == "live")
+
+
+def _state(controller: Controller, session: str) -> str:
+    found = controller.sessions.get(session)
+    return "" if found is None else found.state
+
+
+def test_purge_removes_what_it_created_but_never_unarchived_recordings(
+        installed: Path, package: Path) -> None:
+    """Runs last: it removes the package from the root the other tests share."""
+    recordings = installed / "var/lib/tiepdan/recordings"
+    archived, pending = recordings / "s-archived", recordings / "s-pending"
+    for session in (archived, pending):
+        session.mkdir(parents=True, exist_ok=True)
+        (session / "000000.mkv.age").write_bytes(b"sealed")
+        (session / "000001.mkv.age").write_bytes(b"sealed")
+    (archived / "receipts.jsonl").write_text('{"name":"000000.mkv.age"}\n'
+                                             '{"name":"000001.mkv.age"}\n')
+    (pending / "receipts.jsonl").write_text('{"name":"000000.mkv.age"}\n')  # 000001 is not
+    (installed / "var/lib/tiepdan/tls").mkdir(exist_ok=True)
+    chroot(installed, "dpkg", "--purge", "tiepdan-box")
+    assert not (installed / "opt/tiepdan").exists()
+    assert not (installed / "etc/tiepdan").exists()
+    assert not (installed / "usr/lib/systemd/system/tiepdan-agent.service").exists()
+    assert not (installed / "etc/systemd/system/multi-user.target.wants/tiepdan-agent.service"
+                ).exists()
+    assert (pending / "000001.mkv.age").read_bytes() == b"sealed"
+    assert not archived.exists()
+    assert (installed / "var/lib/tiepdan/tls").is_dir()  # to upload them after a reinstall
+    assert chroot(installed, "getent", "passwd", "tiepdan").returncode == 0
+    # Once nothing is left to archive, purge takes the rest and the user.
+    shutil.rmtree(pending)
+    chroot(installed, "dpkg", "-i", f"/tmp/{package.name}")
+    chroot(installed, "dpkg", "--purge", "tiepdan-box")
+    assert not (installed / "var/lib/tiepdan").exists()
+    assert chroot(installed, "getent", "passwd", "tiepdan", check=False).returncode == 2
