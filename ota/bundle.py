@@ -31,7 +31,7 @@ MAX_MANIFEST = 64 * 1024
 SOURCE_ENTRIES = ("pyproject.toml", "README.md", "tiepdan", "board", "firmware", "controller",
                   "ota", "provisioning", "tools")
 _VERSION_LINE = re.compile(r'^__version__ = "[^"]*"$', re.M)
-_WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl$")
+_WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl\Z")
 
 
 class BundleError(ValueError):
@@ -42,8 +42,8 @@ class Manifest(msgspec.Struct, frozen=True):
     format: Annotated[int, msgspec.Meta(ge=1)]
     package: str
     version: str
-    wheel: Annotated[str, msgspec.Meta(pattern=r"^tiepdan-[^/]+-py3-none-any\.whl$")]
-    wheel_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    wheel: Annotated[str, msgspec.Meta(pattern=r"^tiepdan-[^/]+-py3-none-any\.whl\Z")]
+    wheel_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
     built_ms: int
 
 
@@ -100,7 +100,7 @@ def build_wheel(source: Path, version: str, out_dir: Path) -> Path:
 
 
 def wheel_version(wheel: Path) -> str:
-    match = _WHEEL_NAME.match(wheel.name)
+    match = _WHEEL_NAME.fullmatch(wheel.name)
     if match is None:
         raise BundleError(f"{wheel.name} is not a pure-Python tiepdan wheel")
     return match["version"]

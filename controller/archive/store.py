@@ -62,7 +62,7 @@ MIB = 1024 * 1024
 CHUNK = 1024 * 1024
 RECEIPTS = "receipts.jsonl"
 FORKS = "forks.jsonl"
-SEGMENT_NAME = re.compile(r"^[0-9]{6}\.[a-z0-9]{1,8}\.age$")
+SEGMENT_NAME = re.compile(r"^[0-9]{6}\.[a-z0-9]{1,8}\.age\Z")
 LIFECYCLE = ("start", "segment", "stop", "recovered")
 ENDS = ("stop", "recovered")
 
@@ -353,7 +353,7 @@ class Archive:
             if segment is None:
                 raise ArchiveError(400, "bad_record", f"record {record.seq}: segment record "
                                                       "without a segment")
-            if not SEGMENT_NAME.match(segment.name):
+            if not SEGMENT_NAME.fullmatch(segment.name):
                 raise ArchiveError(400, "bad_record", f"segment name {segment.name!r} is not "
                                                       "<index:06d>.<ext>.age")
             if segment.name in names:
@@ -440,7 +440,7 @@ class Archive:
 
     def _segment_row(self, session: str, recorder: str, name: str) -> sqlite3.Row:
         self.check_recording(session, recorder)
-        if not SEGMENT_NAME.match(name):
+        if not SEGMENT_NAME.fullmatch(name):
             raise ArchiveError(400, "bad_request", f"{name!r} is not a segment name")
         row = self._db.execute(
             "SELECT * FROM segments WHERE session = ? AND recorder = ? AND name = ?",

@@ -84,7 +84,7 @@ EPHEMERAL_DAYS = 10 / (24 * 60)
 KIND_PREFIX = {"commune": "xa", "province": "tinh", "central": "tw"}
 
 # Empty only for the central and provincial offices' boxes, which serve no commune.
-Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?$")]
+Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?\Z")]
 
 
 class NewBox(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

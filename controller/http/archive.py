@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/archive/v1/recordings/{session}/{recorder}"
 MAX_RECORDS_BODY = 8 * 1024 * 1024
 FLUSH = 1024 * 1024
-CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -130,7 +130,7 @@ async def head_segment(request: web.Request) -> web.Response:
 def _offset(request: web.Request) -> int:
     ranged = request.headers.get("Content-Range")
     if ranged:
-        match = CONTENT_RANGE.match(ranged.strip())
+        match = CONTENT_RANGE.fullmatch(ranged.strip())
         if match is None:
             raise ArchiveError(400, "bad_request", f"Content-Range {ranged[:80]!r} is not "
                                                    "'bytes START-END/TOTAL'")

@@ -148,7 +148,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(configured) if configured else self.state_dir / "tls" / default_name
 
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?\Z", re.S)
 _FIELD = re.compile(r"(unknown|required) field `(?P<field>[^`]+)`")
 
 

@@ -58,7 +58,7 @@ class BrokerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`provision.toml` on the boot partition, written by `tiepdan-provision new-box`."""
 
-    enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+$")]
+    enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+\Z")]
     device: DeviceSection
     broker: BrokerSection
 
