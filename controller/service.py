@@ -17,6 +17,7 @@ from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.archive import add_archive_routes
+from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.http.sessions import add_session_routes
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.sessions.bridge import build_bridge
@@ -58,10 +59,11 @@ class Controller:
         self.sessions = Sessions(self, self.bridge)
         self.schedules = Schedules(self, self.sessions)
         self.app = build_app(self, self.token)
+        self.boxes = BoxListener(self)
         add_session_routes(self.app)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
                                self.signing.public_raw(), self.id, self._session_points)
-        add_archive_routes(self.app)
+        add_archive_routes(self.app, self.boxes.app)
         self.closer = Closer(self)
         self.bridge_recording = BridgeRecording(self)
         self.provisioning = Provisioning(self)
@@ -91,6 +93,7 @@ class Controller:
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")
+        self.spawn(self.boxes.run(), "boxes")
         self.spawn(self.closer.run(), "closer")
         await asyncio.to_thread(self.bridge_recording.recover)
         if ready is not None:

@@ -109,6 +109,7 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
         "controller": {"id": "central", "data_dir": str(workdir / "controller")},
         "mqtt": {"host": broker.host, "port": broker.port, "tls": True},
         "http": {"host": "127.0.0.1", "port": http_port},
+        "boxes": {"host": "127.0.0.1", "port": free_port()},
         "log": {"level": "info"},
         "provisioning": {"broker_host": broker.host, "broker_reload": broker.reload_command(),
                          "enroll_host": "127.0.0.1", "enroll_port": free_port()},
@@ -140,7 +141,7 @@ def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) ->
 
 def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                     points: list[DemoPoint], logdir: Path, stop: dict[str, bool],
-                    timeout: float = 90) -> list[str]:
+                    archive_url: str, timeout: float = 90) -> list[str]:
     """Each box as a technician would: SD-card folder from the controller, then first boot
     (`tiepdan-enroll`, all boxes at once). Returns the boxes that failed to enroll."""
     enrolling: dict[str, subprocess.Popen[bytes]] = {}
@@ -151,7 +152,7 @@ def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                 labels=workdir / "labels", device=point.id, province=point.province,
                 kind=point.kind)
         config = write_toml(workdir / f"{point.id}.toml",
-                            agent_settings(workdir, broker, point, client.url))
+                            agent_settings(workdir, broker, point, archive_url))
         with (logdir / f"{point.id}.log").open("ab") as out:
             enrolling[point.id] = subprocess.Popen(
                 [sys.executable, "-m", "tiepdan.firmware.firstboot.enroll", "--boot", str(boot),
@@ -275,7 +276,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
         wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
-        failed = provision_boxes(workdir, client, broker, points, logdir, stop)
+        boxes_url = f"https://{broker.host}:{settings['boxes']['port']}"  # archive, OTA
+        failed = provision_boxes(workdir, client, broker, points, logdir, stop, boxes_url)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
         for point in points:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow, check_routes
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Enrollment:
         context.load_cert_chain(material.enroll_cert, material.enroll_key)
         app = web.Application(client_max_size=MAX_BODY)
         app.add_routes([web.post(protocol.ENROLL_PATH, self.handle)])
+        check_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.enroll_host, settings.enroll_port,
@@ -104,6 +106,7 @@ class Enrollment:
             await self._runner.cleanup()
             self._runner = None
 
+    @allow("public")
     async def handle(self, request: web.Request) -> web.Response:
         peer = request.remote or "unknown"
         wait = self.limiter.take(peer)

@@ -13,7 +13,8 @@ Revoking a box (lost or stolen) takes effect on the broker without restarting it
 3. it then connects once *as the box*, with a short-lived certificate for the box's id that it
    issues itself, and a clean start: the broker closes the box's live connection (MQTT session
    takeover) and drops its session. That certificate is revoked right after.
-The box's signing key stops being trusted from the revocation time (`identities.revoke`).
+The box's signing key stops being trusted from the revocation time (`identities.revoke`), and
+each of its recordings is frozen where the archive's copy ends (`Archive.freeze`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from paho.mqtt.properties import Properties
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
 from tiepdan.controller.fleet.registry import Device
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY, error
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
@@ -359,6 +361,8 @@ class Provisioning:
                     self.controller.identities.revoke(device, reason, at)
             log.warning("device_revoking device=%s reason=%s serials=%s", device, reason,
                         ",".join(serials) or "-")
+            # The archive judges by what it holds now, not by times the stolen key can sign.
+            await asyncio.to_thread(self.controller.archive.freeze, device, reason)
             await self.sync_broker(f"revoke:{device}")
             refuses = await self._wait_refused(probe_key, probe)
             evictor_key = new_key()
@@ -531,11 +535,13 @@ def _box_json(provisioning: Provisioning, box: Box) -> dict[str, Any]:
     return data
 
 
+@allow("admin")
 async def _list(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     return web.json_response([_box_json(provisioning, b) for b in provisioning.claims.all()])
 
 
+@allow("admin")
 async def _box(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     box = provisioning.claims.get(request.match_info["id"])
@@ -544,6 +550,7 @@ async def _box(request: web.Request) -> web.Response:
     return web.json_response(_box_json(provisioning, box))
 
 
+@allow("admin")
 async def _new_box(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     wanted = protocol.convert(await _body(request), NewBox)
@@ -564,6 +571,7 @@ async def _new_box(request: web.Request) -> web.Response:
     }, status=201)
 
 
+@allow("admin")
 async def _revoke(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     wanted = protocol.convert(await _body(request), RevokeBox)

@@ -1,7 +1,8 @@
 """The controller's admin HTTP API (JSON), used by the CLIs and the demo's fleet table.
 
-It listens on loopback by default and every call needs the admin bearer token that the
-controller writes (mode 0600) into its data directory on first start.
+Its own listener (`[http]`, loopback by default), apart from the box-facing one. Every route
+says who may call it (`access.allow`); today the only identity here is the admin bearer token
+that the controller writes (mode 0600) into its data directory on first start (role admin).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import (
+    Caller,
+    Identifier,
+    access_middleware,
+    allow,
+    check_routes,
+)
+from tiepdan.errors import Unauthorized
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
@@ -46,21 +55,25 @@ def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def build_app(controller: Controller, token: str) -> web.Application:
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and request.path != "/api/health":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                log.warning("api_unauthorized path=%s peer=%s", request.path, request.remote)
-                return error(401, "unauthorized", "missing or wrong admin token")
-        try:
-            return await handler(request)
-        except protocol.ProtocolError as exc:
-            return error(400, "bad_request", str(exc))
+def bearer_identifier(token: str) -> Identifier:
+    """The admin bearer token proves the role admin; a wrong one is refused, not anonymous."""
+    expected = f"Bearer {token}".encode()
 
-    app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
+    async def identify(request: web.Request) -> Caller | None:
+        given = request.headers.get("Authorization")
+        if given is None:
+            return None
+        if not hmac.compare_digest(given.encode(), expected):
+            raise Unauthorized("wrong admin token")
+        return Caller("admin-token", roles=frozenset({"admin"}))
+    return identify
+
+
+def build_app(controller: Controller, token: str) -> web.Application:
+    app = web.Application(middlewares=[access_middleware([bearer_identifier(token)], "admin")],
+                          client_max_size=MAX_BODY)
     app[CONTROLLER_KEY] = controller
+    app.on_startup.append(_check_routes)
     app.add_routes([
         web.get("/api/health", health),
         web.get("/api/devices", devices),
@@ -73,11 +86,17 @@ def build_app(controller: Controller, token: str) -> web.Application:
     return app
 
 
+async def _check_routes(app: web.Application) -> None:
+    check_routes(app)
+
+
+@allow("admin")
 async def health(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     return web.json_response({"ok": True, "controller": c.id, "mqtt": c.link.connected})
 
 
+@allow("admin")
 async def stats(request: web.Request) -> web.Response:
     """Counters for monitoring: messages received per kind, rejected, devices online."""
     c = request.app[CONTROLLER_KEY]
@@ -90,11 +109,13 @@ async def stats(request: web.Request) -> web.Response:
     })
 
 
+@allow("admin")
 async def devices(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     return web.json_response([d.to_json() for d in c.registry.devices()])
 
 
+@allow("admin")
 async def device(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     found = c.registry.get(request.match_info["id"])
@@ -103,6 +124,7 @@ async def device(request: web.Request) -> web.Response:
     return web.json_response({**found.to_json(), "events": c.registry.events(found.id, 20)})
 
 
+@allow("admin")
 async def events(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     try:
@@ -122,6 +144,7 @@ async def _json_body(request: web.Request) -> Any:
         raise protocol.ProtocolError(f"body is not JSON: {exc}") from None
 
 
+@allow("admin")
 async def command(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     device_id, name = request.match_info["id"], request.match_info["name"]
@@ -140,6 +163,7 @@ async def command(request: web.Request) -> web.Response:
     return web.json_response(protocol.to_builtins(response))
 
 
+@allow("admin")
 async def desired(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     device_id = protocol.check_device_id(request.match_info["id"])

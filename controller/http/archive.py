@@ -1,9 +1,7 @@
-"""HTTP routes of the archive on the controller's app.
+"""HTTP routes of the archive: the boxes' upload endpoints and the archivist's admin API.
 
-Boxes use `/archive/v1/...` without the admin token: what they send proves itself (records are
-signed by a key the controller trusts, segments must hash to what a signed record declared),
-and what they get back (recipients, receipts) is signed by the controller. The archivist's
-CLI uses the token-protected `/api/archive/...`.
+On the box-facing HTTPS listener (`controller.http.boxes`), for the box whose TLS client
+certificate names the recorder; a box can neither read nor write another box's recording:
 
     GET  /archive/v1/recipients                                   signed recipients document
     GET  /archive/v1/recordings/<session>/<recorder>              {"next_seq": n}
@@ -11,11 +9,19 @@ CLI uses the token-protected `/api/archive/...`.
     HEAD /archive/v1/recordings/<session>/<recorder>/segments/<name>   Upload-Offset header
     PUT  /archive/v1/recordings/<session>/<recorder>/segments/<name>   bytes from an offset
     GET  /archive/v1/recordings/<session>/<recorder>/receipts[?name=]  {"receipts": [...]}
+
+A segment's upload lock belongs to its box: a new PUT from that box for the same segment cuts
+the one in progress (a connection the hall's network left hanging) instead of being told it is
+busy, and a body that stalls for `[boxes] read_timeout` is cut, its bytes kept.
+
+On the admin listener (role admin): `/api/archive/sessions[/<session>[/close]]` and the same
+`next_seq` and receipts under `/api/archive/recordings/<session>/<recorder>`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -26,6 +32,7 @@ import msgspec
 from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive, ArchiveError, ClosedSession, Upload
+from tiepdan.controller.http.access import allow, box_of
 from tiepdan.controller.http.app import CONTROLLER_KEY, error
 from tiepdan.firmware.evidence.receipt import Receipt
 
@@ -40,23 +47,31 @@ FLUSH = 1024 * 1024
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UploadKey = tuple[str, str, str]
+HOLDERS: web.AppKey[dict[UploadKey, asyncio.Task[Any]]] = web.AppKey("archive_holders", dict)
 
 
-def add_archive_routes(app: web.Application) -> None:
-    app.add_routes([
+def add_archive_routes(admin: web.Application, boxes: web.Application) -> None:
+    boxes[HOLDERS] = {}
+    boxes.add_routes([
         web.get("/archive/v1/recipients", _guard(recipients)),
         web.get(PREFIX, _guard(recording)),
         web.post(PREFIX + "/records", _guard(records)),
         web.head(PREFIX + "/segments/{name}", _guard(head_segment)),
         web.put(PREFIX + "/segments/{name}", _guard(put_segment)),
         web.get(PREFIX + "/receipts", _guard(receipts)),
+    ])
+    admin.add_routes([
         web.get("/api/archive/sessions", _guard(list_sessions)),
         web.get("/api/archive/sessions/{session}", _guard(show_session)),
         web.post("/api/archive/sessions/{session}/close", _guard(close_session)),
+        web.get("/api/archive/recordings/{session}/{recorder}", _guard(recording)),
+        web.get("/api/archive/recordings/{session}/{recorder}/receipts", _guard(receipts)),
     ])
 
 
 def _guard(handler: Handler) -> Handler:
+    @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -81,7 +96,14 @@ def _archive(request: web.Request) -> Archive:
 
 
 def _ids(request: web.Request) -> tuple[str, str]:
-    return request.match_info["session"], request.match_info["recorder"]
+    """(session, recorder); on the box listener a box may only name itself as the recorder."""
+    session, recorder = request.match_info["session"], request.match_info["recorder"]
+    if request.path.startswith("/archive/"):
+        box = box_of(request)
+        if box != recorder:
+            raise ArchiveError(403, "not_your_recording",
+                               f"{box} may not use the recording of {recorder}")
+    return session, recorder
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -89,11 +111,13 @@ def _json(value: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+@allow("box")
 async def recipients(request: web.Request) -> web.Response:
     return web.Response(body=_archive(request).recipients_document,
                         content_type="application/json")
 
 
+@allow("box", "admin")
 async def recording(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -101,6 +125,7 @@ async def recording(request: web.Request) -> web.Response:
     return _json({"next_seq": await asyncio.to_thread(archive.next_seq, session, recorder)})
 
 
+@allow("box")
 async def records(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -117,6 +142,7 @@ async def records(request: web.Request) -> web.Response:
                   "next_seq": result.next_seq})
 
 
+@allow("box")
 async def head_segment(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -141,33 +167,67 @@ def _offset(request: web.Request) -> int:
         raise ArchiveError(400, "bad_request", "offset must be an integer") from None
 
 
+@allow("box")
 async def put_segment(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
     name = request.match_info["name"]
+    key = (session, recorder, name)
+    await _take_over(request, key)
     opened = await asyncio.to_thread(archive.open_upload, session, recorder, name,
                                      _offset(request), request.content_length)
     if isinstance(opened, Receipt):
         return web.Response(body=opened.line(), content_type="application/json")
     log.info("archive_upload session=%s recorder=%s name=%s offset=%d", session, recorder,
              name, opened.offset)
-    receipt = await _receive(request, opened)
+    holders = request.app[HOLDERS]
+    task = asyncio.current_task()
+    assert task is not None
+    holders[key] = task
+    try:
+        receipt = await _receive(request, opened)
+    finally:
+        if holders.get(key) is task:
+            del holders[key]
     if receipt is None:
         return _json({"offset": opened.offset, "ct_size": opened.ct_size}, status=202)
     return web.Response(body=receipt.line(), content_type="application/json")
 
 
+async def _take_over(request: web.Request, key: UploadKey) -> None:
+    """The lock is the box's: its new PUT cuts its own older one (a hung connection)."""
+    holder = request.app[HOLDERS].get(key)
+    if holder is None or holder.done():
+        return
+    log.warning("archive_upload_taken_over session=%s recorder=%s name=%s", *key)
+    holder.cancel()
+    await asyncio.wait([holder], timeout=10)
+
+
 async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
-    """Copy the body into the upload; bytes that arrived before a cut stay in the `.part`."""
+    """Copy the body into the upload; bytes that arrived before a cut stay in the `.part`.
+
+    A body that sends nothing for `[boxes] read_timeout` seconds is cut like a dropped one.
+    """
+    read_timeout = _controller(request).config.boxes.read_timeout
     buffer = bytearray()
     try:
         try:
-            async for chunk in request.content.iter_chunked(256 * 1024):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(request.content.readany(), read_timeout)
+                except TimeoutError:
+                    raise ArchiveError(408, "read_timeout",
+                                       f"no bytes for {read_timeout:g} s; the upload was cut "
+                                       "and resumes from what arrived") from None
+                if not chunk:
+                    break
                 buffer += chunk
                 if len(buffer) >= FLUSH:
                     data, buffer = bytes(buffer), bytearray()
                     await asyncio.to_thread(upload.write, data)
-        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.CancelledError) as exc:
+        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.CancelledError,
+                ArchiveError) as exc:
             log.info("archive_upload_cut name=%s offset=%d error=%r", upload.row["name"],
                      upload.offset + len(buffer), exc)
             if buffer:
@@ -180,6 +240,7 @@ async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
         upload.close()
 
 
+@allow("box", "admin")
 async def receipts(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -188,10 +249,12 @@ async def receipts(request: web.Request) -> web.Response:
     return _json({"receipts": found})
 
 
+@allow("admin")
 async def list_sessions(request: web.Request) -> web.Response:
     return _json({"sessions": await asyncio.to_thread(_archive(request).sessions)})
 
 
+@allow("admin")
 async def show_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = request.match_info["session"]
@@ -205,6 +268,7 @@ async def show_session(request: web.Request) -> web.Response:
                   "problems": c.closer.problems.get(session, [])})
 
 
+@allow("admin")
 async def close_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = request.match_info["session"]

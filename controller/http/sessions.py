@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY, _json_body, error
 from tiepdan.controller.sessions.engine import SessionError
 from tiepdan.controller.sessions.schedule import parse_at
@@ -31,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _guard(handler: Handler) -> Handler:
+    @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.Response:
         try:
             return await handler(request)
@@ -43,6 +46,7 @@ def _controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER_KEY]
 
 
+@allow("admin")
 async def list_sessions(request: web.Request) -> web.Response:
     c = _controller(request)
     try:
@@ -57,6 +61,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     })
 
 
+@allow("admin")
 async def open_session(request: web.Request) -> web.Response:
     c = _controller(request)
     body: Any = await _json_body(request)
@@ -82,6 +87,7 @@ async def open_session(request: web.Request) -> web.Response:
     return web.json_response({"session": c.sessions.describe(session.id)}, status=201)
 
 
+@allow("admin")
 async def show_session(request: web.Request) -> web.Response:
     c = _controller(request)
     found = c.sessions.describe(request.match_info["id"])
@@ -93,12 +99,14 @@ async def show_session(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+@allow("admin")
 async def end_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = await c.sessions.end(request.match_info["id"], "admin")
     return web.json_response({"session": session.to_json()})
 
 
+@allow("admin")
 async def cancel_schedule(request: web.Request) -> web.Response:
     c = _controller(request)
     schedule = await c.schedules.cancel(request.match_info["id"])

@@ -27,6 +27,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -203,11 +204,12 @@ def assign_waves(devices: list[str], waves: list[Wave]) -> list[int]:
 
 
 class Campaigns:
-    def __init__(self, controller: Controller, public_url: str, tick: float = 1.0) -> None:
+    def __init__(self, controller: Controller, public_url: Callable[[], str],
+                 tick: float = 1.0) -> None:
         self._controller = controller
         self._db: Database = controller.db
         self._db.ensure(SCHEMA)
-        self.public_url = public_url.rstrip("/")
+        self._public_url = public_url
         self.tick = tick
         self._bucket = _Bucket(rate=1.0, at=time.monotonic())
         self._wake = asyncio.Event()
@@ -215,6 +217,11 @@ class Campaigns:
 
     # -- admin actions ---------------------------------------------------------------------------
 
+
+    @property
+    def public_url(self) -> str:
+        """Where boxes fetch the repository (known once the box listener has started)."""
+        return self._public_url().rstrip("/")
     def create(self, spec: CampaignSpec, actor: str, approved_by: str = "") -> str:
         devices = select(self._controller.registry.devices(), spec.selector)
         if not devices:

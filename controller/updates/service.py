@@ -1,9 +1,10 @@
 """The controller's update feature: serves the TUF repository, keeps its timestamp fresh,
 runs the campaign engine and exposes campaigns in the admin API.
 
-Boxes fetch `/ota/metadata/...` and `/ota/targets/...` without a token: TUF metadata is public
-by design and bundles are signed, so an attacker gains nothing by reading them; what protects a
-box is the signature chain, not the channel. Downloads support HTTP Range, for resuming.
+Boxes fetch `/ota/metadata/...` and `/ota/targets/...` from the box-facing HTTPS listener,
+with their client certificate (`controller.http.boxes`): what protects a box is TUF's signature
+chain, but there is no reason to hand bundles to anyone else. Downloads support HTTP Range, for
+resuming.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY, _json_body, error
 from tiepdan.controller.updates.campaign import CampaignError, Campaigns, spec_from_json
 from tiepdan.ota.keys import ONLINE_ROLES, KeyFileError
@@ -34,13 +36,11 @@ class Updates:
         self.repository_path = Path(ota.repository or config.data_dir / "ota" / "repository")
         self.keys = Path(ota.keys or config.data_dir / "ota" / "keys")
         self.refresh_interval = ota.refresh_interval
-        self.campaigns = Campaigns(controller, ota.public_url or f"{config.api_url}/ota",
-                                   tick=ota.tick)
+        self.campaigns = Campaigns(
+            controller, lambda: ota.public_url or f"{controller.boxes.url}/ota", tick=ota.tick)
         self.repository_path.mkdir(parents=True, exist_ok=True)
-        app = controller.app
-        app.router.add_static("/ota/", self.repository_path, show_index=False,
-                              follow_symlinks=False)
-        app.add_routes([
+        controller.boxes.app.add_routes([web.get("/ota/{path:.+}", _repository_file)])
+        controller.app.add_routes([
             web.get("/api/ota/campaigns", _list),
             web.post("/api/ota/campaigns", _create),
             web.get("/api/ota/campaigns/{id}", _show),
@@ -67,15 +67,28 @@ class Updates:
             await asyncio.sleep(self.refresh_interval)
 
 
+@allow("box")
+async def _repository_file(request: web.Request) -> web.StreamResponse:
+    """A file of the TUF repository (metadata or a bundle), with Range for resuming."""
+    root = _updates(request).repository_path.resolve()
+    relative = request.match_info["path"]
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or (root / relative).is_symlink() or not path.is_file():
+        return error(404, "not_found", f"no file {relative[:200]!r} in the repository")
+    return web.FileResponse(path)
+
+
 def _updates(request: web.Request) -> Updates:
     updates: Updates = request.app[CONTROLLER_KEY].updates
     return updates
 
 
+@allow("admin")
 async def _list(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.all())
 
 
+@allow("admin")
 async def _show(request: web.Request) -> web.Response:
     try:
         return web.json_response(_updates(request).campaigns.summary(request.match_info["id"],
@@ -84,6 +97,7 @@ async def _show(request: web.Request) -> web.Response:
         return error(404, "not_found", f"no campaign {request.match_info['id']!r}")
 
 
+@allow("admin")
 async def _create(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict) or "spec" not in body:
@@ -101,6 +115,7 @@ async def _create(request: web.Request) -> web.Response:
     return web.json_response(updates.campaigns.summary(campaign), status=201)
 
 
+@allow("admin")
 async def _act(request: web.Request) -> web.Response:
     body = await _json_body(request) or {}
     campaigns = _updates(request).campaigns
@@ -115,15 +130,18 @@ async def _act(request: web.Request) -> web.Response:
     return web.json_response(campaigns.summary(campaign))
 
 
+@allow("admin")
 async def _audit(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.audit(_limit(request)))
 
 
+@allow("admin")
 async def _history(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.history(request.query.get("device"),
                                                                  _limit(request)))
 
 
+@allow("admin")
 async def _targets(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(_target_list, _updates(request)))
 

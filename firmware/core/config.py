@@ -147,6 +147,14 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """TLS material defaults to where provisioning writes it, under the state directory."""
         return Path(configured) if configured else self.state_dir / "tls" / default_name
 
+    def box_tls(self) -> TlsSettings:
+        """The box's TLS identity, the files `[mqtt]` names: also what the box shows the
+        archive and the OTA repository over HTTPS (whether or not MQTT itself uses TLS)."""
+        m = self.mqtt
+        return TlsSettings(ca_file=self.tls_file(m.ca_file, "ca.pem"),
+                           cert_file=self.tls_file(m.cert_file, "device.pem"),
+                           key_file=self.tls_file(m.key_file, "device.key"))
+
 
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?\Z", re.S)
 _FIELD = re.compile(r"(unknown|required) field `(?P<field>[^`]+)`")

@@ -121,7 +121,7 @@ class MqttLink:
         if settings.username:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.tls:
-            self._client.tls_set_context(_tls_context(settings.tls))
+            self._client.tls_set_context(client_context(settings.tls))
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
@@ -484,7 +484,7 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def client_context(tls: TlsSettings) -> ssl.SSLContext:
     """Raises LinkError naming the missing or unusable file (a box not yet enrolled, say)."""
     for path in (tls.ca_file, tls.cert_file, tls.key_file):
         if path is not None and not path.is_file():

@@ -1,0 +1,136 @@
+"""The box-facing HTTPS listener: the archive's upload endpoints and the OTA repository.
+
+Apart from the admin API (which stays on loopback), because boxes reach it from commune halls.
+TLS requires a client certificate from the provisioning CA (checked against the CRL the
+controller writes for the broker); on top of that every request is checked against the
+database, which is always current (a CRL loaded at start is not): the certificate must not be
+revoked, its CN must be an enrolled box that is not revoked, and, when enrollment recorded one,
+the serial must be the box's current certificate. The CN is then the box the handlers see
+(`access.box_of`), so a box can only write and read its own recordings.
+
+Connections idle for `[boxes] idle_timeout` are closed; a request body that stalls for
+`[boxes] read_timeout` is cut (see `controller.http.archive`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from tiepdan.controller.enrollment.provisioning import broker_address, material_for
+from tiepdan.controller.http.access import Caller, access_middleware, check_routes
+from tiepdan.controller.http.app import CONTROLLER_KEY
+from tiepdan.errors import Unauthorized
+from tiepdan.provisioning.ca import serial_hex
+from tiepdan.provisioning.material import Material
+
+if TYPE_CHECKING:
+    from tiepdan.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 0.5
+MAX_BODY = 64 * 1024  # uploads stream; only small JSON bodies are read whole
+
+
+def server_context(material: Material) -> ssl.SSLContext:
+    """TLS 1.2+, the controller's server certificate, a client certificate required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                         cafile=str(material.ca_cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(material.enroll_cert, material.enroll_key)
+    if material.broker.crl.exists():
+        context.load_verify_locations(cafile=str(material.broker.crl))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
+class BoxListener:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.settings = controller.config.boxes
+        self.material = material_for(controller.config)
+        self.port: int | None = None
+        self.started = asyncio.Event()
+        self.app = web.Application(
+            middlewares=[access_middleware([self.identify], "boxes")],
+            client_max_size=MAX_BODY)
+        self.app[CONTROLLER_KEY] = controller
+        self.app.on_startup.append(_check_routes)
+
+    @property
+    def url(self) -> str:
+        """Where boxes reach this listener (for OTA job documents and box configuration)."""
+        if self.settings.url:
+            return self.settings.url.rstrip("/")
+        host, _ = broker_address(self.controller.config)
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{self.port or self.settings.port}"
+
+    def _ready(self) -> bool:
+        m = self.material
+        return m.exists() and m.enroll_cert.exists() and m.broker.crl.exists()
+
+    async def run(self) -> None:
+        """Serve once the provisioning CA exists (`tiepdan-provision ca init`), until cancelled."""
+        if not self._ready():
+            log.warning("boxes_waiting reason=no_ca hint=%s",
+                        "run `tiepdan-provision ca init`; boxes cannot upload or update before")
+        while True:
+            if self._ready():
+                break
+            await asyncio.sleep(WAIT_S)
+        runner = web.AppRunner(self.app, access_log=None,
+                               keepalive_timeout=self.settings.idle_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.host, self.settings.port,
+                               ssl_context=server_context(self.material))
+            try:
+                await site.start()
+            except OSError as exc:
+                log.error("boxes_unavailable host=%s port=%s error=%s", self.settings.host,
+                          self.settings.port, exc)
+                return
+            self.port = int(runner.addresses[0][1])
+            log.info("boxes_start url=%s listen=%s:%d read_timeout=%g idle_timeout=%g",
+                     self.url, self.settings.host, self.port, self.settings.read_timeout,
+                     self.settings.idle_timeout)
+            self.started.set()
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(runner.cleanup())
+
+    async def identify(self, request: web.Request) -> Caller | None:
+        """The enrolled box a verified client certificate speaks for."""
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return None
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not names:
+            raise Unauthorized("the client certificate has no CN")
+        device, serial = str(names[0].value), serial_hex(cert)
+        if self.controller.provisioning.claims.certificate_revoked(serial):
+            raise Unauthorized(f"certificate {serial} is revoked")
+        identity = self.controller.identities.get(device)
+        if identity is None or identity.revoked_at is not None:
+            raise Unauthorized(f"{device!r} is not an enrolled box (or it was revoked)")
+        if identity.cert_serial and identity.cert_serial != serial:
+            raise Unauthorized(f"certificate {serial} is not the one enrolled for {device}")
+        return Caller(device, box=device)
+
+
+async def _check_routes(app: web.Application) -> None:
+    check_routes(app)
