@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 
 from tests.recording.arc_support import ended_session, enroll, write_recording
 from tests.support import (
@@ -235,3 +236,34 @@ async def test_the_owner_takes_its_lock_back_from_a_hung_put(
                     (await stalled).release()
         assert "archive_upload_taken_over" in caplog.text
         assert [r.name for r in c.archive.receipts(session, BOX)] == [segment.name]
+
+
+async def test_the_ota_repository_is_for_enrolled_boxes(tmp_path: Path,
+                                                        broker: Mosquitto) -> None:
+    async with controller(tmp_path, broker) as c:
+        repository = c.updates.repository_path
+        (repository / "metadata").mkdir(parents=True, exist_ok=True)
+        (repository / "metadata" / "timestamp.json").write_text('{"signed": {}}')
+        (repository.parent / "outside.txt").write_text("not for boxes")  # beside the keys
+        (repository / "metadata" / "link.json").symlink_to(repository.parent / "outside.txt")
+        url = f"{c.boxes.url}/ota/metadata/timestamp.json"
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=_trusting_ca(c))) as http:
+            with pytest.raises(aiohttp.ClientError):  # no certificate: no handshake
+                async with http.get(url) as reply:
+                    await reply.read()
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{c.config.api_url}/ota/metadata/timestamp.json") as reply:
+            assert reply.status == 404  # nothing of it on the admin listener
+        tls = admit_box(c, BOX, tmp_path / BOX)
+        async with box_http(tls) as http:
+            async with http.get(url, headers={"Range": "bytes=2-"}) as reply:
+                assert reply.status == 206 and await reply.read() == b'signed": {}}'
+            for escape in ("/ota/%2e%2e/outside.txt", "/ota/metadata/%2e%2e/%2e%2e/outside.txt",
+                           "/ota/metadata/link.json"):
+                async with http.get(yarl.URL(c.boxes.url + escape, encoded=True)) as reply:
+                    assert reply.status == 404, escape
+        # a revoked box is turned away at once, without a restart
+        c.identities.revoke(BOX, "stolen")
+        async with box_http(tls) as http, http.get(url) as reply:
+            assert reply.status == 401
