@@ -1,12 +1,13 @@
 """The box-facing HTTPS listener: the archive's upload endpoints and the OTA repository.
 
 Apart from the admin API (which stays on loopback), because boxes reach it from commune halls.
-TLS requires a client certificate from the provisioning CA (checked against the CRL the
-controller writes for the broker); on top of that every request is checked against the
-database, which is always current (a CRL loaded at start is not): the certificate must not be
-revoked, its CN must be an enrolled box that is not revoked, and, when enrollment recorded one,
-the serial must be the box's current certificate. The CN is then the box the handlers see
-(`access.box_of`), so a box can only write and read its own recordings.
+TLS requires a client certificate from the provisioning CA, checked against the CRL the
+controller writes for the broker: each handshake uses a context built from the CRL file as it
+is now (rebuilt when the file changes, swapped in from the SNI callback, which OpenSSL calls
+on every handshake). On top of that every request is checked against the database: the
+certificate must not be revoked, its CN must be an enrolled box that is not revoked, and, when
+enrollment recorded one, the serial must be the box's current certificate. The CN is then the
+box the handlers see (`access.box_of`), so a box can only write and read its own recordings.
 
 Connections idle for `[boxes] idle_timeout` are closed; a request body that stalls for
 `[boxes] read_timeout` is cut (see `controller.http.archive`).
@@ -38,6 +39,36 @@ log = logging.getLogger(__name__)
 
 WAIT_S = 0.5
 MAX_BODY = 64 * 1024  # uploads stream; only small JSON bodies are read whole
+
+
+class FreshContext:
+    """The listener's TLS context, rebuilt whenever the CRL file changes."""
+
+    def __init__(self, material: Material) -> None:
+        self.material = material
+        self._stamp = self._crl_stamp()
+        self.current = server_context(material)
+        self.entry = server_context(material)  # what the site holds; hands each handshake over
+        self.entry.sni_callback = self._handshake
+
+    def _crl_stamp(self) -> tuple[int, int] | None:
+        try:
+            found = self.material.broker.crl.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+
+    def _handshake(self, connection: ssl.SSLObject, server_name: str | None,
+                   context: ssl.SSLContext) -> None:
+        stamp = self._crl_stamp()
+        if stamp != self._stamp:
+            try:
+                self.current = server_context(self.material)
+                self._stamp = stamp
+                log.info("boxes_crl_reloaded crl=%s", self.material.broker.crl)
+            except (OSError, ssl.SSLError) as exc:  # half-written: the next handshake retries
+                log.warning("boxes_crl_unreadable error=%s", exc)
+        connection.context = self.current
 
 
 def server_context(material: Material) -> ssl.SSLContext:
@@ -93,7 +124,7 @@ class BoxListener:
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.settings.host, self.settings.port,
-                               ssl_context=server_context(self.material))
+                               ssl_context=FreshContext(self.material).entry)
             try:
                 await site.start()
             except OSError as exc:

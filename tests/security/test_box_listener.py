@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,24 @@ async def test_the_ota_repository_is_for_enrolled_boxes(tmp_path: Path,
         c.identities.revoke(BOX, "stolen")
         async with box_http(tls) as http, http.get(url) as reply:
             assert reply.status == 401
+
+
+async def test_a_certificate_in_a_fresh_crl_fails_the_handshake(tmp_path: Path,
+                                                               broker: Mosquitto) -> None:
+    async with controller(tmp_path, broker) as c:
+        tls = admit_box(c, BOX, tmp_path / BOX)
+        url = f"{c.boxes.url}/archive/v1/recipients"
+        async with box_http(tls) as http, http.get(url) as reply:
+            assert reply.status == 200
+        identity = c.identities.get(BOX)
+        assert identity is not None and identity.cert_serial
+        # revoked in the database and written to the CRL (what `revoke` does), no restart
+        with c.db.transaction():
+            c.provisioning.claims.add_revoked_certificate(
+                identity.cert_serial, device=BOX, not_after=time.time() + 86400,
+                reason="stolen", at=time.time())
+        await c.provisioning.sync_broker("test")
+        async with box_http(tls) as http:
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(url) as reply:
+                    await reply.read()
