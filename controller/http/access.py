@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -55,7 +55,6 @@ class Caller:
     name: str
     roles: frozenset[str] = frozenset()
     box: str | None = None  # the device id proven by the TLS client certificate
-    attributes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def may(self, allowed: frozenset[str]) -> bool:
         return bool(self.roles & allowed) or (self.box is not None and BOX in allowed)
