@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.store import private_file
+from tiepdan.errors import TiepdanError
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.durable import fsync_dir, write_atomic
 from tiepdan.firmware.evidence.identity import write_private
@@ -124,7 +125,7 @@ CREATE TABLE IF NOT EXISTS closed (
 """
 
 
-class ArchiveError(Exception):
+class ArchiveError(TiepdanError):
     """Refused input: `status` is the HTTP status the API answers with, `extra` goes along."""
 
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:

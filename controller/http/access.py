@@ -115,6 +115,15 @@ def check_routes(app: web.Application) -> None:
                               + ", ".join(sorted(missing)))
 
 
+def status_of(exc: TiepdanError) -> int:
+    """The HTTP status of a refusal: its own `status` when a feature's error carries one
+    (the archive's 408, 413, 416, 422 ...), else by kind."""
+    own = getattr(exc, "status", None)
+    if isinstance(own, int):
+        return own
+    return next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 400)
+
+
 def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
@@ -142,14 +151,16 @@ def access_middleware(identifiers: Sequence[Identifier], listener: str) -> Any:
                 request[CALLER_KEY] = who
             return await handler(request)
         except TiepdanError as exc:
-            status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 400)
-            level = logging.WARNING if status in (401, 403) else logging.INFO
-            log.log(level, "http_refused listener=%s method=%s path=%s status=%d code=%s "
-                    "peer=%s error=%s", listener, request.method, request.path[:300], status,
-                    exc.code, request.remote, exc)
+            status = status_of(exc)
+            log.warning("http_refused listener=%s method=%s path=%s status=%d code=%s "
+                        "peer=%s error=%s", listener, request.method, request.path[:300], status,
+                        exc.code, request.remote, exc)
             if request.method == "HEAD":
                 return web.Response(status=status, headers={"Archive-Error": exc.code})
-            return json_error(status, exc.code, str(exc))
+            extra = getattr(exc, "extra", None)
+            return web.json_response({"error": {"code": exc.code, "message": str(exc)},
+                                      **(extra if isinstance(extra, dict) else {})},
+                                     status=status)
         except protocol.ProtocolError as exc:
             return json_error(400, "bad_request", str(exc))
     return access

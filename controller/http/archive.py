@@ -21,10 +21,8 @@ On the admin listener (role admin): `/api/archive/sessions[/<session>[/close]]` 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -46,7 +44,6 @@ MAX_RECORDS_BODY = 8 * 1024 * 1024
 FLUSH = 1024 * 1024
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UploadKey = tuple[str, str, str]
 HOLDERS: web.AppKey[dict[UploadKey, asyncio.Task[Any]]] = web.AppKey("archive_holders", dict)
 
@@ -54,37 +51,20 @@ HOLDERS: web.AppKey[dict[UploadKey, asyncio.Task[Any]]] = web.AppKey("archive_ho
 def add_archive_routes(admin: web.Application, boxes: web.Application) -> None:
     boxes[HOLDERS] = {}
     boxes.add_routes([
-        web.get("/archive/v1/recipients", _guard(recipients)),
-        web.get(PREFIX, _guard(recording)),
-        web.post(PREFIX + "/records", _guard(records)),
-        web.head(PREFIX + "/segments/{name}", _guard(head_segment)),
-        web.put(PREFIX + "/segments/{name}", _guard(put_segment)),
-        web.get(PREFIX + "/receipts", _guard(receipts)),
+        web.get("/archive/v1/recipients", recipients),
+        web.get(PREFIX, recording),
+        web.post(PREFIX + "/records", records),
+        web.head(PREFIX + "/segments/{name}", head_segment),
+        web.put(PREFIX + "/segments/{name}", put_segment),
+        web.get(PREFIX + "/receipts", receipts),
     ])
     admin.add_routes([
-        web.get("/api/archive/sessions", _guard(list_sessions)),
-        web.get("/api/archive/sessions/{session}", _guard(show_session)),
-        web.post("/api/archive/sessions/{session}/close", _guard(close_session)),
-        web.get("/api/archive/recordings/{session}/{recorder}", _guard(recording)),
-        web.get("/api/archive/recordings/{session}/{recorder}/receipts", _guard(receipts)),
+        web.get("/api/archive/sessions", list_sessions),
+        web.get("/api/archive/sessions/{session}", show_session),
+        web.post("/api/archive/sessions/{session}/close", close_session),
+        web.get("/api/archive/recordings/{session}/{recorder}", recording),
+        web.get("/api/archive/recordings/{session}/{recorder}/receipts", receipts),
     ])
-
-
-def _guard(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ArchiveError as exc:
-            log.warning("archive_refused method=%s path=%s status=%d code=%s peer=%s "
-                        "error=%s", request.method, request.path[:200], exc.status, exc.code,
-                        request.remote, exc)
-            if request.method == "HEAD":
-                return web.Response(status=exc.status, headers={"Archive-Error": exc.code})
-            return web.json_response(
-                {"error": {"code": exc.code, "message": str(exc)}, **exc.extra},
-                status=exc.status)
-    return guarded
 
 
 def _controller(request: web.Request) -> Controller:

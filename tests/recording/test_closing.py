@@ -156,7 +156,10 @@ async def test_bridge_records_a_real_session_into_the_archive(tmp_path: Path,
                                          session=session.id, key_for=c.archive.key_for)
         assert not problems
         segments = [r.segment for r in records if r.segment is not None]
-        assert len(c.archive.receipts(session.id, recorder)) == len(segments) >= 2
+        assert len(segments) >= 2
+        # the records go in first, then the files: the last segment may still be on its way
+        await eventually(lambda: len(c.archive.receipts(session.id, recorder)) == len(segments),
+                         10, what="every bridge segment receipted")
         await eventually(lambda: not (c.archive.dir / "staging" / session.id).exists(), 10,
                          what="the bridge's staging directory cleaned up")
         # the boxes did not record here (no recorder wired in this test): it stays ended
