@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
 
 CONTROLLER_KEY: web.AppKey[Controller] = web.AppKey("controller")
