@@ -244,7 +244,8 @@ class Provisioning:
             device=msgspec.convert({"id": box.device, "name": box.hall, "kind": box.kind,
                                     "province": box.province, "commune": box.commune},
                                    DeviceSection),
-            broker=BrokerSection(host=host, port=port))
+            broker=BrokerSection(host=host, port=port),
+            archive_url=self.controller.boxes.url)
 
     def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
         """Grant a certificate, or raise Refused; everything granted commits together."""

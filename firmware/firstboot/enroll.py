@@ -61,6 +61,8 @@ class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+\Z")]
     device: DeviceSection
     broker: BrokerSection
+    # the controller's box listener (archive uploads, OTA); empty in folders from before it
+    archive_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?\Z")] = ""
 
 
 class EnrollError(RuntimeError):
@@ -251,6 +253,8 @@ def write_agent_config(path: Path, provision: Provision, state: Path) -> None:
     mqtt.update(host=provision.broker.host, port=provision.broker.port, tls=True)
     for name in ("ca_file", "cert_file", "key_file"):
         mqtt.pop(name, None)  # the defaults under <state>/tls/ are where enrollment writes
+    if provision.archive_url:
+        settings.setdefault("recording", {})["archive_url"] = provision.archive_url
     settings.setdefault("state", {})["dir"] = str(state)
     header = (f"# written by tiepdan-enroll from the boot partition's {FOLDER}/{PROVISION_FILE};"
               "\n# settings are documented in the README (Configuration).\n")
