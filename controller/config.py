@@ -21,8 +21,20 @@ class ControllerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 class HttpSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The admin API's listener: plain HTTP with the admin token, so loopback by default."""
+
     host: str = "127.0.0.1"
     port: Port = 8600
+
+
+class BoxesSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The box-facing HTTPS listener (archive, OTA): mutual TLS with the provisioning CA."""
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8601
+    url: str = ""  # how boxes reach it; default https://<provisioning.broker_host>:<port>
+    read_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
 
 
 class RegistrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -105,6 +117,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
     http: HttpSection = HttpSection()
+    boxes: BoxesSection = BoxesSection()
     registry: RegistrySection = RegistrySection()
     log: LogSection = LogSection()
     bridge: BridgeSection = BridgeSection()
@@ -124,16 +137,6 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def api_url(self) -> str:
         host = "127.0.0.1" if self.http.host in ("0.0.0.0", "::", "") else self.http.host
         return f"http://{host}:{self.http.port}"
-
-    @property
-    def archive_public_url(self) -> str:
-        """The archive's address as boxes are told it at enrollment."""
-        return (self.archive.public_url or self.api_url).rstrip("/")
-
-    @property
-    def ota_public_url(self) -> str:
-        """The TUF repository's address as boxes and campaigns name it."""
-        return (self.ota.public_url or f"{self.api_url}/ota").rstrip("/")
 
     @property
     def ota_repository_path(self) -> Path:

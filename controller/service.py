@@ -21,6 +21,7 @@ from tiepdan.controller.http import provisioning as provisioning_routes
 from tiepdan.controller.http import sessions as session_routes
 from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
+from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
@@ -76,24 +77,34 @@ class Controller:
         self.bridge_recording = BridgeRecording(self.archive, config.bridge, config.archive,
                                                 self.signing.path)
         self.provisioning = Provisioning(config, self.db, self.registry, self.identities,
-                                         self.signing, self.link)
-        self.campaigns = Campaigns(self.db, self.registry, self.link, config.ota_public_url,
-                                   tick=config.ota.tick)
+                                         self.signing, self.link, self._box_url,
+                                         self.archive.freeze)
+        self.boxes: BoxListener = BoxListener(self, config, self.identities,
+                                              self.provisioning.claims)
+        self.campaigns = Campaigns(
+            self.db, self.registry, self.link,
+            lambda: config.ota.public_url.rstrip("/") or f"{self._box_url()}/ota",
+            tick=config.ota.tick)
         self.updates = Updates(config.ota, config.ota_repository_path, config.data_dir,
                                self.campaigns)
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),
             *session_routes.routes(),
-            *archive_routes.routes(),
             *provisioning_routes.routes(),
-            *update_routes.routes(self.updates.repository_path),
+            *update_routes.routes(),
         ])
+        self.boxes.app.add_routes(update_routes.box_routes())
+        archive_routes.attach(self.app, self.boxes.app)
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+
+    def _box_url(self) -> str:
+        """Where boxes reach the box listener; asked late, once it listens."""
+        return self.boxes.url
 
     def _connect(self) -> None:
         """Who hears what. Order matters where two listen to the same source: first come,
@@ -136,6 +147,7 @@ class Controller:
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")
+        self.spawn(self.boxes.run(), "boxes")
         self.spawn(self.closer.run(), "closer")
         self.spawn(self.updates.run(), "updates")
         await asyncio.to_thread(self.bridge_recording.recover)

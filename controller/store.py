@@ -1,22 +1,37 @@
 """The controller's SQLite database.
 
 One file, WAL mode so the CLI can read while the controller writes. Each part of the controller
-owns its tables and declares them with `ensure()`; nothing else shares a schema.
+owns its tables and declares them with `ensure()`; nothing else shares a schema. Databases are
+created (and kept) mode 0600: they hold claim tokens' hashes, identities and the fleet's state;
+SQLite gives its -wal and -shm files the database's mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def private_file(path: Path, mode: int = 0o600) -> Path:
+    """Create `path` with `mode` if it is missing, and tighten it if an older run left it
+    readable by others; before SQLite (or anyone) opens it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, mode)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return path
 
 
 class Database:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(private_file(path), isolation_level=None,
+                                    check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")

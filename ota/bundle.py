@@ -45,10 +45,10 @@ BOX_PARTS = ("board", "firmware", "ota")
 _PARTS = ("board", "firmware", "controller", "ota", "provisioning", "tools")
 SERVER_PARTS = _PARTS
 _VERSION_LINE = re.compile(r'^__version__ = "[^"]*"$', re.M)
-_WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl$")
+_WHEEL_NAME = re.compile(r"^tiepdan-(?P<version>[^-]+)-py3-none-any\.whl\Z")
 # PEP 427 file names: distribution-version(-build)?-python-abi-platform.whl
 _ANY_WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)(-\d[^-]*)?"
-                        r"-[^-]+-[^-]+-[^-]+\.whl$")
+                        r"-[^-]+-[^-]+-[^-]+\.whl\Z")
 MAX_WHEEL = 512 * 2**20
 
 
@@ -56,15 +56,15 @@ class BundleError(BadInput):
     """A bundle that is not what it claims to be, or cannot be built."""
 
 
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 
 
 class Dependency(msgspec.Struct, frozen=True):
     """One pinned dependency wheel, stored in the bundle as `wheels/<file>`."""
 
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")]
     version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    file: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.whl$")]
+    file: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\.whl\Z")]
     sha256: Sha256
 
 
@@ -72,7 +72,7 @@ class BundleManifest(msgspec.Struct, frozen=True):
     format: Annotated[int, msgspec.Meta(ge=1)]
     package: str
     version: str
-    wheel: Annotated[str, msgspec.Meta(pattern=r"^tiepdan-[^/]+-py3-none-any\.whl$")]
+    wheel: Annotated[str, msgspec.Meta(pattern=r"^tiepdan-[^/]+-py3-none-any\.whl\Z")]
     wheel_sha256: Sha256
     built_ms: int
     # format 2: the environment. `target` names the platform the wheels are for ("any" when
@@ -147,7 +147,7 @@ def build_wheel(source: Path, version: str, out_dir: Path,
 
 
 def wheel_version(wheel: Path) -> str:
-    match = _WHEEL_NAME.match(wheel.name)
+    match = _WHEEL_NAME.fullmatch(wheel.name)
     if match is None:
         raise BundleError(f"{wheel.name} is not a pure-Python tiepdan wheel")
     return match["version"]

@@ -249,6 +249,11 @@ class ClaimStore:
             "ORDER BY revoked_at", (time.time() if at is None else at,))
         return [(int(serial, 16), revoked_at) for serial, revoked_at in rows]
 
+    def certificate_revoked(self, serial: str) -> bool:
+        """Is the certificate with this serial (lower-case hex) revoked? The CRL's source."""
+        return self._conn.execute("SELECT 1 FROM revoked_certificates WHERE serial = ?",
+                                  (serial,)).fetchone() is not None
+
     def revoked_devices(self) -> list[str]:
         rows = self._conn.execute(
             "SELECT device FROM provisioned_boxes WHERE revoked_at IS NOT NULL ORDER BY device")

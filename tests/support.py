@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 import tomli_w
@@ -21,13 +22,16 @@ from tiepdan.board.panel import Panel
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.controller.identities import Identities
 from tiepdan.controller.service import Controller
+from tiepdan.controller.store import Database
 from tiepdan.firmware.agent.agent import Agent, Exit
 from tiepdan.firmware.agent.config import AgentConfig
-from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings
+from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink, TlsSettings, client_context
+from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.provisioning import dynsec
-from tiepdan.provisioning.ca import cert_pem, new_key, write_key, write_public
-from tiepdan.provisioning.material import initialise
+from tiepdan.provisioning.ca import cert_pem, new_key, serial_hex, write_key, write_public
+from tiepdan.provisioning.material import Material, initialise
 from tiepdan.provisioning.mosquitto import listener_text
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -84,6 +88,8 @@ def make_controller_config(tmp_path: Path, broker: Mosquitto,
         "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 5,
                  "reconnect_min": 0.2, "reconnect_max": 1.0},
         "http": {"host": "127.0.0.1", "port": free_port()},
+        "boxes": {"host": "127.0.0.1", "port": 0},
+        "provisioning": {"enroll_host": "127.0.0.1", "enroll_port": 0, "broker_reload": []},
         "registry": {"flush_interval": 0.2},
         "log": {"level": "debug"},
         # The tests decrypt what they archive; production sets archive.recipients instead.
@@ -101,11 +107,63 @@ async def running_controller(config: ControllerConfig) -> AsyncIterator[Controll
     task = asyncio.create_task(controller.run(ready))
     await asyncio.wait_for(ready.wait(), 10)
     await controller.link.wait_connected(10)
+    if material_for(config).exists():  # boxes reach the archive and OTA only through it
+        await asyncio.wait_for(controller.boxes.started.wait(), 10)
     try:
         yield controller
     finally:
         controller.request_stop()
         await asyncio.wait_for(task, 15)
+
+
+def init_ca(config: ControllerConfig) -> Material:
+    """`tiepdan-provision ca init` for a test controller (once): the box listener needs it."""
+    material = material_for(config)
+    if not material.exists():
+        initialise(material, controller=config.controller.id, hosts=["127.0.0.1", "localhost"],
+                   broker_port=config.mqtt.port, listen_host="127.0.0.1", cert_days=30,
+                   crl_days=30)
+    return material
+
+
+def issue_box_tls(config: ControllerConfig, device: str,
+                  state_dir: Path) -> tuple[TlsSettings, str]:
+    """A box's client certificate from the test controller's CA, where enrollment puts it
+    (`<state dir>/tls/`); returns the files and the serial, and records nothing."""
+    material = init_ca(config)
+    directory = state_dir / "tls"
+    key = new_key()
+    cert = material.authority().issue_client(key.public_key(), device, 30)
+    write_key(directory / "device.key", key)
+    write_public(directory / "device.pem", cert_pem(cert))
+    write_public(directory / "ca.pem", material.authority().pem)
+    return TlsSettings(ca_file=directory / "ca.pem", cert_file=directory / "device.pem",
+                       key_file=directory / "device.key"), serial_hex(cert)
+
+
+def admit_box(target: Controller | ControllerConfig, device: str, state_dir: Path
+              ) -> TlsSettings:
+    """What enrollment leaves behind, without the enrollment endpoint: the box's certificate
+    under `<state dir>/tls/` and its signing key bound at the controller with that serial
+    (straight into the database when the controller runs in another process)."""
+    config = target.config if isinstance(target, Controller) else target
+    tls, serial = issue_box_tls(config, device, state_dir)
+    sign_key = Identity(state_dir).signing_public_raw()
+    if isinstance(target, Controller):
+        target.identities.bind(device, sign_key, cert_serial=serial)
+    else:
+        db = Database(config.data_dir / "controller.db")
+        try:
+            Identities(db).bind(device, sign_key, cert_serial=serial)
+        finally:
+            db.close()
+    return tls
+
+
+def box_http(tls: TlsSettings, **kwargs: Any) -> aiohttp.ClientSession:
+    """An HTTP client that shows the box's certificate (what the uploader and OTA use)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(tls)),
+                                 **kwargs)
 
 
 class RunningAgent:

@@ -80,3 +80,9 @@ class Unavailable(TiepdanError):
     """A part this needs is not there now (broker, network, disk, a peer); try again later."""
 
     code = "unavailable"
+
+
+class TimedOut(Unavailable):
+    """The peer stopped sending before it finished (a stalled upload); it may try again."""
+
+    code = "timeout"

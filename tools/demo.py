@@ -116,6 +116,7 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
         "controller": {"id": "central", "data_dir": str(workdir / "controller")},
         "mqtt": {"host": broker.host, "port": broker.port, "tls": True},
         "http": {"host": "127.0.0.1", "port": http_port},
+        "boxes": {"host": "127.0.0.1", "port": free_port()},
         "log": {"level": "info"},
         "provisioning": {"broker_host": broker.host, "broker_reload": broker.reload_command(),
                          "enroll_host": "127.0.0.1", "enroll_port": free_port(),
@@ -155,7 +156,7 @@ def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) ->
 
 def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                     points: list[DemoPoint], logdir: Path, stop: dict[str, bool],
-                    timeout: float = 90) -> list[str]:
+                    archive_url: str, timeout: float = 90) -> list[str]:
     """Each box as a technician would: SD-card folder from the controller, then first boot
     (`tiepdan-enroll`, all boxes at once). Returns the boxes that failed to enroll."""
     enrolling: dict[str, subprocess.Popen[bytes]] = {}
@@ -289,7 +290,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
         wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
-        failed = provision_boxes(workdir, client, broker, points, logdir, stop)
+        boxes_url = f"https://{broker.host}:{settings['boxes']['port']}"  # archive, OTA
+        failed = provision_boxes(workdir, client, broker, points, logdir, stop, boxes_url)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
         # The only thing the demo adds to a box is its simulated hardware (TIEPDAN_BOARD, which

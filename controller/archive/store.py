@@ -10,6 +10,13 @@ it, never beyond the declared size, re-hashed on completion, stored with fsync +
 acknowledged with a receipt the controller signs; partial uploads rest as `<name>.part` so an
 upload resumes where a cut left it.
 
+Trust rests on what the controller itself saw, not only on the times a box signs (a stolen key
+can backdate): at revocation each of the box's recordings is frozen where the archive's copy
+ends (`freeze`), and nothing after that is taken; every record's receipt time (server clock) is
+kept and must be before a revocation as well as its own `utc_ms`. A closed session takes only
+the bookkeeping records (`uploaded`, `deleted`) of segments it already holds, and a `segment`
+or `stop` needs a `start` that no `stop` has ended yet.
+
 A session closes only when every recording in it is complete: a `stop` (or, after a crash, a
 `recovered`) record ends it, and every declared segment is stored, re-verified and receipted.
 The signed closed-session document commits to each manifest's prefix (record count and last
@@ -40,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.store import private_file
 from tiepdan.errors import (
     BadInput,
     Conflict,
@@ -73,9 +81,10 @@ MIB = 1024 * 1024
 CHUNK = 1024 * 1024
 RECEIPTS = "receipts.jsonl"
 FORKS = "forks.jsonl"
-SEGMENT_NAME = re.compile(r"^[0-9]{6}\.[a-z0-9]{1,8}\.age$")
+SEGMENT_NAME = re.compile(r"^[0-9]{6}\.[a-z0-9]{1,8}\.age\Z")
 LIFECYCLE = ("start", "segment", "stop", "recovered")
 ENDS = ("stop", "recovered")
+BOOKKEEPING = ("uploaded", "deleted")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -109,6 +118,14 @@ CREATE TABLE IF NOT EXISTS segments (
     receipt TEXT,
     PRIMARY KEY (session, recorder, name)
 );
+CREATE TABLE IF NOT EXISTS frozen (
+    session TEXT NOT NULL,
+    recorder TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    frozen_utc_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (session, recorder)
+);
 CREATE TABLE IF NOT EXISTS closed (
     session TEXT PRIMARY KEY,
     closed_utc_ms INTEGER NOT NULL,
@@ -116,6 +133,17 @@ CREATE TABLE IF NOT EXISTS closed (
     document BLOB NOT NULL
 );
 """
+
+
+
+@dataclass
+class _State:
+    """What the server knows about a recording while a batch of its records comes in."""
+
+    open: bool  # the last lifecycle record is a start or a segment
+    closed: bool  # the session's closed document is signed
+    frozen_at: int | None  # revoked: no record from this sequence number on
+    received_utc_ms: int  # the server's clock when the batch arrived
 
 
 @dataclass(frozen=True)
@@ -200,12 +228,15 @@ class Archive:
         self._uploading: set[tuple[str, str, str]] = set()
         for path in (self.recordings_dir, self.closed_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.dir / "archive.db", isolation_level=None,
+        self._db = sqlite3.connect(private_file(self.dir / "archive.db"), isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "received_utc_ms" not in columns:  # archives from before issue 15
+            self._db.execute("ALTER TABLE records ADD COLUMN received_utc_ms INTEGER")
         self.recipients = self._recipients()
         self.recipients_document = sign_document(self.recipients, signing)
         self._reconcile()
@@ -249,14 +280,56 @@ class Archive:
 
     # -- keys ------------------------------------------------------------------------------------
 
-    def key_for(self, record: Record) -> Ed25519PublicKey | None:
-        """The key that may have signed `record` at its time, or None (unknown or revoked)."""
+    def key_for(self, record: Record, received_utc_ms: int | None = None
+                ) -> Ed25519PublicKey | None:
+        """The key that may have signed `record`, or None (unknown or revoked): the box must
+        have been trusted both at the record's own time and when the archive received it
+        (now while ingesting; the stored receipt time when re-verifying)."""
         if record.device == self.recorder_id:
             return self._controller_key
         identity = self._identities.get(record.device)
         if identity is None or not identity.trusted_at(record.utc_ms / 1000):
             return None
+        if received_utc_ms is None:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT received_utc_ms FROM records WHERE session = ? AND recorder = ? "
+                    "AND seq = ? AND hash = ?",
+                    (record.session, record.device, record.seq, record.hash)).fetchone()
+            received_utc_ms = row[0] if row is not None else None
+        if received_utc_ms is not None and not identity.trusted_at(received_utc_ms / 1000):
+            return None
         return Ed25519PublicKey.from_public_bytes(identity.sign_key)
+
+    def freeze(self, recorder: str, reason: str) -> dict[str, int]:
+        """At revocation: end each of `recorder`'s recordings where the archive's copy ends.
+
+        Returns {session: next_seq} of what was frozen. Records from then on are refused
+        whatever time they claim (a stolen key can backdate; the archive's copy cannot grow).
+        """
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO frozen (session, recorder, next_seq, frozen_utc_ms, "
+                "reason) SELECT session, recorder, next_seq, ?, ? FROM recordings "
+                "WHERE recorder = ?", (_now_ms(), reason, recorder))
+            rows = self._db.execute("SELECT session, next_seq FROM frozen WHERE recorder = ?",
+                                    (recorder,)).fetchall()
+        frozen = {str(r[0]): int(r[1]) for r in rows}
+        log.warning("archive_frozen recorder=%s recordings=%d reason=%s", recorder,
+                    len(frozen), reason)
+        return frozen
+
+    def _frozen_at(self, session: str, recorder: str) -> int | None:
+        """Where a recording was frozen; 0 for a revoked box's recording the archive lacked."""
+        row = self._db.execute("SELECT next_seq FROM frozen WHERE session = ? AND recorder = ?",
+                               (session, recorder)).fetchone()
+        if row is not None:
+            return int(row[0])
+        if recorder != self.recorder_id:
+            identity = self._identities.get(recorder)
+            if identity is not None and identity.revoked_at is not None:
+                return 0
+        return None
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -294,6 +367,11 @@ class Archive:
             names = {r[0] for r in self._db.execute(
                 "SELECT name FROM segments WHERE session = ? AND recorder = ?",
                 (session, recorder))}
+            state = _State(
+                open=self._is_open(session, recorder),
+                closed=self._db.execute("SELECT 1 FROM closed WHERE session = ?",
+                                        (session,)).fetchone() is not None,
+                frozen_at=self._frozen_at(session, recorder), received_utc_ms=_now_ms())
             fresh: list[Record] = []
             duplicates = 0
             try:
@@ -302,7 +380,7 @@ class Archive:
                     if not raw:
                         continue
                     record = self._check_record(session, recorder, number, raw, next_seq,
-                                                last, names)
+                                                last, names, state)
                     if record is None:
                         duplicates += 1
                         continue
@@ -310,20 +388,33 @@ class Archive:
                     next_seq, last = record.seq + 1, record.hash
                     if record.segment is not None:
                         names.add(record.segment.name)
+                    if record.kind == "start":
+                        state.open = True
+                    elif record.kind in ENDS:
+                        state.open = False
             except TiepdanError as exc:
-                self._store_records(session, recorder, fresh)
+                self._store_records(session, recorder, fresh, state.received_utc_ms)
                 exc.extra.update(accepted=len(fresh), next_seq=next_seq)
                 log.warning("archive_records_refused session=%s recorder=%s code=%s "
                             "accepted=%d error=%s", session, recorder, exc.code, len(fresh), exc)
                 raise
-            self._store_records(session, recorder, fresh)
+            self._store_records(session, recorder, fresh, state.received_utc_ms)
         if fresh:
             log.info("archive_records session=%s recorder=%s accepted=%d duplicates=%d "
                      "next_seq=%d", session, recorder, len(fresh), duplicates, next_seq)
         return IngestResult(len(fresh), duplicates, next_seq)
 
+    def _is_open(self, session: str, recorder: str) -> bool:
+        """Whether the recording's last lifecycle record is a `start` or a `segment`."""
+        row = self._db.execute(
+            "SELECT kind FROM records WHERE session = ? AND recorder = ? AND kind IN "
+            "('start', 'segment', 'stop', 'recovered') ORDER BY seq DESC LIMIT 1",
+            (session, recorder)).fetchone()
+        return row is not None and row[0] in ("start", "segment")
+
     def _check_record(self, session: str, recorder: str, number: int, raw: bytes,
-                      next_seq: int, last: str, names: set[str]) -> Record | None:
+                      next_seq: int, last: str, names: set[str],
+                      state: _State) -> Record | None:
         """The record if it is the next one, None for a repeat; a TiepdanError otherwise."""
         try:
             record = parse_line(raw)
@@ -344,12 +435,24 @@ class Archive:
                                             "already archived under that number")
         if record.seq > next_seq:
             raise Conflict(code="gap", message=f"record {record.seq} sent; expected {next_seq}")
+        if state.frozen_at is not None and record.seq >= state.frozen_at:
+            raise Forbidden(code="frozen", message=f"{recorder} was revoked: its recording of "
+                                              f"{session} ends at record {state.frozen_at}")
+        if state.closed and record.kind not in BOOKKEEPING:
+            raise Conflict(code="session_closed", message=f"session {session} is closed; only "
+                                                      "upload bookkeeping is taken")
+        if record.kind in BOOKKEEPING and str(record.detail.get("name")) not in names:
+            raise BadInput(code="bad_record", message=f"record {record.seq}: {record.kind} of a "
+                                                  "segment no record declared")
+        if record.kind in ("segment", "stop") and not state.open:
+            raise Conflict(code="not_recording", message=f"record {record.seq}: {record.kind} "
+                                                     "without a start that is not ended")
         if record.v != VERSION:
             raise BadInput(code="version", message=f"unknown record version {record.v}")
         if record.prev != last:
             raise Conflict(code="chain", message=f"record {record.seq} does not chain to the "
                                              "archived record before it")
-        key = self.key_for(record)
+        key = self.key_for(record, state.received_utc_ms)
         if key is None:
             raise Forbidden(code="untrusted", message=f"no trusted key for {recorder} at "
                                                  f"utc_ms {record.utc_ms} (unknown or revoked)")
@@ -361,7 +464,7 @@ class Archive:
             if segment is None:
                 raise BadInput(code="bad_record", message=f"record {record.seq}: segment record "
                                                       "without a segment")
-            if not SEGMENT_NAME.match(segment.name):
+            if not SEGMENT_NAME.fullmatch(segment.name):
                 raise BadInput(code="bad_record", message=f"segment name {segment.name!r} is not "
                                                       "<index:06d>.<ext>.age")
             if segment.name in names:
@@ -379,7 +482,8 @@ class Archive:
         if directory.is_dir():
             _append(directory / FORKS, record.line() + b"\n")
 
-    def _store_records(self, session: str, recorder: str, records: list[Record]) -> None:
+    def _store_records(self, session: str, recorder: str, records: list[Record],
+                       received_utc_ms: int | None = None) -> None:
         if not records:
             return
         directory = self.recording_dir(session, recorder)
@@ -388,17 +492,19 @@ class Archive:
             fsync_dir(directory.parent)
             fsync_dir(directory.parent.parent)
         size = _append(directory / FILENAME, b"".join(r.line() + b"\n" for r in records))
-        self._index(session, recorder, records, size)
+        self._index(session, recorder, records, size, received_utc_ms)
 
-    def _index(self, session: str, recorder: str, records: list[Record], size: int) -> None:
+    def _index(self, session: str, recorder: str, records: list[Record], size: int,
+               received_utc_ms: int | None = None) -> None:
         last = records[-1]
         kinds = [r.kind for r in records if r.kind in LIFECYCLE]
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
-                "INSERT OR IGNORE INTO records (session, recorder, seq, hash, kind, utc_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(session, recorder, r.seq, r.hash, r.kind, r.utc_ms) for r in records])
+                "INSERT OR IGNORE INTO records (session, recorder, seq, hash, kind, utc_ms, "
+                "received_utc_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(session, recorder, r.seq, r.hash, r.kind, r.utc_ms, received_utc_ms)
+                 for r in records])
             self._db.executemany(
                 "INSERT OR IGNORE INTO segments (session, recorder, name, idx, ct_sha256, "
                 "ct_size, pt_sha256, record_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -448,7 +554,7 @@ class Archive:
 
     def _segment_row(self, session: str, recorder: str, name: str) -> sqlite3.Row:
         self.check_recording(session, recorder)
-        if not SEGMENT_NAME.match(name):
+        if not SEGMENT_NAME.fullmatch(name):
             raise BadInput(code="bad_request", message=f"{name!r} is not a segment name")
         row = self._db.execute(
             "SELECT * FROM segments WHERE session = ? AND recorder = ? AND name = ?",
@@ -519,8 +625,9 @@ class Archive:
             self._uploading.add(key)
         try:
             part.parent.mkdir(parents=True, exist_ok=True)
+            # Never truncated here: an empty or short PUT must not throw away what arrived
+            # (bytes re-sent from an earlier offset overwrite; the hash decides at the end).
             fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o640)
-            os.ftruncate(fd, offset)
         except OSError:
             with self._lock:
                 self._uploading.discard(key)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow, check_routes
 from tiepdan.errors import Forbidden
 from tiepdan.firmware import protocol
 from tiepdan.provisioning.dynsec import DynsecError
@@ -91,6 +92,7 @@ class Enrollment:
         context.load_cert_chain(material.enroll_cert, material.enroll_key)
         app = web.Application(client_max_size=MAX_BODY)
         app.add_routes([web.post(protocol.ENROLL_PATH, self.handle)])
+        check_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.enroll_host, settings.enroll_port,
@@ -106,6 +108,7 @@ class Enrollment:
             await self._runner.cleanup()
             self._runner = None
 
+    @allow("public")
     async def handle(self, request: web.Request) -> web.Response:
         peer = request.remote or "unknown"
         wait = self.limiter.take(peer)

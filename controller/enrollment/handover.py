@@ -32,12 +32,15 @@ class Handover:
             else ""
 
 
-def handover(config: ControllerConfig) -> Handover:
+def handover(config: ControllerConfig, box_url: str) -> Handover:
+    """`box_url`: the box listener's address, where the archive and the repository are unless
+    configured otherwise (behind a proxy)."""
     try:
         root: bytes | None = UpdateRepository(config.ota_repository_path).trusted_root()
     except (RepositoryError, OSError) as exc:
         log.warning("handover_without_ota_root repository=%s error=%s",
                     config.ota_repository_path, exc)
         root = None
-    return Handover(archive_url=config.archive_public_url,
-                    ota_repository=config.ota_public_url, ota_trusted_root=root)
+    return Handover(archive_url=config.archive.public_url.rstrip("/") or box_url,
+                    ota_repository=config.ota.public_url.rstrip("/") or f"{box_url}/ota",
+                    ota_trusted_root=root)

@@ -13,7 +13,8 @@ Revoking a box (lost or stolen) takes effect on the broker without restarting it
 3. it then connects once *as the box*, with a short-lived certificate for the box's id that it
    issues itself, and a clean start: the broker closes the box's live connection (MQTT session
    takeover) and drops its session. That certificate is revoked right after.
-The box's signing key stops being trusted from the revocation time (`identities.revoke`).
+The box's signing key stops being trusted from the revocation time (`identities.revoke`), and
+each of its recordings is frozen where the archive's copy ends (`Archive.freeze`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -94,7 +96,7 @@ EPHEMERAL_DAYS = 10 / (24 * 60)
 KIND_PREFIX = {"commune": "xa", "province": "tinh", "central": "tw"}
 
 # Empty only for the central and provincial offices' boxes, which serve no commune.
-Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?$")]
+Commune = Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9][a-z0-9-]{0,15})?\Z")]
 
 
 class NewBox(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -144,7 +146,8 @@ class Provisioning:
     `check_birth` is connected to the registry by the composition root."""
 
     def __init__(self, config: ControllerConfig, db: Database, registry: Registry,
-                 identities: Identities, signing: SigningKey, link: MqttLink) -> None:
+                 identities: Identities, signing: SigningKey, link: MqttLink,
+                 box_url: Callable[[], str], freeze: Callable[[str, str], object]) -> None:
         self.config = config
         self.settings = config.provisioning
         self.material = material_for(config)
@@ -153,6 +156,8 @@ class Provisioning:
         self.identities = identities
         self.signing = signing
         self.link = link
+        self.box_url = box_url  # the box listener's, known once it listens
+        self._freeze = freeze  # the archive's: a revoked box's recordings end where they are
         self.controller_id = config.controller.id
         self.claims = ClaimStore(db.conn)
         self.enrollment = Enrollment(self)
@@ -296,7 +301,7 @@ class Provisioning:
                                     "province": box.province, "commune": box.commune},
                                    DeviceSection),
             broker=BrokerSection(host=host, port=port), renew_url=self.renew_url,
-            ota=OtaPin(root_sha256=handover(self.config).root_sha256))
+            ota=OtaPin(root_sha256=handover(self.config, self.box_url()).root_sha256))
 
     def enroll(self, request: protocol.EnrollRequest, peer: str) -> protocol.EnrollResponse:
         """Grant a certificate, or raise Refused; everything granted commits together."""
@@ -344,7 +349,7 @@ class Provisioning:
         log.info("enroll_%s device=%s commune=%s peer=%s serial=%s",
                  "repeated" if repeated else "done", request.device, request.commune, peer,
                  serial)
-        extra = handover(self.config)
+        extra = handover(self.config, self.box_url())
         return protocol.EnrollResponse(
             device=request.device, certificate=certificate, ca=ca.pem.decode(),
             controller_sign_key=base64.b64encode(self.signing.public_raw()).decode(),
@@ -467,6 +472,8 @@ class Provisioning:
                     self.identities.revoke(device, reason, at)
             log.warning("device_revoking device=%s reason=%s serials=%s", device, reason,
                         ",".join(serials) or "-")
+            # The archive judges by what it holds now, not by times the stolen key can sign.
+            await asyncio.to_thread(self._freeze, device, reason)
             await self.sync_broker(f"revoke:{device}")
             refuses = await self._wait_refused(probe_key, probe)
             evictor_key = new_key()

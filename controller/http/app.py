@@ -1,8 +1,10 @@
-"""The controller's one HTTP application: middlewares, then every feature's routes.
+"""The controller's admin HTTP application: the access middleware, then every feature's routes.
 
-The admin API listens on loopback by default and every `/api/` call needs the admin bearer
-token that the controller writes (mode 0600) into its data directory on first start. Errors are
-mapped to statuses by `errors.errors`, nowhere else.
+Its own listener (`[http]`, loopback by default), apart from the box-facing one
+(`controller/http/boxes.py`). Every route says who may call it (`access.allow`) and an app with
+an undeclared route refuses to start; today the only identity here is the admin bearer token
+that the controller writes (mode 0600) into its data directory on first start (role admin).
+Errors become statuses in `controller/http/errors.py`, nowhere else.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tiepdan.controller.http.errors import errors
+from tiepdan.controller.http.access import (
+    Caller,
+    Identifier,
+    access_middleware,
+    check_routes,
+)
 from tiepdan.errors import Unauthorized
 
 if TYPE_CHECKING:
@@ -25,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
 
 CONTROLLER_KEY: web.AppKey[Controller] = web.AppKey("controller")
@@ -43,19 +49,29 @@ def admin_token(path: Path) -> str:
     return token
 
 
+def bearer_identifier(token: str) -> Identifier:
+    """The admin bearer token proves the role admin; a wrong one is refused, not anonymous."""
+    expected = f"Bearer {token}".encode()
+
+    async def identify(request: web.Request) -> Caller | None:
+        given = request.headers.get("Authorization")
+        if given is None:
+            return None
+        if not hmac.compare_digest(given.encode(), expected):
+            raise Unauthorized("wrong admin token")
+        return Caller("admin-token", roles=frozenset({"admin"}))
+    return identify
+
+
 def build_app(controller: Controller, token: str,
               routes: Iterable[web.AbstractRouteDef]) -> web.Application:
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and request.path != "/api/health":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                log.warning("api_unauthorized path=%s peer=%s", request.path[:200],
-                            request.remote)
-                raise Unauthorized("missing or wrong admin token")
-        return await handler(request)
-
-    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[access_middleware([bearer_identifier(token)], "admin")],
+                          client_max_size=MAX_BODY)
     app[CONTROLLER_KEY] = controller
+    app.on_startup.append(_check_routes)
     app.add_routes(routes)
     return app
+
+
+async def _check_routes(app: web.Application) -> None:
+    check_routes(app)

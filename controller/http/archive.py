@@ -1,9 +1,7 @@
-"""HTTP routes of the archive on the controller's app.
+"""HTTP routes of the archive: the boxes' upload endpoints and the archivist's admin API.
 
-Boxes use `/archive/v1/...` without the admin token: what they send proves itself (records are
-signed by a key the controller trusts, segments must hash to what a signed record declared),
-and what they get back (recipients, receipts) is signed by the controller. The archivist's
-CLI uses the token-protected `/api/archive/...`.
+On the box-facing HTTPS listener (`controller.http.boxes`), for the box whose TLS client
+certificate names the recorder; a box can neither read nor write another box's recording:
 
     GET  /archive/v1/recipients                                   signed recipients document
     GET  /archive/v1/recordings/<session>/<recorder>              {"next_seq": n}
@@ -11,6 +9,13 @@ CLI uses the token-protected `/api/archive/...`.
     HEAD /archive/v1/recordings/<session>/<recorder>/segments/<name>   Upload-Offset header
     PUT  /archive/v1/recordings/<session>/<recorder>/segments/<name>   bytes from an offset
     GET  /archive/v1/recordings/<session>/<recorder>/receipts[?name=]  {"receipts": [...]}
+
+A segment's upload lock belongs to its box: a new PUT from that box for the same segment cuts
+the one in progress (a connection the hall's network left hanging) instead of being told it is
+busy, and a body that stalls for `[boxes] read_timeout` is cut, its bytes kept.
+
+On the admin listener (role admin): `/api/archive/sessions[/<session>[/close]]` and the same
+`next_seq` and receipts under `/api/archive/recordings/<session>/<recorder>`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -26,8 +30,9 @@ import msgspec
 from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive, ClosedSession, Upload
+from tiepdan.controller.http.access import allow, box_of
 from tiepdan.controller.http.app import CONTROLLER_KEY
-from tiepdan.errors import BadInput, NotFound, TooLarge
+from tiepdan.errors import BadInput, Forbidden, NotFound, TiepdanError, TimedOut, TooLarge
 from tiepdan.firmware import protocol
 from tiepdan.firmware.evidence.receipt import Receipt
 
@@ -39,24 +44,30 @@ log = logging.getLogger(__name__)
 PREFIX = protocol.ARCHIVE_RECORDING_PATH
 MAX_RECORDS_BODY = 8 * 1024 * 1024
 FLUSH = 1024 * 1024
-CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UploadKey = tuple[str, str, str]
+HOLDERS: web.AppKey[dict[UploadKey, asyncio.Task[Any]]] = web.AppKey("archive_holders", dict)
 
 
-def routes() -> list[web.RouteDef]:
-    return [
+def attach(admin: web.Application, boxes: web.Application) -> None:
+    """The archive's routes: uploads on the box listener, the archivist's on the admin one."""
+    boxes[HOLDERS] = {}
+    boxes.add_routes([
         web.get(protocol.ARCHIVE_RECIPIENTS_PATH, recipients),
         web.get(PREFIX, recording),
         web.post(PREFIX + "/records", records),
         web.head(PREFIX + "/segments/{name}", head_segment),
         web.put(PREFIX + "/segments/{name}", put_segment),
         web.get(PREFIX + "/receipts", receipts),
+    ])
+    admin.add_routes([
         web.get("/api/archive/sessions", list_sessions),
         web.get("/api/archive/sessions/{session}", show_session),
         web.post("/api/archive/sessions/{session}/close", close_session),
-    ]
-
+        web.get("/api/archive/recordings/{session}/{recorder}", recording),
+        web.get("/api/archive/recordings/{session}/{recorder}/receipts", receipts),
+    ])
 
 
 def _controller(request: web.Request) -> Controller:
@@ -68,7 +79,14 @@ def _archive(request: web.Request) -> Archive:
 
 
 def _ids(request: web.Request) -> tuple[str, str]:
-    return request.match_info["session"], request.match_info["recorder"]
+    """(session, recorder); on the box listener a box may only name itself as the recorder."""
+    session, recorder = request.match_info["session"], request.match_info["recorder"]
+    if request.path.startswith("/archive/"):
+        box = box_of(request)
+        if box != recorder:
+            raise Forbidden(code="not_your_recording",
+                            message=f"{box} may not use the recording of {recorder}")
+    return session, recorder
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -76,11 +94,13 @@ def _json(value: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+@allow("box")
 async def recipients(request: web.Request) -> web.Response:
     return web.Response(body=_archive(request).recipients_document,
                         content_type="application/json")
 
 
+@allow("box", "admin")
 async def recording(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -88,6 +108,7 @@ async def recording(request: web.Request) -> web.Response:
     return _json({"next_seq": await asyncio.to_thread(archive.next_seq, session, recorder)})
 
 
+@allow("box")
 async def records(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -104,6 +125,7 @@ async def records(request: web.Request) -> web.Response:
                   "next_seq": result.next_seq})
 
 
+@allow("box")
 async def head_segment(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -117,7 +139,7 @@ async def head_segment(request: web.Request) -> web.Response:
 def _offset(request: web.Request) -> int:
     ranged = request.headers.get("Content-Range")
     if ranged:
-        match = CONTENT_RANGE.match(ranged.strip())
+        match = CONTENT_RANGE.fullmatch(ranged.strip())
         if match is None:
             raise BadInput(code="bad_request", message=f"Content-Range {ranged[:80]!r} is not "
                                                    "'bytes START-END/TOTAL'")
@@ -128,33 +150,67 @@ def _offset(request: web.Request) -> int:
         raise BadInput(code="bad_request", message="offset must be an integer") from None
 
 
+@allow("box")
 async def put_segment(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
     name = request.match_info["name"]
+    key = (session, recorder, name)
+    await _take_over(request, key)
     opened = await asyncio.to_thread(archive.open_upload, session, recorder, name,
                                      _offset(request), request.content_length)
     if isinstance(opened, Receipt):
         return web.Response(body=opened.line(), content_type="application/json")
     log.info("archive_upload session=%s recorder=%s name=%s offset=%d", session, recorder,
              name, opened.offset)
-    receipt = await _receive(request, opened)
+    holders = request.app[HOLDERS]
+    task = asyncio.current_task()
+    assert task is not None
+    holders[key] = task
+    try:
+        receipt = await _receive(request, opened)
+    finally:
+        if holders.get(key) is task:
+            del holders[key]
     if receipt is None:
         return _json({"offset": opened.offset, "ct_size": opened.ct_size}, status=202)
     return web.Response(body=receipt.line(), content_type="application/json")
 
 
+async def _take_over(request: web.Request, key: UploadKey) -> None:
+    """The lock is the box's: its new PUT cuts its own older one (a hung connection)."""
+    holder = request.app[HOLDERS].get(key)
+    if holder is None or holder.done():
+        return
+    log.warning("archive_upload_taken_over session=%s recorder=%s name=%s", *key)
+    holder.cancel()
+    await asyncio.wait([holder], timeout=10)
+
+
 async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
-    """Copy the body into the upload; bytes that arrived before a cut stay in the `.part`."""
+    """Copy the body into the upload; bytes that arrived before a cut stay in the `.part`.
+
+    A body that sends nothing for `[boxes] read_timeout` seconds is cut like a dropped one.
+    """
+    read_timeout = _controller(request).config.boxes.read_timeout
     buffer = bytearray()
     try:
         try:
-            async for chunk in request.content.iter_chunked(256 * 1024):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(request.content.readany(), read_timeout)
+                except TimeoutError:
+                    raise TimedOut(code="read_timeout",
+                                   message=f"no bytes for {read_timeout:g} s; the upload was "
+                                           "cut and resumes from what arrived") from None
+                if not chunk:
+                    break
                 buffer += chunk
                 if len(buffer) >= FLUSH:
                     data, buffer = bytes(buffer), bytearray()
                     await asyncio.to_thread(upload.write, data)
-        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.CancelledError) as exc:
+        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.CancelledError,
+                TiepdanError) as exc:
             log.info("archive_upload_cut name=%s offset=%d error=%r", upload.row["name"],
                      upload.offset + len(buffer), exc)
             if buffer:
@@ -167,6 +223,7 @@ async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
         upload.close()
 
 
+@allow("box", "admin")
 async def receipts(request: web.Request) -> web.Response:
     archive = _archive(request)
     session, recorder = _ids(request)
@@ -175,10 +232,12 @@ async def receipts(request: web.Request) -> web.Response:
     return _json({"receipts": found})
 
 
+@allow("admin")
 async def list_sessions(request: web.Request) -> web.Response:
     return _json({"sessions": await asyncio.to_thread(_archive(request).sessions)})
 
 
+@allow("admin")
 async def show_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = request.match_info["session"]
@@ -192,6 +251,7 @@ async def show_session(request: web.Request) -> web.Response:
                   "problems": c.closer.problems.get(session, [])})
 
 
+@allow("admin")
 async def close_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = request.match_info["session"]

@@ -1,7 +1,7 @@
-"""The one place a `TiepdanError` becomes an HTTP answer: status by kind, code and extras as JSON.
-
-Handlers raise the kind of fault (bad input, not found, conflict ...) and never choose a status;
-a HEAD answer has no body, so the code travels in the `protocol.ERROR_HEADER` header as well.
+"""The one place a `TiepdanError`'s kind becomes an HTTP status (the access middleware,
+`controller/http/access.py`, answers with it). Handlers raise the kind of fault (bad input, not
+found, conflict ...) and never choose a status; the code travels as JSON and, since a HEAD answer
+has no body, in the `protocol.ERROR_HEADER` header as well.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tiepdan.errors import (
     NotFound,
     OutOfRange,
     TiepdanError,
+    TimedOut,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -32,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Most specific first: the first kind in an error's MRO that is listed here decides.
 STATUS: dict[type[TiepdanError], int] = {
     TooLarge: 413,
+    TimedOut: 408,
     OutOfRange: 416,
     Corrupt: 422,
     BadInput: 400,
@@ -53,17 +55,3 @@ def status_for(exc: TiepdanError) -> int:
 def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status,
                              headers={protocol.ERROR_HEADER: code})
-
-
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except TiepdanError as exc:
-        status = status_for(exc)
-        log.warning("http_refused method=%s path=%s status=%d code=%s peer=%s error=%s",
-                    request.method, request.path[:200], status, exc.code, request.remote, exc)
-        if request.method == "HEAD":
-            return web.Response(status=status, headers={protocol.ERROR_HEADER: exc.code})
-        return web.json_response({"error": {"code": exc.code, "message": str(exc)}, **exc.extra},
-                                 status=status, headers={protocol.ERROR_HEADER: exc.code})

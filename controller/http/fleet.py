@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY
 from tiepdan.controller.http.body import json_body, json_object, limit
 from tiepdan.errors import BadInput, NotFound
@@ -22,11 +23,13 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
+@allow("admin")
 async def health(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     return web.json_response({"ok": True, "controller": c.id, "mqtt": c.link.connected})
 
 
+@allow("admin")
 async def stats(request: web.Request) -> web.Response:
     """Counters for monitoring: messages received per kind, rejected, devices online."""
     c = request.app[CONTROLLER_KEY]
@@ -39,11 +42,13 @@ async def stats(request: web.Request) -> web.Response:
     })
 
 
+@allow("admin")
 async def devices(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     return web.json_response([d.to_json() for d in c.registry.devices()])
 
 
+@allow("admin")
 async def device(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     found = c.registry.get(request.match_info["id"])
@@ -52,12 +57,14 @@ async def device(request: web.Request) -> web.Response:
     return web.json_response({**found.to_json(), "events": c.registry.events(found.id, 20)})
 
 
+@allow("admin")
 async def events(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     return web.json_response(c.registry.events(request.query.get("device"), limit(request)))
 
 
 
+@allow("admin")
 async def command(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     device_id, name = request.match_info["id"], request.match_info["name"]
@@ -74,6 +81,7 @@ async def command(request: web.Request) -> web.Response:
     return web.json_response(protocol.to_builtins(response))
 
 
+@allow("admin")
 async def desired(request: web.Request) -> web.Response:
     c = request.app[CONTROLLER_KEY]
     device_id = protocol.check_device_id(request.match_info["id"])

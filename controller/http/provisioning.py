@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from tiepdan.controller.enrollment.provisioning import NewBox, Provisioning, RevokeBox
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY
 from tiepdan.controller.http.body import json_body
 from tiepdan.errors import BadInput, Conflict, NotFound
@@ -39,11 +40,13 @@ def _box_json(provisioning: Provisioning, box: Box) -> dict[str, Any]:
     return data
 
 
+@allow("admin")
 async def _list(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     return web.json_response([_box_json(provisioning, b) for b in provisioning.claims.all()])
 
 
+@allow("admin")
 async def _box(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     box = provisioning.claims.get(request.match_info["id"])
@@ -52,6 +55,7 @@ async def _box(request: web.Request) -> web.Response:
     return web.json_response(_box_json(provisioning, box))
 
 
+@allow("admin")
 async def _new_box(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     wanted = protocol.convert(await json_body(request), NewBox)
@@ -70,6 +74,7 @@ async def _new_box(request: web.Request) -> web.Response:
     }, status=201)
 
 
+@allow("admin")
 async def _revoke(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     wanted = protocol.convert(await json_body(request), RevokeBox)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY
 from tiepdan.controller.http.body import json_object, limit
 from tiepdan.controller.sessions.schedule import parse_at
@@ -30,6 +31,7 @@ def _controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER_KEY]
 
 
+@allow("admin")
 async def list_sessions(request: web.Request) -> web.Response:
     c = _controller(request)
     sessions = c.sessions.find(request.query.get("state") or None, limit(request))
@@ -40,6 +42,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     })
 
 
+@allow("admin")
 async def open_session(request: web.Request) -> web.Response:
     c = _controller(request)
     body = await json_object(request)
@@ -62,6 +65,7 @@ async def open_session(request: web.Request) -> web.Response:
     return web.json_response({"session": c.sessions.describe(session.id)}, status=201)
 
 
+@allow("admin")
 async def show_session(request: web.Request) -> web.Response:
     c = _controller(request)
     found = c.sessions.describe(request.match_info["id"])
@@ -73,12 +77,14 @@ async def show_session(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
+@allow("admin")
 async def end_session(request: web.Request) -> web.Response:
     c = _controller(request)
     session = await c.sessions.end(request.match_info["id"], "admin")
     return web.json_response({"session": session.to_json()})
 
 
+@allow("admin")
 async def cancel_schedule(request: web.Request) -> web.Response:
     c = _controller(request)
     schedule = await c.schedules.cancel(request.match_info["id"])

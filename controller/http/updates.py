@@ -1,18 +1,19 @@
 """Admin API for updates (campaigns, audit, history, targets) and the OTA repository boxes read.
 
-Boxes fetch `/ota/metadata/...` and `/ota/targets/...` without a token: TUF metadata is public
-by design and bundles are signed, so an attacker gains nothing by reading them; what protects a
-box is the signature chain, not the channel. Downloads support HTTP Range, for resuming.
+Boxes fetch `/ota/metadata/...` and `/ota/targets/...` from the box-facing HTTPS listener, with
+their client certificate (`controller.http.boxes`): what protects a box is TUF's signature chain;
+the certificate keeps the repository to enrolled boxes. Downloads support HTTP Range, for
+resuming.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.app import CONTROLLER_KEY
 from tiepdan.controller.http.body import json_body
 from tiepdan.controller.updates.campaign import spec_from_json
@@ -21,9 +22,12 @@ from tiepdan.errors import BadInput, NotFound
 from tiepdan.ota.repository import UpdateRepository
 
 
-def routes(repository: Path) -> list[web.AbstractRouteDef]:
+def box_routes() -> list[web.RouteDef]:
+    return [web.get("/ota/{path:.+}", _repository_file)]
+
+
+def routes() -> list[web.RouteDef]:
     return [
-        web.static("/ota/", repository, show_index=False, follow_symlinks=False),
         web.get("/api/ota/campaigns", _list),
         web.post("/api/ota/campaigns", _create),
         web.get("/api/ota/campaigns/{id}", _show),
@@ -34,15 +38,28 @@ def routes(repository: Path) -> list[web.AbstractRouteDef]:
     ]
 
 
+@allow("box")
+async def _repository_file(request: web.Request) -> web.StreamResponse:
+    """A file of the TUF repository (metadata or a bundle), with Range for resuming."""
+    root = _updates(request).repository_path.resolve()
+    relative = request.match_info["path"]
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or (root / relative).is_symlink() or not path.is_file():
+        raise NotFound(f"no file {relative[:200]!r} in the repository")
+    return web.FileResponse(path)
+
+
 def _updates(request: web.Request) -> Updates:
     updates: Updates = request.app[CONTROLLER_KEY].updates
     return updates
 
 
+@allow("admin")
 async def _list(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.all())
 
 
+@allow("admin")
 async def _show(request: web.Request) -> web.Response:
     try:
         return web.json_response(_updates(request).campaigns.summary(request.match_info["id"],
@@ -51,6 +68,7 @@ async def _show(request: web.Request) -> web.Response:
         raise NotFound(f"no campaign {request.match_info['id']!r}") from None
 
 
+@allow("admin")
 async def _create(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or "spec" not in body:
@@ -65,6 +83,7 @@ async def _create(request: web.Request) -> web.Response:
     return web.json_response(updates.campaigns.summary(campaign), status=201)
 
 
+@allow("admin")
 async def _act(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
     campaigns = _updates(request).campaigns
@@ -77,15 +96,18 @@ async def _act(request: web.Request) -> web.Response:
     return web.json_response(campaigns.summary(campaign))
 
 
+@allow("admin")
 async def _audit(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.audit(_limit(request)))
 
 
+@allow("admin")
 async def _history(request: web.Request) -> web.Response:
     return web.json_response(_updates(request).campaigns.history(request.query.get("device"),
                                                                  _limit(request)))
 
 
+@allow("admin")
 async def _targets(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(_target_list, _updates(request)))
 

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS schedules (
 DAYS = {"MON": rrule.MO, "TUE": rrule.TU, "WED": rrule.WE, "THU": rrule.TH, "FRI": rrule.FR,
         "SAT": rrule.SA, "SUN": rrule.SU}
 _SIMPLE = re.compile(r"^\s*(?P<days>DAILY|[A-Z]{3}(?:\s*,\s*[A-Z]{3})*)\s+"
-                     r"(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)\s*$", re.I)
+                     r"(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)\s*\Z", re.I)
 
 
 def zone(name: str) -> ZoneInfo:

@@ -27,6 +27,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -205,21 +206,27 @@ def assign_waves(devices: list[str], waves: list[Wave]) -> list[int]:
 
 
 class Campaigns:
-    """The campaign engine; job updates from boxes arrive through `on_update`."""
+    """The campaign engine; job updates from boxes arrive through `on_update`. `public_url`
+    is asked each time: the box listener's address is known only once it listens."""
 
-    def __init__(self, db: Database, registry: Registry, link: MqttLink, public_url: str,
-                 tick: float = 1.0) -> None:
+    def __init__(self, db: Database, registry: Registry, link: MqttLink,
+                 public_url: Callable[[], str], tick: float = 1.0) -> None:
         self._db = db
         self._registry = registry
         self._link = link
         self._db.ensure(SCHEMA)
-        self.public_url = public_url.rstrip("/")
+        self._public_url = public_url
         self.tick = tick
         self._bucket = _Bucket(rate=1.0, at=time.monotonic())
         self._wake = asyncio.Event()
 
     # -- admin actions ---------------------------------------------------------------------------
 
+
+    @property
+    def public_url(self) -> str:
+        """Where boxes fetch the repository (known once the box listener has started)."""
+        return self._public_url().rstrip("/")
     def create(self, spec: CampaignSpec, actor: str, approved_by: str = "") -> str:
         devices = select(self._registry.devices(), spec.selector)
         if not devices:

@@ -1,9 +1,10 @@
 """The controller's update feature: serves the TUF repository, keeps its timestamp fresh,
 runs the campaign engine and exposes campaigns in the admin API.
 
-Boxes fetch `/ota/metadata/...` and `/ota/targets/...` without a token: TUF metadata is public
-by design and bundles are signed, so an attacker gains nothing by reading them; what protects a
-box is the signature chain, not the channel. Downloads support HTTP Range, for resuming.
+Boxes fetch `/ota/metadata/...` and `/ota/targets/...` from the box-facing HTTPS listener,
+with their client certificate (`controller.http.boxes`): what protects a box is TUF's signature
+chain, but there is no reason to hand bundles to anyone else. Downloads support HTTP Range, for
+resuming.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from tiepdan.firmware.core.config import (
     MqttSection,
     read_toml,
 )
+from tiepdan.firmware.core.mqtt import TlsSettings
 
 DEFAULT_PATH = Path("/etc/tiepdan/agent.toml")
 
@@ -77,7 +78,7 @@ class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RenewalSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Certificate renewal over mutual TLS (firmware/renewal/)."""
 
-    url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
+    url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?\Z")] = ""
     check_interval: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 6 * 3600.0
     renew_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 1 / 3
     retry_min: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 60.0
@@ -107,6 +108,14 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def tls_file(self, configured: str, default_name: str) -> Path:
         """TLS material defaults to where provisioning writes it, under the state directory."""
         return Path(configured) if configured else self.state_dir / "tls" / default_name
+
+    def box_tls(self) -> TlsSettings:
+        """The box's TLS identity, the files `[mqtt]` names: also what the box shows the
+        archive and the OTA repository over HTTPS (whether or not MQTT itself uses TLS)."""
+        m = self.mqtt
+        return TlsSettings(ca_file=self.tls_file(m.ca_file, "ca.pem"),
+                           cert_file=self.tls_file(m.cert_file, "device.pem"),
+                           key_file=self.tls_file(m.key_file, "device.key"))
 
 
 

@@ -73,7 +73,7 @@ class LogSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: Literal["kv", "json"] = "kv"
 
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?\Z", re.S)
 _FIELD = re.compile(r"(unknown|required) field `(?P<field>[^`]+)`")
 
 

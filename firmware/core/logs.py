@@ -3,6 +3,11 @@
 Messages are written as `event key=value ...`. Under systemd, stdout goes to journald, so the
 box never writes log files to its SD card; a small in-memory ring keeps the last lines for the
 `collect-logs` command.
+
+Values often come from unauthenticated input (a URL path, a JSON field name): the key=value
+formatter escapes every control character (and the Unicode line separators) in the formatted
+message, so no value can end a line and forge another event. The JSON formatter escapes by
+encoding.
 """
 
 from __future__ import annotations
@@ -16,13 +21,23 @@ from typing import Literal
 
 LevelName = Literal["debug", "info", "warning", "error"]
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {code: _NAMED.get(chr(code), f"\\x{code:02x}")
+            for code in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(text: str) -> str:
+    """`text` on one line: control characters and line separators as backslash escapes."""
+    return text.translate(_ESCAPES)
+
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = (
             f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
-            f"logger={record.name} {record.getMessage()}"
+            f"logger={escape(record.name)} {escape(record.getMessage())}"
         )
         if record.exc_info:
             line += " exc=" + json.dumps(self.formatException(record.exc_info))

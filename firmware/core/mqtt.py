@@ -124,7 +124,7 @@ class MqttLink:
             self._client.username_pw_set(settings.username, settings.password)
         self._tls: ssl.SSLContext | None = None
         if settings.tls:
-            self._tls = _tls_context(settings.tls)
+            self._tls = client_context(settings.tls)
             self._client.tls_set_context(self._tls)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
@@ -498,7 +498,7 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def client_context(tls: TlsSettings) -> ssl.SSLContext:
     """Raises LinkError naming the missing or unusable file (a box not yet enrolled, say)."""
     for path in (tls.ca_file, tls.cert_file, tls.key_file):
         if path is not None and not path.is_file():

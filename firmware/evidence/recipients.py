@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import ssl
 import time
 from pathlib import Path
 
@@ -131,12 +132,15 @@ class Recipients:
         self._doc = doc
         return list(doc.recipients)
 
-    async def refresh(self, archive_url: str, timeout: float = 30.0) -> list[str]:
-        """Fetch, verify and cache the archive's document; raises on any failure."""
+    async def refresh(self, archive_url: str, timeout: float = 30.0,
+                      tls: ssl.SSLContext | None = None) -> list[str]:
+        """Fetch, verify and cache the archive's document; raises on any failure. `tls`
+        carries the box's client certificate (the archive's listener requires it)."""
         url = archive_url.rstrip("/") + PATH
         try:
             async with aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=timeout)) as http, http.get(url) as reply:
+                    timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
+                    http.get(url, ssl=tls if tls is not None else True) as reply:
                 if reply.status != 200:
                     raise RecipientsError(f"GET {url}: HTTP {reply.status}")
                 data = await reply.content.read(MAX_DOCUMENT + 1)

@@ -52,7 +52,7 @@ RESYNC_MS = 1000
 AUDIO_GAP_MS = 200
 # Ask for the key frame a little before the cut is due, so it is there on time.
 KEY_LEAD_MS = 150
-SEGMENT_NAME = re.compile(r"^(\d{6})\.mkv\.age$")
+SEGMENT_NAME = re.compile(r"^(\d{6})\.mkv\.age\Z")
 QUEUE = 300  # per track: seconds of media, so a slow seal never costs a frame
 
 Mode = Literal["copy", "audio", "video"]
@@ -373,7 +373,7 @@ class SegmentRecorder:
                 index = max(index, record.segment.index)
                 end_ms = max(end_ms, int(record.detail.get("end_ms", 0)))
         for path in self.directory.iterdir():
-            match = SEGMENT_NAME.match(path.name)
+            match = SEGMENT_NAME.fullmatch(path.name)
             if match:  # sealed but never recorded (a crash between rename and append)
                 index = max(index, int(match[1]))
         self._next_index = index + 1

@@ -24,16 +24,16 @@ PREFIX: Final = f"tiepdan/{VERSION}"
 # Largest payload either side accepts; SDP with candidates and log bundles stay well below.
 MAX_PAYLOAD: Final = 256 * 1024
 
-ID_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+ID_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z"
 _ID_RE: Final = re.compile(ID_PATTERN)
-_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 
 DeviceId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}\Z")]
 Millis = Annotated[int, msgspec.Meta(ge=0)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 ShortText = Annotated[str, msgspec.Meta(max_length=200)]
-MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
 
 
 class ProtocolError(BadInput):
@@ -49,7 +49,7 @@ def new_id() -> str:
 
 
 def is_device_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))
 
 
 def check_device_id(value: str) -> str:
@@ -129,7 +129,7 @@ def device_filter(device: str = "+", suffix: str = "#") -> str:
 
 
 def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ProtocolError(f"invalid topic name segment {value!r}")
     return value
 
@@ -279,8 +279,8 @@ def event_kind(data: EventData) -> str:
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-Window = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")]
-Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]
+Window = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d\Z")]
+Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}\Z")]
 
 
 class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -607,7 +607,7 @@ def archive_recording_path(session: str, recorder: str) -> str:
 
 ENROLL_PATH: Final = "/v1/enroll"
 # base64 of a raw 32-byte Ed25519 public key
-SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+SignKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=\Z")]
 
 
 # base64 of a 64-byte Ed25519 signature (\Z: no trailing newline); empty only in requests from
@@ -667,7 +667,7 @@ class RenewResponse(msgspec.Struct, frozen=True):
 
 
 class EnrollRefusal(msgspec.Struct, frozen=True):
-    code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
+    code: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}\Z")]
     message: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
@@ -677,12 +677,12 @@ class EnrollRefusal(msgspec.Struct, frozen=True):
 # on `jobs/<job>/update`. What to install is only a hint here: the box trusts nothing but the
 # TUF-signed metadata it fetches itself (see ota/).
 
-JobId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}\Z")]
 JobStatus = Literal["queued", "in_progress", "succeeded", "failed", "rejected", "rolled_back"]
 JobStep = Literal["waiting", "downloading", "downloaded", "installing", "restarting",
                   "health_check"]
 TERMINAL_JOB_STATUSES: Final = frozenset({"succeeded", "failed", "rejected", "rolled_back"})
-TargetPath = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+TargetPath = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")]
 
 
 class JobDocument(msgspec.Struct, frozen=True):

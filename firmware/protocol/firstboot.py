@@ -36,11 +36,11 @@ class OtaPin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Provision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`provision.toml` on the boot partition, written by `tiepdan-provision new-box`."""
 
-    enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+$")]
+    enroll_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^\s]+\Z")]
     device: DeviceSection
     broker: BrokerSection
     # Where the agent renews its certificate over mutual TLS (issue 15); empty on older cards.
-    renew_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?$")] = ""
+    renew_url: Annotated[str, msgspec.Meta(pattern=r"^(https://[^\s]+)?\Z")] = ""
     ota: OtaPin = OtaPin()
 
 

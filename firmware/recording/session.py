@@ -308,7 +308,7 @@ def _recover(directory: Path, fs: FileSystem, *, device: str, key: Ed25519Privat
     try:
         listed = {r.segment.name for r in manifest.records if r.segment is not None}
         orphans = sorted(p.name for p in directory.iterdir()
-                         if SEGMENT_NAME.match(p.name) and p.name not in listed)
+                         if SEGMENT_NAME.fullmatch(p.name) and p.name not in listed)
         clean = _ended_cleanly(manifest.records)
         if clean and not manifest.torn_bytes and not removed and not orphans:
             return False

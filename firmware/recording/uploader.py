@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tiepdan.errors import TiepdanError
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.core.durable import fsync_dir
+from tiepdan.firmware.core.mqtt import LinkError, client_context
 from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.evidence.manifest import (
     FILENAME,
@@ -157,7 +159,8 @@ class Uploader:
         if fresh and recipients.current() is not None:
             return
         try:
-            await recipients.refresh(self.archive_url, self.config.upload_timeout)
+            await recipients.refresh(self.archive_url, self.config.upload_timeout,
+                                     await self._tls())
             self._recipients_at = time.monotonic()
         except Exception as exc:
             log.warning("recipients_refresh_failed error=%s", exc)
@@ -177,11 +180,18 @@ class Uploader:
         if key is None:
             report.errors.append("no controller key: the box has not enrolled")
             return report
+        try:
+            tls = await self._tls()
+        except UploadError as exc:
+            report.errors.append(str(exc))
+            return report
         timeout = aiohttp.ClientTimeout(sock_connect=self.config.upload_timeout,
                                         sock_read=self.config.upload_timeout)
         directories = sorted(p for p in self.dir.glob("*/") if (p / FILENAME).exists()) \
             if self.dir.is_dir() else []
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession(timeout=timeout,
+                                         connector=aiohttp.TCPConnector(
+                                             ssl=tls if tls is not None else True)) as http:
             for directory in directories:
                 session = directory.name
                 size = (directory / FILENAME).stat().st_size
@@ -200,6 +210,17 @@ class Uploader:
                     self._complete[session] = (directory / FILENAME).stat().st_size
         self.last = report
         return report
+
+    async def _tls(self) -> ssl.SSLContext | None:
+        """The box's client certificate (the MQTT one): the archive's listener requires it.
+        Read each pass, so a renewed certificate is used without a restart. None for a plain
+        http:// archive URL (a development proxy), which gets no certificate."""
+        if not self.archive_url.startswith("https://"):
+            return None
+        try:
+            return await asyncio.to_thread(client_context, self.agent.config.box_tls())
+        except LinkError as exc:
+            raise UploadError(f"no TLS identity for the archive: {exc}") from None
 
     async def append(self, session: str, kind: RecordKind,
                      detail: dict[str, str | int | bool]) -> Record | None:

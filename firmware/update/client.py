@@ -342,8 +342,17 @@ class OtaClient:
             loop.call_soon_threadsafe(self._progress, job.job,
                                       min(100.0, 100.0 * received[0] / max(received[1], 1)))
 
+        from tiepdan.firmware.core.mqtt import LinkError, client_context
+
+        tls = None
+        if base.startswith("https://"):  # the controller's box listener: mutual TLS
+            try:
+                tls = await asyncio.to_thread(client_context, self.agent.config.box_tls())
+            except LinkError as exc:
+                raise self._finish(job.job, "failed", f"no TLS identity: {exc}") from None
         fetcher = ResumableFetcher(self.work / "partial", targets_prefix=f"{base}/targets/",
-                                   timeout=self.config.http_timeout, on_bytes=on_bytes)
+                                   timeout=self.config.http_timeout, on_bytes=on_bytes,
+                                   tls=tls)
         self._fetcher = fetcher
         for folder in ("metadata", "bundles"):
             (self.work / folder).mkdir(parents=True, exist_ok=True)

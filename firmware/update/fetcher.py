@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,8 @@ class Stopped(exceptions.DownloadError):
 
 class ResumableFetcher(FetcherInterface):
     def __init__(self, partial_dir: Path, *, targets_prefix: str, timeout: float = 30.0,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.partial_dir = partial_dir
         self.targets_prefix = targets_prefix
         self.timeout = timeout
@@ -43,7 +45,7 @@ class ResumableFetcher(FetcherInterface):
         self.last_target_url = ""
         self._pool = urllib3.PoolManager(
             retries=False, timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            headers={"User-Agent": "tiepdan-ota"})
+            headers={"User-Agent": "tiepdan-ota"}, ssl_context=tls)
 
     def partial_path(self, url: str) -> Path:
         return self.partial_dir / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")

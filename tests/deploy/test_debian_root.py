@@ -148,9 +148,9 @@ async def test_first_boot_in_the_root_enrolls_and_records_a_session_that_closes(
         assert "enroll_done" in enrolled.stderr + enrolled.stdout
         assert not (installed / "boot/firmware/tiepdan/claim.token").exists()
         written = tomllib.loads((installed / "etc/tiepdan/agent.toml").read_text())
-        assert written["recording"]["archive_url"] == config.archive_public_url
+        assert written["recording"]["archive_url"] == controller.boxes.url
         assert written["device"]["id"] == DEVICE
-        assert written["ota"]["repository"] == config.ota_public_url
+        assert written["ota"]["repository"] == f"{controller.boxes.url}/ota"
         assert (installed / "etc/tiepdan/ota-root.json").read_bytes() == \
             UpdateRepository(config.ota_repository_path).trusted_root()
         check = await asyncio.to_thread(

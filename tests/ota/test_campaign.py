@@ -19,9 +19,16 @@ import pytest
 import tomli_w
 
 from tests.ota.harness import box_settings
-from tests.support import eventually, make_controller_config, running_controller
+from tests.support import (
+    admit_box,
+    eventually,
+    init_ca,
+    make_controller_config,
+    running_controller,
+)
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.cli.client import ApiClient
+from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.service import Controller
 from tiepdan.controller.updates.campaign import CampaignSpec, Selector, Wave
 from tiepdan.firmware.agent.config import AgentConfig
@@ -41,7 +48,8 @@ def ota_settings(tmp_path: Path, repo: UpdateRepository) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def fleet(tmp_path: Path, broker: Mosquitto, repo: UpdateRepository, base: Path,
-                count: int, **ota: Any) -> AsyncIterator[list[SimBox]]:
+                count: int, controller: Controller | ControllerConfig,
+                **ota: Any) -> AsyncIterator[list[SimBox]]:
     template = tmp_path / "template-root"
     slots.install_image(template, base)
     profile = load_profile("sim")
@@ -52,6 +60,7 @@ async def fleet(tmp_path: Path, broker: Mosquitto, repo: UpdateRepository, base:
         shutil.copytree(template, root, symlinks=True)
         settings = box_settings(tmp_path, broker, device, root, repo, **ota)
         settings["device"]["province"] = "nghe-an" if n % 2 == 0 else "ha-tinh"
+        admit_box(controller, device, Path(settings["state"]["dir"]))  # its certificate
         config = msgspec.convert(settings, AgentConfig)
         box = SimBox(config, profile, QuietPanel, CannedSensors())
         boxes.append(box)
@@ -83,8 +92,9 @@ async def test_a_failing_canary_halts_the_campaign_and_spares_the_rest(
     bundle = next(repo.targets_dir.glob("*.tiepdan-1.1.0.tar"))
     bundle.write_bytes(bundle.read_bytes()[:-10] + b"corrupted!")  # a bad mirror
     config = make_controller_config(tmp_path, broker, ota=ota_settings(tmp_path, repo))
+    init_ca(config)
     async with running_controller(config) as controller, \
-            fleet(tmp_path, broker, repo, bundles["base"], 20) as boxes:
+            fleet(tmp_path, broker, repo, bundles["base"], 20, controller) as boxes:
         await online(controller, 20)
         campaigns = controller.updates.campaigns
         campaign = campaigns.create(spec(waves=[
@@ -115,10 +125,11 @@ async def test_caps_abort_and_the_audit_log(tmp_path: Path, broker: Mosquitto,
                                             bundles: dict[str, Path]) -> None:
     repo.add_bundle(bundles["good"])
     config = make_controller_config(tmp_path, broker, ota=ota_settings(tmp_path, repo))
+    init_ca(config)
     now = time.localtime()
     closed = f"{(now.tm_hour + 2) % 24:02d}:00-{(now.tm_hour + 3) % 24:02d}:00"
     async with running_controller(config) as controller, \
-            fleet(tmp_path, broker, repo, bundles["base"], 8) as boxes:
+            fleet(tmp_path, broker, repo, bundles["base"], 8, controller) as boxes:
         await online(controller, 8)
         campaigns = controller.updates.campaigns
         campaign = campaigns.create(spec(max_concurrent=2, window=closed,
@@ -160,14 +171,19 @@ async def test_controller_killed_mid_campaign_resumes_it(
     repo.add_bundle(bundles["good"])
     port = free_port()
     config = tmp_path / "controller.toml"
-    config.write_text(tomli_w.dumps({
+    settings = {
         "controller": {"id": "central", "data_dir": str(tmp_path / "controller")},
         "mqtt": {"host": broker.host, "port": broker.port, "tls": False, "keepalive": 5,
                  "reconnect_min": 0.2, "reconnect_max": 1.0},
         "http": {"host": "127.0.0.1", "port": port},
+        "boxes": {"host": "127.0.0.1", "port": free_port()},
+        "provisioning": {"enroll_host": "127.0.0.1", "enroll_port": 0, "broker_reload": []},
         "ota": ota_settings(tmp_path, repo),
         "archive": {"trial_identity": True},
-    }))
+    }
+    config.write_text(tomli_w.dumps(settings))
+    parsed = msgspec.convert(settings, ControllerConfig)
+    init_ca(parsed)
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "tiepdan.controller", "--config",
@@ -187,7 +203,7 @@ async def test_controller_killed_mid_campaign_resumes_it(
                 return False
 
         # Patient boxes, as in the field: their retries outlast the controller's restart.
-        async with fleet(tmp_path, broker, repo, bundles["base"], 6, download_attempts=6,
+        async with fleet(tmp_path, broker, repo, bundles["base"], 6, parsed, download_attempts=6,
                          retry_delay=1.0) as boxes:
             await eventually(ready, 30, what="6 boxes at the controller")
             created = api.call("POST", "/api/ota/campaigns", body={

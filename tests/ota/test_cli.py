@@ -14,7 +14,14 @@ import pytest
 import tomli_w
 
 from tests.ota.harness import box_settings
-from tests.support import ROOT, eventually, make_controller_config, running_controller
+from tests.support import (
+    ROOT,
+    admit_box,
+    eventually,
+    init_ca,
+    make_controller_config,
+    running_controller,
+)
 from tiepdan.board.profile import load_profile
 from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot
@@ -40,6 +47,7 @@ def ota(*args: str, config: Path | None = None, cli: list[str] = CLI) -> str:
 async def test_admin_workflow_from_keys_to_a_finished_campaign(
         tmp_path: Path, broker: Mosquitto) -> None:
     config = make_controller_config(tmp_path, broker, ota={"tick": 0.2})
+    init_ca(config)  # boxes fetch updates from the controller's box listener
     toml = tmp_path / "controller.toml"
     toml.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
     usb1, usb2 = tmp_path / "usb1", tmp_path / "usb2"
@@ -77,6 +85,7 @@ async def test_admin_workflow_from_keys_to_a_finished_campaign(
             shutil.copytree(template, root, symlinks=True)
             settings = box_settings(tmp_path, broker, device, root, repo)
             settings["device"]["commune"] = "c1" if n < 2 else "c2"
+            admit_box(controller, device, Path(settings["state"]["dir"]))
             box = SimBox(msgspec.convert(settings, AgentConfig), profile, QuietPanel,
                          CannedSensors())
             boxes.append(box)

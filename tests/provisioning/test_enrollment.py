@@ -77,9 +77,13 @@ async def test_a_box_enrolls_on_first_boot_and_connects_over_mutual_tls(
     config = agent_config(paths)
     assert config.mqtt.tls and config.mqtt.port == controller.config.mqtt.port
     assert config.device.commune == "hung-nguyen" and config.board.profile == "sim"
+    assert config.recording.archive_url == controller.boxes.url
     async with running_agent(config) as box:
         await eventually(lambda: (d := controller.registry.get("xa-hung-nguyen")) and d.online,
                          what="the box's birth at the controller")
+        # its new certificate opens the box listener: the archive's signed recipients arrive
+        await eventually(lambda: box.agent.recipients.current() == controller.archive.recipients,
+                         what="the recipients fetched over mutual TLS")
         response = await controller.rpc.request("xa-hung-nguyen", "ping", timeout=10)
         assert response.ok
         assert box.agent.link.connected

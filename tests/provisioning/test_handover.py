@@ -75,6 +75,7 @@ async def test_without_a_repository_the_box_still_gets_the_archive(
         paths = provision(controller, tmp_path, "xa-quynh-luu")
         assert pinned(paths.boot) == ""
         await enroll(paths)
+        box_url = controller.boxes.url
     settings = agent_config(paths)
-    assert settings.recording.archive_url == config.archive_public_url
+    assert settings.recording.archive_url == box_url
     assert not paths.ota_root.exists()

@@ -14,7 +14,7 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support import make_controller_config, running_controller
+from tests.support import init_ca, issue_box_tls, make_controller_config, running_controller
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.evidence.identity import Identity
@@ -28,8 +28,11 @@ def raw_public(key: Ed25519PrivateKey) -> bytes:
 
 
 def controller_config(tmp_path: Path, broker: Mosquitto, **archive: Any) -> Any:
-    return make_controller_config(tmp_path, broker,
-                                  archive={"close_interval": 0.2, **archive})
+    """A controller with the archive's test settings and a provisioning CA (the box listener,
+    where boxes upload, needs it)."""
+    config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2, **archive})
+    init_ca(config)
+    return config
 
 
 @contextlib.asynccontextmanager
@@ -60,9 +63,11 @@ async def ended_session(controller: Controller, host: str, *guests: str,
 
 
 def enroll(controller: Controller, state_dir: Path, device: str) -> Ed25519PrivateKey:
-    """What enrollment leaves behind: the box key bound, the controller key on the box."""
+    """What enrollment leaves behind: the box key bound with its certificate, the controller
+    key and the TLS client certificate on the box."""
     key = Identity(state_dir).signing_key()
-    controller.identities.bind(device, raw_public(key))
+    _, serial = issue_box_tls(controller.config, device, state_dir)
+    controller.identities.bind(device, raw_public(key), cert_serial=serial)
     pub = state_dir / "identity" / "controller.pub"
     pub.write_bytes(base64.b64encode(controller.signing.public_raw()) + b"\n")
     return key
@@ -83,7 +88,9 @@ def write_recording(directory: Path, *, device: str, session: str, key: Ed25519P
     manifest = Manifest(directory / FILENAME, device=device, session=session, key=key,
                         boot_id="boot", clock_synced=lambda: True)
     records = []
-    if not manifest.records:
+    lifecycle = [r.kind for r in manifest.records if r.kind in ("start", "segment", "stop",
+                                                                  "recovered")]
+    if not lifecycle or lifecycle[-1] in ("stop", "recovered"):  # as the recorder on a rejoin
         records.append(manifest.append("start", detail={"tracks": "sent-video"}))
     for index in range(first, first + segments):
         plaintext = os.urandom(size)
@@ -165,10 +172,11 @@ class Interposer:
     signed by the controller but naming another hash.
     """
 
-    def __init__(self, target: str, controller_key: Any) -> None:
+    def __init__(self, target: str, controller_key: Any, tls: Any = None) -> None:
         from aiohttp import web
 
         self.target = target
+        self.tls = tls  # the box's client context, for the real archive's listener
         self.mode = "pass"
         self.first: bytes | None = None
         self._controller_key = controller_key
@@ -215,7 +223,7 @@ class Interposer:
                    if k.lower() in ("content-range", "content-type")}
         async with aiohttp.ClientSession() as http, http.request(
                 request.method, self.target + request.path_qs, data=body,
-                headers=headers) as reply:
+                headers=headers, ssl=self.tls if self.tls is not None else True) as reply:
             data = await reply.read()
             out = {k: v for k, v in reply.headers.items()
                    if k in ("Upload-Offset", "Upload-Length", "Segment-Stored",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import stat
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,9 @@ from tests.recording.arc_support import (
     seal,
     write_recording,
 )
+from tests.support import box_http, issue_box_tls
 from tiepdan.controller.service import Controller
+from tiepdan.errors import TiepdanError
 from tiepdan.firmware.evidence.manifest import Manifest, Record, Segment, sign
 from tiepdan.firmware.evidence.receipt import Receipt, check_receipt
 from tiepdan.firmware.evidence.recipients import RecipientsError, verify_document
@@ -34,7 +34,13 @@ BOX = "box-a"
 
 
 def _base(c: Controller, session: str, recorder: str = BOX) -> str:
-    return f"http://127.0.0.1:{c.http_port}/archive/v1/recordings/{session}/{recorder}"
+    return f"{c.boxes.url}/archive/v1/recordings/{session}/{recorder}"
+
+
+def _client(c: Controller, tmp_path: Path, device: str = BOX) -> aiohttp.ClientSession:
+    """HTTPS as `device` shows itself: its client certificate from the provisioning CA."""
+    tls, _ = issue_box_tls(c.config, device, tmp_path / f"tls-{device}")
+    return box_http(tls)
 
 
 def _body(records: list[Record]) -> bytes:
@@ -48,7 +54,7 @@ async def _post(http: aiohttp.ClientSession, url: str,
 
 
 async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto) -> None:
-    async with archive_controller(tmp_path, broker) as c, aiohttp.ClientSession() as http:
+    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
         c.identities.bind(BOX, raw_public(key))
@@ -89,21 +95,29 @@ async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto)
         assert (status, body["error"]["code"]) == (403, "signature")
         status, body = await _post(http, url, b"{not json\n")
         assert (status, body["error"]["code"]) == (400, "bad_record")
-        status, body = await _post(http, _base(c, session, "box-b"), _body(records[:1]))
-        assert (status, body["error"]["code"]) == (400, "wrong_recording")
         status, body = await _post(http, _base(c, "s-nosuchsession"), _body(records[:1]))
         assert (status, body["error"]["code"]) == (404, "unknown_session")
-        status, body = await _post(http, _base(c, session, "box-z"), b"")
-        assert (status, body["error"]["code"]) == (403, "not_a_point")
-        status, body = await _post(http, _base(c, session, "Bad_Id"), b"")
-        assert status in (400, 404)
+        # a box uses its own recording only, whatever the URL says
+        for other in ("box-b", "box-z", "Bad_Id"):
+            status, body = await _post(http, _base(c, session, other), _body(records[:1]))
+            assert (status, body["error"]["code"]) == (403, "not_your_recording")
 
-        # a point whose key the controller never bound
-        stranger = Ed25519PrivateKey.generate()
-        unknown = write_recording(tmp_path / "b", device="box-b", session=session,
-                                  key=stranger, recipients=c.archive.recipients, segments=0)
-        status, body = await _post(http, _base(c, session, "box-b"), _body(unknown))
-        assert (status, body["error"]["code"]) == (403, "untrusted")
+        # records sent under another recorder's name; a box that is no point of the session
+        c.identities.bind("box-b", raw_public(Ed25519PrivateKey.generate()))
+        c.identities.bind("box-z", raw_public(Ed25519PrivateKey.generate()))
+        async with _client(c, tmp_path, "box-b") as http_b, \
+                _client(c, tmp_path, "box-z") as http_z:
+            status, body = await _post(http_b, _base(c, session, "box-b"), _body(records[:1]))
+            assert (status, body["error"]["code"]) == (400, "wrong_recording")
+            status, body = await _post(http_z, _base(c, session, "box-z"), b"")
+            assert (status, body["error"]["code"]) == (403, "not_a_point")
+            # records signed by a key the controller never bound for box-b
+            stranger = Ed25519PrivateKey.generate()
+            unknown = write_recording(tmp_path / "b", device="box-b", session=session,
+                                      key=stranger, recipients=c.archive.recipients,
+                                      segments=0)
+            status, body = await _post(http_b, _base(c, session, "box-b"), _body(unknown))
+            assert (status, body["error"]["code"]) == (403, "signature")
         # the archive is still whole and well
         async with http.get(url) as reply:
             assert (await reply.json())["next_seq"] == 4
@@ -111,21 +125,23 @@ async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto)
 
 async def test_revoked_box_records_after_revocation_refused(tmp_path: Path,
                                                             broker: Mosquitto) -> None:
-    async with archive_controller(tmp_path, broker) as c, aiohttp.ClientSession() as http:
+    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
         c.identities.bind(BOX, raw_public(key))
         manifest = Manifest(tmp_path / "m" / "manifest.jsonl", device=BOX, session=session,
                             key=key, boot_id="b", clock_synced=lambda: True)
-        before = manifest.append("start")
-        c.identities.revoke(BOX, "stolen", at=time.time() + 0.0005)
-        await asyncio.sleep(0.01)
-        after = manifest.append("stop")
-        status, body = await _post(http, _base(c, session), _body([before]))
+        status, body = await _post(http, _base(c, session), _body([manifest.append("start")]))
         assert (status, body["accepted"]) == (200, 1)
-        status, body = await _post(http, _base(c, session), _body([after]))
-        assert (status, body["error"]["code"]) == (403, "untrusted")
-        assert "revoked" in body["error"]["message"]
+        signed_before = manifest.append("stop")  # signed before the revocation, sent after
+        await c.provisioning.revoke(BOX, "stolen")
+        status, body = await _post(http, _base(c, session), _body([signed_before]))
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        # and the archive itself: the recording is frozen where its copy ended
+        with pytest.raises(TiepdanError) as refused:
+            c.archive.ingest_records(session, BOX, [signed_before.line()])
+        assert refused.value.code == "frozen"
+        assert c.archive.next_seq(session, BOX) == 1
 
 
 async def _head(http: aiohttp.ClientSession, url: str) -> tuple[int, int, str]:
@@ -137,7 +153,7 @@ async def _head(http: aiohttp.ClientSession, url: str) -> tuple[int, int, str]:
 async def test_segments_resumable_idempotent_and_refusals(tmp_path: Path,
                                                           broker: Mosquitto) -> None:
     async with archive_controller(tmp_path, broker, max_segment_mb=1) as c, \
-            aiohttp.ClientSession() as http:
+            _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
         c.identities.bind(BOX, raw_public(key))
@@ -245,7 +261,7 @@ async def test_segments_resumable_idempotent_and_refusals(tmp_path: Path,
 async def test_archive_restart_keeps_partial_and_stored(tmp_path: Path,
                                                         broker: Mosquitto) -> None:
     key = Ed25519PrivateKey.generate()
-    async with archive_controller(tmp_path, broker) as c, aiohttp.ClientSession() as http:
+    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         c.identities.bind(BOX, raw_public(key))
         records = write_recording(tmp_path / "box", device=BOX, session=session, key=key,
@@ -259,7 +275,7 @@ async def test_archive_restart_keeps_partial_and_stored(tmp_path: Path,
             receipt = await reply.read()
         async with http.put(f"{url}/segments/{segs[1].name}", data=second[:5000]) as reply:
             assert reply.status == 202
-    async with archive_controller(tmp_path, broker) as c, aiohttp.ClientSession() as http:
+    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
         url = _base(c, session)
         assert await _head(http, f"{url}/segments/{segs[1].name}") == (200, 5000, "no")
         async with http.put(f"{url}/segments/{segs[0].name}", data=first) as reply:
@@ -271,8 +287,9 @@ async def test_archive_restart_keeps_partial_and_stored(tmp_path: Path,
 
 async def test_recipients_document_and_identity(tmp_path: Path, broker: Mosquitto,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    async with archive_controller(tmp_path, broker) as c, aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{c.http_port}/archive/v1/recipients") as reply:
+    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
+        c.identities.bind(BOX, raw_public(Ed25519PrivateKey.generate()))
+        async with http.get(f"{c.boxes.url}/archive/v1/recipients") as reply:
             assert reply.status == 200
             document = await reply.read()
         public = Ed25519PublicKey.from_public_bytes(c.signing.public_raw())

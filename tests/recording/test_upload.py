@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.recording.arc_support import (
@@ -21,7 +22,8 @@ from tests.support import eventually, make_agent_config, running_agent, running_
 from tiepdan.controller.archive.store import ClosedSession
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent
-from tiepdan.tools.broker import Mosquitto
+from tiepdan.firmware.core.mqtt import client_context
+from tiepdan.tools.broker import Mosquitto, free_port
 
 BOX = "box-a"
 
@@ -58,7 +60,7 @@ async def test_uploads_everything_then_deletes(tmp_path: Path, broker: Mosquitto
         async with running_agent(_agent_config(tmp_path, broker, "")) as box:
             assert (await box.agent.uploader.sync()).records_sent == 0
             assert c.archive.next_seq(session, BOX) == 0
-        async with running_agent(_agent_config(tmp_path, broker, c.config.api_url)) as box:
+        async with running_agent(_agent_config(tmp_path, broker, c.boxes.url)) as box:
             await eventually(lambda: _complete(c, session, directory, 3), timeout=20,
                              what="every segment archived and deleted")
             assert box.agent.recipients.current() == c.archive.recipients
@@ -79,12 +81,12 @@ async def test_upload_resumes_after_a_cut_mid_put(tmp_path: Path, broker: Mosqui
         directory = _box_dir(tmp_path, session)
         write_recording(directory, device=BOX, session=session, key=key,
                         recipients=c.archive.recipients, segments=2, size=600_000)
-        proxy = CutProxy(c.http_port or 0)
+        proxy = CutProxy(c.boxes.port or 0)
         proxy.cut_after = 300_000  # bytes per connection: inside the first PUT
         await proxy.start()
         try:
             async with running_agent(_agent_config(
-                    tmp_path, broker, f"http://127.0.0.1:{proxy.port}")) as box:
+                    tmp_path, broker, f"https://127.0.0.1:{proxy.port}")) as box:
                 await eventually(lambda: proxy.cuts >= 2, timeout=20, what="cut uploads")
                 await eventually(lambda: "archive_upload_cut" in caplog.text, timeout=10,
                                  what="the archive to see the cut")
@@ -103,19 +105,24 @@ async def test_upload_resumes_after_a_cut_mid_put(tmp_path: Path, broker: Mosqui
 
 async def test_archive_restart_mid_recording(tmp_path: Path, broker: Mosquitto) -> None:
     config = controller_config(tmp_path, broker, record_bridge=False)
+    # the box listener keeps its port across the restart, as a deployment's does
+    config = msgspec.structs.replace(config, boxes=msgspec.structs.replace(
+        config.boxes, port=free_port()))
+    url = f"https://127.0.0.1:{config.boxes.port}"
     async with running_controller(config) as c:
-        session = await ended_session(c, BOX, "box-b", joined=(BOX,))
+        # box-b's recording comes last, so the session cannot close before the end
+        session = await ended_session(c, BOX, "box-b", joined=(BOX, "box-b"))
         key = enroll(c, tmp_path / BOX, BOX)
         recipients = c.archive.recipients
         directory = _box_dir(tmp_path, session)
         write_recording(directory, device=BOX, session=session, key=key,
                         recipients=recipients, segments=2, stop=False)
-        async with running_agent(_agent_config(tmp_path, broker, config.api_url)) as box:
+        async with running_agent(_agent_config(tmp_path, broker, url)) as box:
             await eventually(lambda: len(c.archive.receipts(session, BOX)) == 2, timeout=20,
                              what="first segments")
             await c.closer.close(session, "test")
     # the archive is down: the box records on and keeps trying
-    async with running_agent(_agent_config(tmp_path, broker, config.api_url)) as box:
+    async with running_agent(_agent_config(tmp_path, broker, url)) as box:
         write_recording(directory, device=BOX, session=session, key=key,
                         recipients=recipients, segments=2, first=2)
         await eventually(lambda: box.agent.uploader.failures >= 2, timeout=20,
@@ -124,6 +131,14 @@ async def test_archive_restart_mid_recording(tmp_path: Path, broker: Mosquitto) 
         async with running_controller(config) as c:
             await eventually(lambda: _complete(c, session, directory, 4), timeout=30,
                              what="completeness after the archive restarted")
+            other = tmp_path / "box-b" / "recordings" / session
+            for record in write_recording(other, device="box-b", session=session,
+                                          key=enroll(c, tmp_path / "box-b", "box-b"),
+                                          recipients=recipients, segments=1):
+                c.archive.ingest_records(session, "box-b", [record.line()])
+                if record.segment is not None:
+                    c.archive.ingest_file(session, "box-b", record.segment.name,
+                                          other / record.segment.name)
             result = await c.closer.close(session, "test")
             assert isinstance(result, ClosedSession), result
             assert c.sessions.get(session).state == "closed"  # type: ignore[union-attr]
@@ -138,7 +153,8 @@ async def test_bad_receipts_delete_nothing(tmp_path: Path, broker: Mosquitto,
         directory = _box_dir(tmp_path, session)
         write_recording(directory, device=BOX, session=session, key=key,
                         recipients=c.archive.recipients, segments=3)
-        fake = Interposer(c.config.api_url, c.signing)
+        fake = Interposer(c.boxes.url, c.signing, client_context(
+            make_agent_config(tmp_path, broker, BOX).box_tls()))
         fake.mode = mode
         await fake.start()
         try:

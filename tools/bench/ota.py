@@ -5,9 +5,11 @@ and running the campaign engine; N boxes (real agents with real A/B roots, `tool
 are hosted in worker processes; one Mosquitto. The campaign goes 1 % -> 10 % -> 50 % -> 100 %
 with failure thresholds, a download cap and randomised download delays, and every box really
 fetches (TUF refresh + bundle over HTTP), verifies, installs into its spare slot, switches,
-restarts its agent, runs its health check and commits. Printed: wall time from start to
-completion, peak CPU and memory of the controller process (sampled), and, in the same run,
-the bundle download + TUF verify throughput against a raw HTTP GET of the same file.
+restarts its agent, runs its health check and commits. Boxes fetch from the controller's box
+listener with their client certificates (mutual TLS; issued and bound before the controller
+starts, as enrollment would). Printed: wall time from start to completion, peak CPU and memory
+of the controller process (sampled), and, in the same run, the bundle download + TUF verify
+throughput against a raw HTTPS GET of the same file with the same certificate.
 
     python -m tiepdan.tools.bench.ota --boxes 1000
 
@@ -42,11 +44,19 @@ from tuf.ngclient import Updater
 
 from tiepdan.board.profile import load_profile
 from tiepdan.controller.cli.client import ApiClient, ApiError
+from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.controller.identities import Identities
+from tiepdan.controller.store import Database
 from tiepdan.firmware.agent.config import AgentConfig
+from tiepdan.firmware.core.mqtt import client_context
+from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.update.fetcher import ResumableFetcher
 from tiepdan.firmware.update.slots import install_image
 from tiepdan.ota.bundle import build_bundle, build_wheel
 from tiepdan.ota.repository import Keyring, UpdateRepository
+from tiepdan.provisioning.ca import cert_pem, new_key, serial_hex, write_key, write_public
+from tiepdan.provisioning.material import initialise
 from tiepdan.tools.bench.fleet import CannedSensors, QuietPanel, raise_fd_limit
 from tiepdan.tools.broker import Mosquitto, free_port
 from tiepdan.tools.simbox import SimBox, stop_all
@@ -128,12 +138,38 @@ class Sampler:
         self._thread.join(5)
 
 
+def admit_boxes(workdir: Path, settings: dict[str, Any], boxes: int) -> None:
+    """What enrollment leaves behind, for every box: its certificate from the provisioning CA
+    under `<state>/tls/`, and its signing key bound at the controller with that serial."""
+    config = msgspec.convert(settings, ControllerConfig)
+    material = material_for(config)
+    initialise(material, controller="central", hosts=["127.0.0.1"],
+               broker_port=config.mqtt.port, listen_host="127.0.0.1", cert_days=30,
+               crl_days=30)
+    ca = material.authority()
+    db = Database(config.data_dir / "controller.db")
+    identities = Identities(db)
+    try:
+        for n in range(boxes):
+            box = box_config(workdir, config.mqtt.port, n)
+            key = new_key()
+            cert = ca.issue_client(key.public_key(), box.device.id, 30)
+            write_key(box.state_dir / "tls" / "device.key", key)
+            write_public(box.state_dir / "tls" / "device.pem", cert_pem(cert))
+            write_public(box.state_dir / "tls" / "ca.pem", ca.pem)
+            identities.bind(box.device.id, Identity(box.state_dir).signing_public_raw(),
+                            cert_serial=serial_hex(cert))
+    finally:
+        db.close()
+
+
 def throughput(base: str, repo: UpdateRepository, target: str, trusted: bytes, rounds: int,
-               workdir: Path) -> dict[str, float]:
-    """MB/s of a raw HTTP GET against a full TUF fetch (refresh, download, length and hash)."""
+               workdir: Path, tls: Any) -> dict[str, float]:
+    """MB/s of a raw HTTPS GET against a full TUF fetch (refresh, download, length and hash),
+    both with the same box certificate."""
     info: TargetFile = repo.targets().targets[target]
     url = f"{base}/targets/{info.hashes['sha256']}.{target}"
-    pool = urllib3.PoolManager()
+    pool = urllib3.PoolManager(ssl_context=tls)
     started = time.perf_counter()
     for _ in range(rounds):
         data = pool.request("GET", url).data
@@ -143,7 +179,8 @@ def throughput(base: str, repo: UpdateRepository, target: str, trusted: bytes, r
     for k in range(rounds):
         folder = workdir / "tput" / str(k)
         (folder / "metadata").mkdir(parents=True)
-        fetcher = ResumableFetcher(folder / "partial", targets_prefix=f"{base}/targets/")
+        fetcher = ResumableFetcher(folder / "partial", targets_prefix=f"{base}/targets/",
+                                   tls=tls)
         updater = Updater(str(folder / "metadata"), f"{base}/metadata/", str(folder / "t"),
                           f"{base}/targets/", fetcher=fetcher, bootstrap=trusted)
         found = updater.get_targetinfo(target)
@@ -193,16 +230,20 @@ def run(boxes: int, procs: int, waves: str, max_concurrent: int, notify_rate: fl
 
     broker = Mosquitto(workdir / "broker")
     broker.start()
-    http_port = free_port()
+    http_port, boxes_port = free_port(), free_port()
     config = workdir / "controller.toml"
-    config.write_text(tomli_w.dumps({
+    settings: dict[str, Any] = {
         "controller": {"id": "central", "data_dir": str(workdir / "controller")},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": False},
         "http": {"host": "127.0.0.1", "port": http_port},
+        "boxes": {"host": "127.0.0.1", "port": boxes_port},
+        "provisioning": {"enroll_host": "127.0.0.1", "enroll_port": 0, "broker_reload": []},
         "log": {"level": "warning"},
         "archive": {"trial_identity": True},  # a benchmark, not a deployment
         "ota": {"tick": 0.5},
-    }))
+    }
+    config.write_text(tomli_w.dumps(settings))
+    admit_boxes(workdir, settings, boxes)
     controller = subprocess.Popen(
         [sys.executable, "-m", "tiepdan.controller", "--config", str(config), "run"],
         stdout=subprocess.DEVNULL, stderr=(workdir / "controller.log").open("wb"))
@@ -230,7 +271,8 @@ def run(boxes: int, procs: int, waves: str, max_concurrent: int, notify_rate: fl
             with contextlib.suppress(ApiError):
                 online = api.get("/api/stats")["online"]
             time.sleep(0.5)
-        base = f"http://127.0.0.1:{http_port}/ota"
+        base = f"https://127.0.0.1:{boxes_port}/ota"
+        tls = client_context(box_config(workdir, broker.port, 0).box_tls())
         wave_specs = [{"percent": float(p), "max_failure_percent": 10.0, "min_finished": 1}
                       for p in waves.split(",")]
         with Sampler(controller.pid) as sampler:
@@ -251,9 +293,9 @@ def run(boxes: int, procs: int, waves: str, max_concurrent: int, notify_rate: fl
             for state, n in wave["states"].items():
                 states[state] = states.get(state, 0) + n
         tput_bundle = throughput(base, repo, "tiepdan-1.1.0.tar", repo.trusted_root(), rounds,
-                                 workdir)
+                                 workdir, tls)
         tput_blob = throughput(base, repo, blob, repo.trusted_root(), max(3, rounds // 10),
-                               workdir)
+                               workdir, tls)
         return {
             "benchmark": "ota",
             "boxes": boxes,
