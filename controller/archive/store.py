@@ -29,7 +29,6 @@ forks.jsonl,<segment>}`, `closed/<session>.json`, the index `archive.db` (SQLite
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,13 @@ import msgspec
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tiepdan.controller.archive.closed import (
+    ClosedRecording,
+    ClosedSegment,
+    ClosedSession,
+    Problems,
+)
+from tiepdan.controller.archive.upload import Upload, append_durably, sha256_of
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.store import private_file
@@ -159,49 +165,6 @@ class SegmentState:
     ct_size: int
     stored: bool
     receipt: Receipt | None
-
-
-class ClosedSegment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    index: int
-    ct_sha256: str
-    ct_size: int
-    pt_sha256: str
-
-
-class ClosedRecording(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    recorder: str
-    records: int  # the manifest prefix this document commits to ...
-    last_hash: str  # ... and the hash of its last line
-    end: str  # "stop", or "recovered" when the recorder crashed and ended with its recovery
-    segments: list[ClosedSegment]
-
-
-class ClosedSession(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The signed closed-session document (`closed/<session>.json`)."""
-
-    v: int
-    archive: str
-    session: str
-    closed_utc_ms: int
-    closed_by: str
-    points: list[str]
-    recordings: list[ClosedRecording]
-    sig: str = ""
-
-    def signed_bytes(self) -> bytes:
-        return msgspec.json.encode(msgspec.structs.replace(self, sig=""), order="sorted")
-
-
-@dataclass
-class Problems:
-    """Why a session cannot close yet; one line per missing or failing piece."""
-
-    session: str
-    items: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "; ".join(self.items)
 
 
 # Returns the devices that are points of a session, or None for an unknown session.
@@ -480,7 +443,7 @@ class Archive:
                   record.seq, record.hash)
         directory = self.recording_dir(session, recorder)
         if directory.is_dir():
-            _append(directory / FORKS, record.line() + b"\n")
+            append_durably(directory / FORKS, record.line() + b"\n")
 
     def _store_records(self, session: str, recorder: str, records: list[Record],
                        received_utc_ms: int | None = None) -> None:
@@ -491,7 +454,7 @@ class Archive:
             directory.mkdir(parents=True, exist_ok=True)
             fsync_dir(directory.parent)
             fsync_dir(directory.parent.parent)
-        size = _append(directory / FILENAME, b"".join(r.line() + b"\n" for r in records))
+        size = append_durably(directory / FILENAME, b"".join(r.line() + b"\n" for r in records))
         self._index(session, recorder, records, size, received_utc_ms)
 
     def _index(self, session: str, recorder: str, records: list[Record], size: int,
@@ -585,7 +548,7 @@ class Archive:
         final = self.recording_dir(row["session"], row["recorder"]) / row["name"]
         if not final.exists():
             return None
-        if _sha256(final) != row["ct_sha256"]:
+        if sha256_of(final) != row["ct_sha256"]:
             log.error("archive_stored_segment_bad path=%s", final)
             final.rename(final.with_name(final.name + ".bad"))
             return None
@@ -637,7 +600,7 @@ class Archive:
     def _finished(self, upload: Upload) -> Receipt:
         row = upload.row
         final = self.recording_dir(row["session"], row["recorder"]) / row["name"]
-        digest = _sha256(upload.path)
+        digest = sha256_of(upload.path)
         if digest != row["ct_sha256"]:
             upload.path.unlink(missing_ok=True)
             log.warning("archive_segment_hash_mismatch session=%s recorder=%s name=%s",
@@ -661,7 +624,7 @@ class Archive:
                 session=row["session"], name=row["name"], index=row["idx"],
                 ct_sha256=row["ct_sha256"], ct_size=row["ct_size"],
                 record_seq=row["record_seq"], received_utc_ms=_now_ms()), self._signing)
-            _append(directory / RECEIPTS, receipt.line() + b"\n")
+            append_durably(directory / RECEIPTS, receipt.line() + b"\n")
         self._db.execute(
             "UPDATE segments SET receipt = ? WHERE session = ? AND recorder = ? AND name = ?",
             (receipt.line().decode(), row["session"], row["recorder"], row["name"]))
@@ -794,7 +757,7 @@ class Archive:
         problems.items.extend(f"{recorder}: {p}" for p in chain)
         for row in rows:
             path = self.recording_dir(session, recorder) / row["name"]
-            if not path.exists() or _sha256(path) != row["ct_sha256"]:
+            if not path.exists() or sha256_of(path) != row["ct_sha256"]:
                 log.error("archive_segment_corrupt session=%s recorder=%s name=%s", session,
                           recorder, row["name"])
                 problems.items.append(f"{recorder}: stored segment {row['name']} is missing "
@@ -843,70 +806,5 @@ class Archive:
         return out
 
 
-class Upload:
-    """One segment upload in progress; bytes go to `<name>.part` until the declared size."""
-
-    def __init__(self, archive: Archive, row: sqlite3.Row, path: Path, fd: int,
-                 offset: int) -> None:
-        self._archive = archive
-        self.row = row
-        self.path = path
-        self._fd = fd
-        self.offset = offset
-        self.ct_size = int(row["ct_size"])
-
-    def write(self, data: bytes) -> None:
-        if self.offset + len(data) > self.ct_size:
-            self.close()
-            self.path.unlink(missing_ok=True)
-            raise TooLarge(code="larger_than_declared",
-                           message=f"{self.row['name']}: more than the declared {self.ct_size} "
-                               "bytes")
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, self.offset)
-            self.offset += written
-            view = view[written:]
-
-    def finish(self) -> Receipt | None:
-        """The receipt when the segment is whole and verified; None while it is partial."""
-        if self.offset < self.ct_size:
-            return None
-        os.fsync(self._fd)
-        self.close()
-        return self._archive._finished(self)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            self._archive._upload_done(self)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _append(path: Path, data: bytes) -> int:
-    """Append durably; returns the file's size afterwards."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        created = os.fstat(fd).st_size == 0
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
-    return size

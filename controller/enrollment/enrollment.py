@@ -8,6 +8,8 @@ every refusal is logged with its reason (never with the token).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import logging
 import ssl
@@ -15,6 +17,8 @@ import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tiepdan.controller.http.access import allow, check_routes
 from tiepdan.errors import Forbidden
@@ -141,3 +145,23 @@ class Enrollment:
                       enroll.device, peer, exc)
             return refusal(503, "unavailable", "the broker is not ready for this box yet")
         return web.Response(body=protocol.encode(answer), content_type="application/json")
+
+
+def check_sign_key(request: protocol.EnrollRequest) -> bytes:
+    """The Ed25519 public key, once its proof of possession verifies; Refused otherwise."""
+    try:
+        sign_key = base64.b64decode(request.sign_key, validate=True)
+        public = Ed25519PublicKey.from_public_bytes(sign_key)
+    except (ValueError, binascii.Error) as exc:
+        raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
+    if not request.sign_proof:
+        raise Refused(400, "no_proof", "the request carries no proof of possession of the "
+                                       "signing key (firmware older than issue 15?)")
+    challenge = protocol.enroll_challenge(request.device, request.token, request.csr,
+                                          request.sign_key)
+    try:
+        public.verify(base64.b64decode(request.sign_proof, validate=True), challenge)
+    except (InvalidSignature, ValueError, binascii.Error):
+        raise Refused(403, "bad_proof", "the signing key's proof of possession does not "
+                                        "verify for this token and CSR") from None
+    return sign_key

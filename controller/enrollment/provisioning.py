@@ -21,40 +21,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import datetime as dt
 import logging
 import secrets
-import socket
-import ssl
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
-import paho.mqtt.client as paho
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from tiepdan import errors
 from tiepdan.controller.config import ControllerConfig
-from tiepdan.controller.enrollment.enrollment import Enrollment, Refused
+from tiepdan.controller.enrollment.broker_probe import (
+    connect_once,
+    credentials,
+    handshake_refused,
+)
+from tiepdan.controller.enrollment.enrollment import Enrollment, Refused, check_sign_key
 from tiepdan.controller.enrollment.handover import handover
 from tiepdan.controller.enrollment.renewal import RenewalSite
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
-from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.protocol.firstboot import BrokerSection, OtaPin, Provision
 from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
@@ -66,7 +59,6 @@ from tiepdan.provisioning.ca import (
     check_device_csr,
     common_name,
     fingerprint,
-    key_pem,
     new_key,
     public_key_fingerprint,
     serial_hex,
@@ -268,7 +260,7 @@ class Provisioning:
         username = dynsec.admin_username(controller_client_id(self.controller_id))
         key = new_key()
         cert = self.authority().issue_client(key.public_key(), username, EPHEMERAL_DAYS)
-        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+        with credentials(self.material.dir, key, cert) as (cert_file, key_file):
             admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
             await asyncio.to_thread(admin.add_boxes, devices)
         return True
@@ -523,9 +515,9 @@ class Provisioning:
             log.warning("broker_probe_skipped reason=the controller does not use TLS")
             return False
         deadline = time.monotonic() + timeout
-        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+        with credentials(self.material.dir, key, cert) as (cert_file, key_file):
             while time.monotonic() < deadline:
-                if await asyncio.to_thread(_handshake_refused, *target, cert_file, key_file):
+                if await asyncio.to_thread(handshake_refused, *target, cert_file, key_file):
                     return True
                 await asyncio.sleep(0.2)
         log.error("broker_still_accepts_revoked timeout=%.0fs hint=%s", timeout,
@@ -538,28 +530,8 @@ class Provisioning:
         if target is None:
             log.warning("broker_takeover_skipped reason=the controller does not use TLS")
             return False
-        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
-            return await asyncio.to_thread(_connect_once, *target, cert_file, key_file, device)
-
-
-def check_sign_key(request: protocol.EnrollRequest) -> bytes:
-    """The Ed25519 public key, once its proof of possession verifies; Refused otherwise."""
-    try:
-        sign_key = base64.b64decode(request.sign_key, validate=True)
-        public = Ed25519PublicKey.from_public_bytes(sign_key)
-    except (ValueError, binascii.Error) as exc:
-        raise Refused(400, "bad_sign_key", f"not an Ed25519 public key: {exc}") from None
-    if not request.sign_proof:
-        raise Refused(400, "no_proof", "the request carries no proof of possession of the "
-                                       "signing key (firmware older than issue 15?)")
-    challenge = protocol.enroll_challenge(request.device, request.token, request.csr,
-                                          request.sign_key)
-    try:
-        public.verify(base64.b64decode(request.sign_proof, validate=True), challenge)
-    except (InvalidSignature, ValueError, binascii.Error):
-        raise Refused(403, "bad_proof", "the signing key's proof of possession does not "
-                                        "verify for this token and CSR") from None
-    return sign_key
+        with credentials(self.material.dir, key, cert) as (cert_file, key_file):
+            return await asyncio.to_thread(connect_once, *target, cert_file, key_file, device)
 
 
 class Unavailable(errors.Unavailable, RuntimeError):
@@ -572,71 +544,3 @@ def _device_id(kind: str, place: str) -> str:
 
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def _credentials(parent: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
-                 ) -> Any:
-    """A throw-away key and certificate as files (what OpenSSL loads), gone afterwards."""
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".ephemeral-") as tmp:
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        write_private(key_file, key_pem(key))
-        cert_file.write_bytes(cert_pem(cert))
-        yield cert_file, key_file
-
-
-def _handshake_refused(host: str, port: int, ca_file: Path, cert_file: Path,
-                       key_file: Path) -> bool:
-    """True when the broker answers this client certificate with 'certificate revoked'."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.load_cert_chain(str(cert_file), str(key_file))
-    try:
-        with socket.create_connection((host, port), timeout=3) as raw, \
-                context.wrap_socket(raw, server_hostname=host) as tls:
-            # With TLS 1.3 the server judges the client's certificate after the handshake; its
-            # alert arrives with the first read. A broker that accepted us waits for CONNECT.
-            tls.settimeout(0.5)
-            tls.recv(1)
-    except ssl.SSLError as exc:
-        return "REVOKED" in (exc.reason or "")
-    except OSError:
-        return False
-    return False
-
-
-def _connect_once(host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path,
-                  device: str, timeout: float = 5.0) -> bool:
-    """Connect as `device` with a clean start: the broker closes the box's connection and
-    drops its session (MQTT 5 session takeover). True when the broker accepted us."""
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=device,
-                         protocol=MQTTProtocolVersion.MQTTv5)
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.load_cert_chain(str(cert_file), str(key_file))
-    client.tls_set_context(context)
-    done = threading.Event()
-    accepted: list[bool] = []
-
-    def on_connect(client: paho.Client, userdata: object, flags: object, reason: Any,
-                   properties: object) -> None:
-        accepted.append(not reason.is_failure)
-        done.set()
-
-    client.on_connect = on_connect
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = 0
-    try:
-        client.connect(host, port, keepalive=5, clean_start=True, properties=properties)
-        deadline = time.monotonic() + timeout
-        while not done.is_set() and time.monotonic() < deadline:
-            client.loop(0.1)
-        if accepted and accepted[0]:
-            client.disconnect()
-            client.loop(0.1)
-    except (OSError, ssl.SSLError) as exc:
-        log.error("broker_takeover_failed device=%s error=%s", device, exc)
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            client._sock_close()
-    return bool(accepted and accepted[0])

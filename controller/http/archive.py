@@ -29,7 +29,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from tiepdan.controller.archive.store import Archive, ClosedSession, Upload
+from tiepdan.controller.archive.closed import ClosedSession
+from tiepdan.controller.archive.store import Archive
+from tiepdan.controller.archive.upload import Upload
 from tiepdan.controller.http.access import allow, box_of
 from tiepdan.controller.http.app import CONTROLLER_KEY
 from tiepdan.errors import BadInput, Forbidden, NotFound, TiepdanError, TimedOut, TooLarge

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from tiepdan.controller.archive.store import ClosedSession, Problems
+from tiepdan.controller.archive.closed import ClosedSession, Problems
 from tiepdan.errors import NotFound
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from tests.support import (
     make_controller_config,
     running_controller,
 )
-from tiepdan.controller.archive.store import ClosedSession
+from tiepdan.controller.archive.closed import ClosedSession
 from tiepdan.controller.cli.client import ApiClient
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.evidence.manifest import Record, verify_chain

@@ -19,7 +19,7 @@ from tests.recording.arc_support import (
     write_recording,
 )
 from tests.support import eventually, make_agent_config, running_agent, running_controller
-from tiepdan.controller.archive.store import ClosedSession
+from tiepdan.controller.archive.closed import ClosedSession
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent
 from tiepdan.firmware.core.mqtt import client_context

@@ -29,7 +29,7 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tiepdan.controller.archive.store import ClosedRecording, ClosedSegment, ClosedSession
+from tiepdan.controller.archive.closed import ClosedRecording, ClosedSegment, ClosedSession
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.signing import SigningKey
 from tiepdan.controller.store import Database

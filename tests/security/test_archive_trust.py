@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.recording.arc_support import archive_controller, ended_session, enroll, write_recording
 from tests.support import box_http, eventually
-from tiepdan.controller.archive.store import ClosedSession
+from tiepdan.controller.archive.closed import ClosedSession
 from tiepdan.controller.service import Controller
 from tiepdan.errors import TiepdanError
 from tiepdan.firmware import protocol
