@@ -35,6 +35,7 @@ from tiepdan.firmware.core.mqtt import Inbound, MqttLink, Will
 from tiepdan.firmware.evidence.recipients import Recipients
 from tiepdan.firmware.recording.session import BoxRecording
 from tiepdan.firmware.recording.uploader import Uploader
+from tiepdan.firmware.screen.presenter import Presenter
 from tiepdan.firmware.update.client import OtaClient
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class Agent:
         self.ota = OtaClient(self)
         self.recipients = Recipients(config.state_dir)
         self.uploader = Uploader(self)
+        self.screen = Presenter(self)
 
     # -- extension points ------------------------------------------------------------------------
 

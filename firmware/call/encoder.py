@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class CameraEncoder:
-    def __init__(self, camera: Camera, *, bitrate: int, keyframe_interval: float) -> None:
+    def __init__(self, camera: Camera, *, bitrate: int, keyframe_interval: float,
+                 frames: Fanout[av.VideoFrame] | None = None) -> None:
         self.camera = camera
+        # The raw pictures too (the hall's self-view); publishing to nobody costs nothing.
+        self.frames: Fanout[av.VideoFrame] = frames or Fanout("camera-frames")
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._encoder: H264Encoder | None = None
@@ -56,6 +59,7 @@ class CameraEncoder:
                 loop = asyncio.get_running_loop()
                 while True:
                     frame = await camera.read()
+                    self.frames.publish(frame)
                     for packet in await loop.run_in_executor(None, self._encoder.encode, frame):
                         self.video.publish(packet)
         finally:
