@@ -58,8 +58,6 @@ def agent_settings(tmp_path: Path, broker: Mosquitto, device_id: str,
         "telemetry": {"interval": 1.0},
         "state": {"dir": str(tmp_path / device_id)},
         "log": {"level": "debug"},
-        # No screen unless a test asks for one: drawing costs CPU the session tests need.
-        "screen": {"display": "none"},
     }
     for section, values in sections.items():
         settings.setdefault(section, {}).update(values)

@@ -75,9 +75,10 @@ class Presenter:
         self.zone = ZoneInfo(config.timezone)
         if display is None and config.display != "none":
             backend = config.display
-            if backend == "auto":
-                backend = "simulated" if agent.profile.simulated else "kmsdrm"
-            display = open_display(backend, width=config.width, height=config.height)
+            if backend == "auto":  # nobody looks at a simulated board's screen unless asked
+                backend = "none" if agent.profile.simulated else "kmsdrm"
+            if backend != "none":
+                display = open_display(backend, width=config.width, height=config.height)
         self.display = display
         self.remote = protocol.RemoteConfig()
         self.sounds = Sounds(lambda: open_speaker(agent.profile.audio), config.volume)

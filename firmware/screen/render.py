@@ -73,6 +73,7 @@ class CallRenderer:
     def compose(self, picture: av.VideoFrame | None, self_view: av.VideoFrame | None,
                 state: ScreenState) -> Rgb:
         """The next in-call frame (a buffer reused by the next call)."""
+        self._restore()  # take the last badges off: bars are never repainted otherwise
         if picture is not None:
             self._picture(picture)
         if self_view is not None:
@@ -115,12 +116,20 @@ class CallRenderer:
         if key != self._badge_key:
             self._badge_key = key
             self._badges = self._draw_badges(state)
+        self._under = []
         for badge in self._badges:
             h, w = badge.rgb.shape[:2]
             region = self.buffer[badge.y:badge.y + h, badge.x:badge.x + w]
+            self._under.append(region.copy())
             blended = (region.astype(np.uint16) * (255 - badge.alpha)
                        + badge.rgb.astype(np.uint16) * badge.alpha) // 255
             region[:] = blended.astype(np.uint8)
+
+    def _restore(self) -> None:
+        for badge, under in zip(self._badges, self._under, strict=False):
+            h, w = under.shape[:2]
+            self.buffer[badge.y:badge.y + h, badge.x:badge.x + w] = under
+        self._under = []
 
     def _draw_badges(self, state: ScreenState) -> list[_Badge]:
         _ = self.layouts._
