@@ -48,9 +48,12 @@ def hdmi_connected(sysfs: Path = SYSFS_DRM) -> bool:
 class KmsDisplay(Display):
     backend = "kmsdrm"
 
-    def __init__(self, *, driver: str = "kmsdrm", sysfs: Path = SYSFS_DRM) -> None:
+    def __init__(self, *, driver: str = "kmsdrm", sysfs: Path = SYSFS_DRM,
+                 size: tuple[int, int] | None = None) -> None:
+        """`size` asks for a mode (tests, benchmarks); None takes the display's preferred one."""
         super().__init__()
         self.driver = driver
+        self.size = size
         self.sysfs = sysfs
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="display")
         self._screen: Any = None
@@ -80,7 +83,7 @@ class KmsDisplay(Display):
         try:
             pygame.display.init()
             # (0, 0): the mode the display prefers, as SDL read it from the connector.
-            self._screen = pygame.display.set_mode((0, 0), pygame.FULLSCREEN)
+            self._screen = pygame.display.set_mode(self.size or (0, 0), pygame.FULLSCREEN)
             pygame.mouse.set_visible(False)
         except pygame.error as exc:
             pygame.display.quit()

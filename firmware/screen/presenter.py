@@ -73,12 +73,11 @@ class Presenter:
         self.agent = agent
         self.config = config = agent.config.screen
         self.zone = ZoneInfo(config.timezone)
-        if display is None and config.display != "none":
-            backend = config.display
-            if backend == "auto":  # nobody looks at a simulated board's screen unless asked
-                backend = "none" if agent.profile.simulated else "kmsdrm"
-            if backend != "none":
-                display = open_display(backend, width=config.width, height=config.height)
+        backend: str = config.display
+        if backend == "auto":  # nobody looks at a simulated board's screen unless asked
+            backend = "none" if agent.profile.simulated else "kmsdrm"
+        if display is None and backend != "none":
+            display = open_display(backend, width=config.width, height=config.height)
         self.display = display
         self.remote = protocol.RemoteConfig()
         self.sounds = Sounds(lambda: open_speaker(agent.profile.audio), config.volume)
