@@ -56,20 +56,18 @@ def _with(state: ScreenState, **changes: object) -> ScreenState:
 
 
 def composed_picture() -> av.VideoFrame:
-    """A 2x2 grid of synthetic cameras, as the bridge composes a session of four points."""
-    import numpy as np
+    """Four synthetic cameras composed by the bridge's own compositor, as a box receives them."""
+    from tiepdan.controller.sessions.bridge.compositor import Compositor, TileView, grid
 
-    names = ["Ban TCD tỉnh Nghệ An", "UBND xã Hưng Nguyên", "UBND xã Diễn Châu",
+    names = ["Ban Tiếp công dân tỉnh Nghệ An", "UBND xã Hưng Nguyên", "UBND xã Diễn Châu",
              "UBND xã Nghi Lộc"]
-    grid = np.zeros((720 * 3 // 2, 1280), dtype=np.uint8)
-    y_plane, chroma = grid[:720], grid[720:]
-    chroma[:] = 128
-    for i, name in enumerate(names):
+    rects, gutter = grid(len(names), 1280, 720)
+    tiles = []
+    for i, (name, rect) in enumerate(zip(names, rects, strict=True)):
         camera = SyntheticCamera(CameraSpec("synthetic", "pattern", 640, 360, 15), label=name)
-        tile = camera.render(0)
-        row, col = divmod(i, 2)
-        y_plane[row * 360:(row + 1) * 360, col * 640:(col + 1) * 640] = tile[:360]
-    return av.VideoFrame.from_ndarray(grid, format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(camera.render(0), format="yuv420p")
+        tiles.append(TileView(rect=rect, name=name, frame=frame, speaking=i == 0))
+    return Compositor(1280, 720).compose(tiles, gutter)
 
 
 def self_view() -> av.VideoFrame:

@@ -136,24 +136,26 @@ class CallRenderer:
         self._under = []
 
     def _draw_badges(self, state: ScreenState) -> list[_Badge]:
+        """Recording, mute and link quality in a row at the bottom left (the top of every tile
+        carries its point's name, which a badge must not hide); the self-view is bottom right."""
         _ = self.layouts._
         px = self.layouts.px
-        margin = px(24)
+        margin, gap = px(24), px(14)
+        pills = []
+        if state.recording:
+            pills.append(self._pill(_("Recording"), RED, INK, dot=True))
+        if state.muted:
+            pills.append(self._pill(_("Muted"), RED, INK, dot=False))
+        pills.append(self._bars(state.quality))
         badges: list[_Badge] = []
         x = margin
-        if state.recording:
-            badge = self._pill(_("Recording"), RED, INK, dot=True)
-            badges.append(_Badge(x, margin, *badge))
-            x += badge[0].shape[1] + px(14)
-        if state.muted:
-            badge = self._pill(_("Muted"), RED, INK, dot=False)
-            badges.append(_Badge(x, margin, *badge))
+        for rgb, alpha in pills:
+            badges.append(_Badge(x, self.height - margin - rgb.shape[0], rgb, alpha))
+            x += rgb.shape[1] + gap
         if state.reconnecting:
-            badge = self._pill(_("Reconnecting…"), AMBER, DARK, dot=False)
-            badges.append(_Badge((self.width - badge[0].shape[1]) // 2,
-                                 (self.height - badge[0].shape[0]) // 2, *badge))
-        bars = self._bars(state.quality)
-        badges.append(_Badge(self.width - margin - bars[0].shape[1], margin, *bars))
+            rgb, alpha = self._pill(_("Reconnecting…"), AMBER, DARK, dot=False)
+            badges.append(_Badge((self.width - rgb.shape[1]) // 2,
+                                 (self.height - rgb.shape[0]) // 2, rgb, alpha))
         return badges
 
     def _pill(self, text: str, background: tuple[int, int, int], ink: tuple[int, int, int],
@@ -168,7 +170,7 @@ class CallRenderer:
         width = lead + text_width + px(22)
         image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
         draw = ImageDraw.Draw(image)
-        fill = (*background, 230) if not dot else (0, 0, 0, 190)
+        fill = (*background, 240) if not dot else (0, 0, 0, 225)
         draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=height // 2, fill=fill)
         if dot:
             r = px(11)
@@ -184,7 +186,7 @@ class CallRenderer:
         width, height = px(84), px(52)
         image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
         draw = ImageDraw.Draw(image)
-        draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=px(10), fill=(0, 0, 0, 190))
+        draw.rounded_rectangle((0, 0, width - 1, height - 1), radius=px(10), fill=(0, 0, 0, 225))
         for i in range(3):
             bar_h = px(12 + 10 * i)
             left = px(14 + 20 * i)
