@@ -19,6 +19,7 @@ from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.archive import add_archive_routes
 from tiepdan.controller.http.sessions import add_session_routes
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.sessions.announce import NextSessions
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
 from tiepdan.controller.sessions.closing import Closer
@@ -57,6 +58,7 @@ class Controller:
         self.bridge = build_bridge(config.bridge)
         self.sessions = Sessions(self, self.bridge)
         self.schedules = Schedules(self, self.sessions)
+        self.next_sessions = NextSessions(self, self.sessions)
         self.app = build_app(self, self.token)
         add_session_routes(self.app)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
@@ -90,6 +92,7 @@ class Controller:
         self.spawn(self._flush_loop(), "registry-flush")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
+        self.spawn(self.next_sessions.run(), "next-sessions")
         self.spawn(self.provisioning.run(), "provisioning")
         self.spawn(self.closer.run(), "closer")
         await asyncio.to_thread(self.bridge_recording.recover)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -143,3 +144,40 @@ async def test_a_box_not_enrolled_shows_what_to_do_until_it_is(tmp_path: Path,
     certificate.write_text("issued by enrollment")
     await asyncio.wait_for(waiting, 5)
     assert display.mode is None, "the display was not let go for the agent"
+
+
+async def test_the_controller_announces_the_next_scheduled_session_to_the_halls(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    from tests.sessions.points import points, session_controller
+
+    async with session_controller(tmp_path, broker) as controller, \
+            points(tmp_path, broker, ["sc-chair"]), \
+            hall_box(tmp_path, broker, "sc-hall") as box:
+        await eventually(lambda: controller.registry.get("sc-hall") and
+                         controller.registry.get("sc-chair"), 10, what="both registered")
+        # A setting the admin made before must survive the announcement.
+        await controller.set_desired("sc-hall", protocol.RemoteConfig(volume=35))
+        at = time.time() + 2 * 3600
+        later = await controller.sessions.open("sc-chair", ["sc-hall"], title="Phiên sau",
+                                               at=at + 86400)
+        first = await controller.sessions.open("sc-chair", ["sc-hall"], title="Phiên tháng 12",
+                                               at=at)
+        await eventually(lambda: box.screen.state is not None and
+                         box.screen.state.next_session is not None and
+                         box.screen.state.next_session.title == "Phiên tháng 12" and
+                         showing(box), 15, what="the next session on the hall's screen")
+        state = box.screen.state
+        assert state is not None and state.next_session is not None
+        assert abs(state.next_session.at.timestamp() - at) < 1
+        assert state.next_session.host_name == "UBND sc-chair"
+        assert box.screen.sounds.volume == 35, "the announcement dropped the admin's volume"
+
+        await controller.sessions.end(first.id, "cancelled")
+        await eventually(lambda: box.screen.state is not None and
+                         box.screen.state.next_session is not None and
+                         box.screen.state.next_session.title == "Phiên sau", 15,
+                         what="the following session once the first is cancelled")
+        await controller.sessions.end(later.id, "cancelled")
+        await eventually(lambda: box.screen.state is not None and
+                         box.screen.state.next_session is None and showing(box), 15,
+                         what="no session scheduled")
