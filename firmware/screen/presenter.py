@@ -109,7 +109,12 @@ class Presenter:
         agent.add_status("screen", self.status)
         agent.shadow.listen(self._apply_remote)
         agent.call.on_left(self._call_left)
-        agent.spawn(self.run(), "screen")
+        self._enrolled_at = 0.0
+        self._enrolled = True
+        # A simulated board without a screen has nobody to show or play anything to: stay idle
+        # (a test fleet may run thousands of agents in one process).
+        if display is not None or not agent.profile.simulated:
+            agent.spawn(self.run(), "screen")
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -154,8 +159,15 @@ class Presenter:
         self._progress = (None, 0.0)
 
     def not_enrolled(self) -> bool:
+        """No certificate (looked at every few seconds, not on every tick)."""
         mqtt = self.agent.config.mqtt
-        return mqtt.tls and not self.agent.config.tls_file(mqtt.cert_file, "device.pem").is_file()
+        if not mqtt.tls:
+            return False
+        now = time.monotonic()
+        if now - self._enrolled_at > RETRY_S:
+            self._enrolled_at = now
+            self._enrolled = self.agent.config.tls_file(mqtt.cert_file, "device.pem").is_file()
+        return not self._enrolled
 
     async def read_state(self) -> ScreenState:
         agent, call = self.agent, self.agent.call
