@@ -90,7 +90,7 @@ class Presenter:
         self.shown = 0
         self._language = config.language
         self._layouts: Layouts | None = None
-        self._renderer: CallRenderer | None = None
+        self.renderer: CallRenderer | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="screen")
         self._chime: asyncio.Task[None] | None = None
         self._sound_tasks: set[asyncio.Task[None]] = set()
@@ -125,7 +125,7 @@ class Presenter:
         if language != self._language:
             log.info("screen_language language=%s", language)
             self._language = language
-            self._layouts = self._renderer = None
+            self._layouts = self.renderer = None
             self.state = None  # redraw
         window = remote.office_hours if remote.office_hours is not None else \
             self.config.office_hours
@@ -136,7 +136,7 @@ class Presenter:
     def layouts(self, mode: tuple[int, int]) -> Layouts:
         if self._layouts is None or (self._layouts.width, self._layouts.height) != mode:
             self._layouts = Layouts(mode, screen_translator(self._language))
-            self._renderer = None
+            self.renderer = None
         return self._layouts
 
     def status(self) -> dict[str, Any]:
@@ -321,10 +321,10 @@ class Presenter:
             return  # nothing new to show
         if picture is not None:
             self._last_picture = picture
-        if self._renderer is None or (self._renderer.width, self._renderer.height) \
+        if self.renderer is None or (self.renderer.width, self.renderer.height) \
                 != display.mode:
-            self._renderer = CallRenderer(display.mode, self.layouts(display.mode))
-        renderer = self._renderer
+            self.renderer = CallRenderer(display.mode, self.layouts(display.mode))
+        renderer = self.renderer
         frame = await self._on_thread(renderer.compose, self._last_picture, self._last_self,
                                       state)
         await display.show(frame)

@@ -52,7 +52,7 @@ def luma(frame: Rgb) -> np.ndarray[Any, Any]:
 def tags_on_screen(agent: Agent) -> dict[str, int]:
     """Which points' tags the hall's screen shows: device -> label hash, per layout tile."""
     layout = agent.call.layout
-    renderer = agent.screen._renderer
+    renderer = agent.screen.renderer
     frame = display_of(agent).latest()
     if layout is None or renderer is None or renderer.placement is None or frame is None:
         return {}

@@ -83,7 +83,7 @@ async def test_the_hall_sees_the_invitation_the_call_its_badges_and_the_end(
         expected = hashes(["sc-host", "sc-1"])
         await eventually(lambda: tags_on_screen(box).get("sc-host") == expected["sc-host"], 20,
                          what="the host's tag on the hall's screen")
-        renderer = box.screen._renderer
+        renderer = box.screen.renderer
         assert renderer is not None and renderer.placement is not None
         place = renderer.placement
         assert (place.width, place.height) == (1024, 576) and place.y == 96, place
