@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 
 from tests.screen.hall import display_of, drawn, hall_box
 from tests.support import eventually
@@ -181,3 +183,49 @@ async def test_the_controller_announces_the_next_scheduled_session_to_the_halls(
         await eventually(lambda: box.screen.state is not None and
                          box.screen.state.next_session is None and showing(box), 15,
                          what="no session scheduled")
+
+
+async def test_outside_office_hours_the_screen_dims_or_blanks_and_cec_follows(
+        tmp_path: Path, broker: Mosquitto, controller: Controller,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiepdan.firmware.screen.care import apply_level
+
+    zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    now = datetime.now(zone)
+    closed = f"{(now.hour + 2) % 24:02d}:00-{(now.hour + 3) % 24:02d}:00"  # not now
+    all_days = list(range(1, 8))
+    async with hall_box(tmp_path, broker, "sc-dim", screen={
+            "office_hours": closed, "office_days": all_days, "outside_hours": "dim",
+            "dim": 0.25}) as box:
+        def dimmed() -> bool:
+            frame = display_of(box).latest()
+            return box.screen.state is not None and frame is not None and \
+                box.screen.level == "dim" and \
+                np.array_equal(frame, apply_level(drawn(box), "dim", 0.25))
+        await eventually(dimmed, 10, what="the dimmed idle screen")
+
+    # Blank, with HDMI-CEC through a cec-ctl that notes what it was asked (the TV's side).
+    calls = tmp_path / "cec-calls"
+    fake = tmp_path / "bin" / "cec-ctl"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    async with hall_box(tmp_path, broker, "sc-blank", screen={
+            "office_hours": closed, "office_days": all_days, "outside_hours": "blank",
+            "cec": True}) as box:
+        display = display_of(box)
+        await eventually(lambda: box.screen.level == "blank" and display.latest() is not None
+                         and not display.latest().any(), 10,  # type: ignore[union-attr]
+                         what="a blank screen")
+        await eventually(lambda: calls.exists() and "--standby" in calls.read_text(), 10,
+                         what="the TV sent to standby")
+        assert "--to 0 --standby" in calls.read_text()
+        # Office hours set by the controller (desired state) light it again, and wake the TV.
+        await eventually(lambda: controller.registry.get("sc-blank"), 10, what="registered")
+        open_now = f"{now.hour:02d}:00-{(now.hour + 1) % 24:02d}:00"
+        await controller.set_desired("sc-blank", protocol.RemoteConfig(office_hours=open_now))
+        await eventually(lambda: box.screen.level == "on" and showing(box), 10,
+                         what="the screen lit again")
+        await eventually(lambda: "--image-view-on" in calls.read_text(), 10,
+                         what="the TV woken")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import numpy as np
 
 from tests.screen.hall import display_of, drawn, hall_box, luma, tags_on_screen
@@ -104,6 +105,16 @@ async def test_the_hall_sees_the_invitation_the_call_its_badges_and_the_end(
             tag = read_tag(luma(current)[at.y:at.y + at.height, at.x:at.x + at.width])
             return tag is not None and tag.label_hash == label_hash(point_name("sc-1"))
         await eventually(own_camera, 10, what="the self-view with the box's own tag")
+
+        # A picture the screen cannot show (as a broken decoder might hand over) is dropped.
+        tiny = av.VideoFrame.from_ndarray(np.zeros((12, 8), dtype=np.uint8), format="yuv420p")
+        box.call.received_video.publish(tiny)
+        await eventually(lambda: renderer.dropped >= 1, 5, what="the odd frame dropped")
+        assert box.call.state == "live"
+        shown = display.shown
+        await eventually(lambda: display.shown > shown + 5 and
+                         tags_on_screen(box).get("sc-host") == expected["sc-host"], 10,
+                         what="the call on screen after the odd frame")
 
         # Mute: the badge within a second of the button, and a tone.
         badges = (slice(place.y + place.height, 768), slice(0, 1024 // 2))  # the bottom bar
