@@ -139,3 +139,49 @@ async def test_the_hall_sees_the_invitation_the_call_its_badges_and_the_end(
         await shown_within(box, time.monotonic(), lambda s: s.kind == "idle",
                            "the idle screen again", 10)
         assert box.screen._picture is None, "still subscribed to the composed picture"
+
+
+async def test_after_the_call_the_hall_sees_the_upload_then_all_saved(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    """A box that records (the archive's recipients, the controller's key) shows the recording
+    badge in the call, then its upload's progress, then "all saved", then idle again."""
+    from tests.recording.arc_support import enroll
+
+    async with session_controller(tmp_path, broker) as controller, \
+            points(tmp_path, broker, ["sc-rhost"]):
+        enroll(controller, tmp_path / "sc-rec", "sc-rec")
+        async with hall_box(tmp_path, broker, "sc-rec", recording={
+                "archive_url": controller.config.api_url, "segment_seconds": 1.0,
+                "upload_retry_max": 0.5}, screen={"after_seconds": 3.0}) as box:
+            await eventually(lambda: box.recipients.current() is not None, 20,
+                             what="the archive's recipients on the box")
+            await eventually(lambda: controller.registry.get("sc-rec") and
+                             controller.registry.get("sc-rhost"), 10, what="registered")
+            await controller.sessions.open("sc-rhost", ["sc-rec"], auto_join=True)
+            await eventually(lambda: box.screen.state is not None and
+                             box.screen.state.kind == "call" and box.screen.state.recording, 30,
+                             what="the recording badge in the call")
+            await eventually(lambda: len(list((box.config.recording_dir).glob("*/*.age")))
+                             >= 3, 30, what="a few sealed segments")
+            seen: list[int | None] = []
+
+            async def watch() -> None:
+                while True:
+                    state = box.screen.state
+                    if state is not None and state.kind == "after" and \
+                            (not seen or seen[-1] != state.upload_percent):
+                        seen.append(state.upload_percent)
+                    await asyncio.sleep(0.02)
+            watcher = asyncio.ensure_future(watch())
+            try:
+                await asyncio.to_thread(box.panel.press, "end")  # type: ignore[attr-defined]
+                await eventually(lambda: seen and seen[-1] == 100, 60,
+                                 what="all saved on the after-call screen")
+                assert np.array_equal(display_of(box).latest(), drawn(box))
+                await eventually(lambda: box.screen.state is not None and
+                                 box.screen.state.kind == "idle", 20,
+                                 what="idle once everything is saved")
+            finally:
+                watcher.cancel()
+            assert all(p is not None for p in seen), seen
+            assert seen == sorted(seen), f"progress went backwards: {seen}"

@@ -175,6 +175,10 @@ def test_upload_progress_comes_from_the_signed_manifest(tmp_path: Path) -> None:
     with open(directory / "manifest.jsonl", "ab") as handle:
         handle.write(b'{"torn')  # a line being written right now
     assert upload_percent(directory) == 50
+    # A checked receipt counts before its `uploaded` record can be written.
+    (directory / "receipts.jsonl").write_text(
+        '{"receipt": {"name": "000002.mkv.age"}, "verified_utc_ms": 1}\n{"rece')
+    assert upload_percent(directory) == 75
     manifest.close()
 
 
