@@ -116,8 +116,8 @@ def controller_settings(workdir: Path, broker: Mosquitto, http_port: int) -> dic
 
 
 def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
-                   archive_url: str) -> dict[str, Any]:
-    return {
+                   archive_url: str, screens: bool = False) -> dict[str, Any]:
+    settings: dict[str, Any] = {
         "device": {"id": point.id, "name": point.name, "kind": point.kind,
                    "province": point.province, "commune": point.commune},
         "board": {"profile": "sim"},
@@ -127,6 +127,10 @@ def agent_settings(workdir: Path, broker: Mosquitto, point: DemoPoint,
         "log": {"level": "info"},
         "recording": {"archive_url": archive_url},
     }
+    if screens:  # what each hall's TV would show, as a PNG kept up to date
+        settings["screen"] = {"display": "simulated", "office_hours": "",
+                              "snapshot": str(workdir / "screens" / f"{point.id}.png")}
+    return settings
 
 
 def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) -> None:
@@ -140,7 +144,7 @@ def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) ->
 
 def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                     points: list[DemoPoint], logdir: Path, stop: dict[str, bool],
-                    timeout: float = 90) -> list[str]:
+                    timeout: float = 90, screens: bool = False) -> list[str]:
     """Each box as a technician would: SD-card folder from the controller, then first boot
     (`tiepdan-enroll`, all boxes at once). Returns the boxes that failed to enroll."""
     enrolling: dict[str, subprocess.Popen[bytes]] = {}
@@ -151,7 +155,7 @@ def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                 labels=workdir / "labels", device=point.id, province=point.province,
                 kind=point.kind)
         config = write_toml(workdir / f"{point.id}.toml",
-                            agent_settings(workdir, broker, point, client.url))
+                            agent_settings(workdir, broker, point, client.url, screens))
         with (logdir / f"{point.id}.log").open("ab") as out:
             enrolling[point.id] = subprocess.Popen(
                 [sys.executable, "-m", "tiepdan.firmware.firstboot.enroll", "--boot", str(boot),
@@ -275,7 +279,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
         wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
-        failed = provision_boxes(workdir, client, broker, points, logdir, stop)
+        failed = provision_boxes(workdir, client, broker, points, logdir, stop,
+                                 screens=args.screens)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
         for point in points:
@@ -348,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                              "1 province, 3 communes)")
     parser.add_argument("--workdir", help="keep everything (configs, state, logs) here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--screens", action="store_true",
+                        help="give every box a simulated HDMI display and keep what it shows "
+                             "in <workdir>/screens/<box>.png")
     args = parser.parse_args(argv)
     if args.boxes < 1:
         parser.error("--boxes must be at least 1")

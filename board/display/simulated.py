@@ -8,6 +8,7 @@ survive the trip, see `tiepdan.board.camera.tag`); the demo and `docs/screens/` 
 from __future__ import annotations
 
 import collections
+import os
 import time
 from pathlib import Path
 
@@ -65,11 +66,14 @@ class SimulatedDisplay(Display):
         """`time.monotonic()` when the frame on screen was shown."""
         return self._frames[-1][0] if self._frames else None
 
-    def snapshot(self, path: Path) -> Path:
-        """Write the frame on screen as a PNG; BoardError before anything was shown."""
+    def snapshot(self, path: Path, *, optimize: bool = True) -> Path:
+        """Write the frame on screen as a PNG (whole or not at all: written aside, then renamed
+        over, so a viewer never opens half a file); BoardError before anything was shown."""
         frame = self.latest()
         if frame is None:
             raise BoardError("nothing has been shown yet")
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame, "RGB").save(path, optimize=True)
+        partial = path.with_name(f".{path.name}.partial")
+        Image.fromarray(frame, "RGB").save(partial, format="PNG", optimize=optimize)
+        os.replace(partial, path)
         return path

@@ -151,6 +151,7 @@ class ScreenSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     after_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 15.0
     cec: bool = False
     cec_device: str = "/dev/cec0"
+    snapshot: str = ""  # a PNG file the simulated display's picture is written to (demos)
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ import numpy as np
 
 from tiepdan.board.audio import open_speaker
 from tiepdan.board.display import Display, DisplayMissing, Rgb, open_display
+from tiepdan.board.display.simulated import SimulatedDisplay
 from tiepdan.board.errors import BoardError
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Subscription
@@ -52,6 +54,7 @@ RETRY_S = 5.0
 PROGRESS_EVERY_S = 2.0
 AFTER_MAX_S = 600.0  # an upload that takes longer goes on under the idle screen
 ALARM = "display-missing"
+SNAPSHOT_EVERY_S = 2.0
 UPDATING = ("installing", "restarting")
 
 
@@ -110,6 +113,7 @@ class Presenter:
         agent.shadow.listen(self._apply_remote)
         agent.call.on_left(self._call_left)
         self._enrolled_at = 0.0
+        self._snapshot_at = 0.0
         self._enrolled = True
         # A simulated board without a screen has nobody to show or play anything to: stay idle
         # (a test fleet may run thousands of agents in one process).
@@ -290,6 +294,7 @@ class Presenter:
         await display.show(frame)
         self.state, self.level = state, level
         self.shown += 1
+        await self._snapshot(force=True)
         log.info("screen_shown screen=%s fault=%s level=%s", state.kind, state.fault, level)
 
     def _level(self, state: ScreenState) -> Level:
@@ -330,9 +335,26 @@ class Presenter:
         await display.show(frame)
         self.level = "on"
         self.shown += 1
+        await self._snapshot(force=False)
         if self.state is None or self.state.kind != "call":
             await self._cec("on")
             log.info("screen_shown screen=call")
+
+    async def _snapshot(self, *, force: bool) -> None:
+        """`screen.snapshot`: the simulated display's picture as a PNG, for people watching a
+        demo; on every new screen, and every `SNAPSHOT_EVERY_S` in a call."""
+        display = self.display
+        if not self.config.snapshot or not isinstance(display, SimulatedDisplay):
+            return
+        now = time.monotonic()
+        if not force and now - self._snapshot_at < SNAPSHOT_EVERY_S:
+            return
+        self._snapshot_at = now
+        try:
+            await self._on_thread(partial(display.snapshot, Path(self.config.snapshot),
+                                          optimize=False))
+        except (BoardError, OSError) as exc:
+            log.warning("screen_snapshot_failed path=%s error=%s", self.config.snapshot, exc)
 
     async def _on_thread(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageDraw
 
 from tiepdan.board.display import Rgb
@@ -69,6 +71,7 @@ class CallRenderer:
         self.placement: Placement | None = None  # where the composed picture is
         self.self_view_at: Placement | None = None
         self.dropped = 0
+        self._reformatter = VideoReformatter()
         self._badge_key: tuple[object, ...] | None = None
         self._badges: list[_Badge] = []
         self._under: list[Rgb] = []
@@ -95,8 +98,7 @@ class CallRenderer:
         if place != self.placement:
             self.buffer[:] = 0  # new bars; a smaller picture must not leave the old one around
             self.placement = place
-        rgb = frame.to_ndarray(format="rgb24", width=place.width, height=place.height,
-                               interpolation=SCALING)
+        rgb = self._scaled(frame, place)
         self.buffer[place.y:place.y + place.height, place.x:place.x + place.width] = rgb
 
     def _self_view(self, frame: av.VideoFrame) -> None:
@@ -111,8 +113,18 @@ class CallRenderer:
         self.buffer[y - border:y + place.height + border,
                     x - border:x + place.width + border] = INK
         self.self_view_at = Placement(x, y, place.width, place.height)
-        self.buffer[y:y + place.height, x:x + place.width] = frame.to_ndarray(
-            format="rgb24", width=place.width, height=place.height, interpolation=SCALING)
+        self.buffer[y:y + place.height, x:x + place.width] = self._scaled(frame, place)
+
+    def _scaled(self, frame: av.VideoFrame, place: Placement) -> Rgb:
+        """RGB at the placement's size, through this renderer's own swscale context.
+
+        `VideoFrame.to_ndarray(width=...)` would use the reformatter cached on the frame, which
+        the recorder's thread uses on the same received frame at the same time: two threads on
+        one SwsContext hang or corrupt. Reading the frame from two threads is safe.
+        """
+        out = self._reformatter.reformat(frame, format="rgb24", width=place.width,
+                                         height=place.height, interpolation=SCALING)
+        return cast(Rgb, out.to_ndarray())  # rgb24: (height, width, 3) uint8
 
     def _overlay(self, state: ScreenState) -> None:
         key = (state.muted, state.recording, state.quality, state.reconnecting,

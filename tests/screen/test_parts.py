@@ -185,3 +185,36 @@ def test_upload_progress_comes_from_the_signed_manifest(tmp_path: Path) -> None:
 def test_next_session_state_is_plain_data() -> None:
     at = datetime(2026, 12, 3, 9)
     assert NextSession(at=at) == NextSession(at=at, title="", host_name="")
+
+
+def test_the_renderer_shares_no_swscale_context_with_the_recorder() -> None:
+    """The recorder rescales the same received frames on its own thread. Through the frame's
+    own cached reformatter (`to_ndarray(width=...)`) the two threads deadlocked within seconds
+    (seen in the demo); the renderer keeps a reformatter of its own."""
+    import threading
+    import time
+
+    pictures = [tagged_frame(1280, 720) for _ in range(4)]
+    renderer = CallRenderer((1280, 720), Layouts((1280, 720), screen_translator("vi")))
+    state = ScreenState(kind="call", hall="h", commune="", device="d", now=datetime.now())
+    deadline = time.monotonic() + 2.0
+    composed = [0]
+
+    def recorder() -> None:
+        while time.monotonic() < deadline:
+            for frame in pictures:
+                frame.reformat(width=640, height=360, format="yuv420p")
+
+    def screen() -> None:
+        while time.monotonic() < deadline:
+            for frame in pictures:
+                renderer.compose(frame, None, state)
+                composed[0] += 1
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (recorder, screen)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(t.is_alive() for t in threads), "renderer and recorder deadlocked"
+    assert composed[0] > 10
