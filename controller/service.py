@@ -23,6 +23,7 @@ from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.sessions.announce import NextSessions
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
 from tiepdan.controller.sessions.closing import Closer
@@ -70,6 +71,7 @@ class Controller:
         self.sessions = Sessions(self.db, config.sessions, self.registry, self.rpc, self.link,
                                  self.bridge)
         self.schedules = Schedules(self.db, config.sessions.timezone, self.sessions)
+        self.next_sessions = NextSessions(self.registry, self.sessions, self.set_desired)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
                                self.signing.public_raw(), self.id, self._session_points)
         self.closer = Closer(self.sessions, self.archive, f"controller-{self.id}",
@@ -117,6 +119,7 @@ class Controller:
         self.ingest.route("tele", self.sessions.on_tele, suffix="tele/+")
         self.registry.listen(self.sessions.on_device)
         self.sessions.listen(self.closer.on_session)
+        self.sessions.listen(self.next_sessions.on_session)
         if self.bridge_recording.enabled:
             self.bridge.on_session_media(self.bridge_recording.on_media)
             self.sessions.listen(self.bridge_recording.on_session)
@@ -146,6 +149,7 @@ class Controller:
         self.spawn(self._flush_loop(), "registry-flush")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
+        self.spawn(self.next_sessions.run(), "next-sessions")
         self.spawn(self.provisioning.run(), "provisioning")
         self.spawn(self.boxes.run(), "boxes")
         self.spawn(self.closer.run(), "closer")

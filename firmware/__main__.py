@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except LinkError as exc:
         log.error("mqtt_unusable error=%s", exc)
-        return 3
+        from tiepdan.firmware.screen.unenrolled import wait_for_enrollment
+
+        if not wait_for_enrollment(config):
+            return 3
+        outcome = Exit.RESTART  # enrolled meanwhile: start again with the certificate
     if outcome == Exit.RESTART:
         # Same PID, so systemd's Type=notify tracking and the demo's supervision both hold.
         log.info("agent_reexec argv=%s", " ".join(sys.orig_argv))

@@ -42,6 +42,7 @@ from tiepdan.controller.cli.provision import new_box
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.firmware.evidence.identity import write_private
+from tiepdan.firmware.screen.presenter import SNAPSHOT_ENV
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto, free_port
 
@@ -156,7 +157,7 @@ def secure_broker(workdir: Path, broker: Mosquitto, config: ControllerConfig) ->
 
 def provision_boxes(workdir: Path, client: ApiClient, broker: Mosquitto,
                     points: list[DemoPoint], logdir: Path, stop: dict[str, bool],
-                    archive_url: str, timeout: float = 90) -> list[str]:
+                    timeout: float = 90) -> list[str]:
     """Each box as a technician would: SD-card folder from the controller, then first boot
     (`tiepdan-enroll`, all boxes at once). Returns the boxes that failed to enroll."""
     enrolling: dict[str, subprocess.Popen[bytes]] = {}
@@ -290,16 +291,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
         wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
-        boxes_url = f"https://{broker.host}:{settings['boxes']['port']}"  # archive, OTA
-        failed = provision_boxes(workdir, client, broker, points, logdir, stop, boxes_url)
+        failed = provision_boxes(workdir, client, broker, points, logdir, stop)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
         # The only thing the demo adds to a box is its simulated hardware (TIEPDAN_BOARD, which
-        # board.profile = "auto" reads); every setting comes from enrollment.
+        # board.profile = "auto" reads, and with --screens the simulated HDMI's PNG); every
+        # setting comes from enrollment.
         simulated = {**os.environ, "TIEPDAN_BOARD": "sim"}
         for point in points:
+            env = dict(simulated)
+            if args.screens:
+                env[SNAPSHOT_ENV] = str(workdir / "screens" / f"{point.id}.png")
             processes.start(point.id, [python, "-m", "tiepdan.firmware", "--config",
-                                       str(workdir / f"{point.id}.toml")], env=simulated)
+                                       str(workdir / f"{point.id}.toml")], env=env)
         started = time.monotonic()
         header = Text.assemble(
             ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                              "1 province, 3 communes)")
     parser.add_argument("--workdir", help="keep everything (configs, state, logs) here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--screens", action="store_true",
+                        help="give every box a simulated HDMI display and keep what it shows "
+                             "in <workdir>/screens/<box>.png")
     args = parser.parse_args(argv)
     if args.boxes < 1:
         parser.error("--boxes must be at least 1")

@@ -40,6 +40,7 @@ from tiepdan.firmware.evidence.recipients import Recipients
 from tiepdan.firmware.recording.session import BoxRecording
 from tiepdan.firmware.recording.uploader import Uploader
 from tiepdan.firmware.renewal.renewer import CertificateRenewal
+from tiepdan.firmware.screen.presenter import Presenter
 from tiepdan.firmware.update.client import OtaClient
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Agent:
         self.recording = BoxRecording(self, self.call, self.uploader)
         self.ota = OtaClient(self)
         self.renewal = CertificateRenewal(self)
+        self.screen = Presenter(self)
         self._connect()
 
     def _connect(self) -> None:
@@ -149,6 +151,10 @@ class Agent:
         self.add_status("ota", ota.status)
         self.capabilities.append("ota")
         self.add_status("upload", self.uploader.status)
+        self.capabilities.append("screen")
+        self.add_status("screen", self.screen.status)
+        self.shadow.listen(self.screen.apply_remote)
+        call.on_left(self.screen.call_left)
 
     # -- extension points ------------------------------------------------------------------------
 
@@ -240,6 +246,8 @@ class Agent:
         self.spawn(self.telemetry.run(), "telemetry")
         self.spawn(self.uploader.run(), "uploader")
         self.spawn(self.renewal.run(), "renewal")
+        if self.screen.active:
+            self.spawn(self.screen.run(), "screen")
         if self.notifier.watchdog_interval:
             self.spawn(self._watchdog(self.notifier.watchdog_interval), "watchdog")
 

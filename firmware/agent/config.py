@@ -6,6 +6,7 @@ The sections both sides share (device, MQTT, logs) and the TOML reader live in
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -85,6 +86,35 @@ class RenewalSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_max: Annotated[float, msgspec.Meta(ge=0.05, le=86400)] = 6 * 3600.0
 
 
+Window = Annotated[str, msgspec.Meta(
+    pattern=r"^(([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)?\Z")]
+
+
+class ScreenSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The hall's screen and sounds (issue 11); the controller may set language, volume and
+    office hours through desired state."""
+
+    display: Literal["auto", "kmsdrm", "simulated", "none"] = "auto"
+    width: Annotated[int, msgspec.Meta(ge=320, le=3840, multiple_of=2)] = 1280
+    height: Annotated[int, msgspec.Meta(ge=240, le=2160, multiple_of=2)] = 720
+    language: Literal["vi", "en"] = "vi"
+    volume: Annotated[int, msgspec.Meta(ge=0, le=100)] = 70
+    timezone: Annotated[str, msgspec.Meta(min_length=1)] = "Asia/Ho_Chi_Minh"
+    office_hours: Window = "07:00-17:30"
+    office_days: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=7)]],
+                           msgspec.Meta(max_length=7)] = msgspec.field(
+        default_factory=lambda: [1, 2, 3, 4, 5])
+    outside_hours: Literal["on", "dim", "blank"] = "dim"
+    dim: Annotated[float, msgspec.Meta(ge=0.05, le=1)] = 0.25
+    chime_every: Annotated[float, msgspec.Meta(ge=1, le=60)] = 4.0
+    offline_after: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+    disk_low_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
+    after_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 15.0
+    cec: bool = False
+    cec_device: str = "/dev/cec0"
+    snapshot: str = ""  # a PNG file the simulated display's picture is written to (demos)
+
+
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceSection
     board: BoardSection = BoardSection()
@@ -96,6 +126,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ota: UpdateSection = UpdateSection()
     recording: RecordingSection = RecordingSection()
     renewal: RenewalSection = RenewalSection()
+    screen: ScreenSection = ScreenSection()
 
     @property
     def state_dir(self) -> Path:
@@ -124,4 +155,9 @@ def load_config(path: Path = DEFAULT_PATH) -> AgentConfig:
     config = read_toml(path, AgentConfig)
     if config.mqtt.reconnect_min > config.mqtt.reconnect_max:
         raise ConfigError(f"config {path}: mqtt.reconnect_min: must not exceed mqtt.reconnect_max")
+    try:
+        zoneinfo.ZoneInfo(config.screen.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"config {path}: screen.timezone: unknown time zone "
+                          f"{config.screen.timezone!r}") from None
     return config

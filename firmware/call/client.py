@@ -92,6 +92,8 @@ class CallClient:
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
+        # The camera's raw pictures while in a session (the screen's self-view).
+        self.self_view: Fanout[av.VideoFrame] = Fanout("self-view")
         self._sent_video: Fanout[av.Packet[Stream]] | None = None
         self._on_live: list[LiveCallback] = []
         self._on_left: list[LeftCallback] = []
@@ -289,7 +291,8 @@ class CallClient:
             profile = self._agent.profile
             camera = open_camera(profile.camera, label=self._agent.config.device.name)
             self._encoder = CameraEncoder(camera, bitrate=self._config.video_bitrate,
-                                          keyframe_interval=self._config.keyframe_interval)
+                                          keyframe_interval=self._config.keyframe_interval,
+                                          frames=self.self_view)
             self._microphone = open_microphone(profile.audio, label=self.device)
             self.speaker = open_speaker(profile.audio)
         return self._encoder, self._microphone, self.speaker

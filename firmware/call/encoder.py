@@ -20,10 +20,15 @@ from tiepdan.firmware.media.h264 import H264Encoder
 
 log = logging.getLogger(__name__)
 
+PREVIEW_FPS = 5.0  # raw pictures for the hall's self-view when the encoder needs none
+
 
 class CameraEncoder:
-    def __init__(self, camera: Camera, *, bitrate: int, keyframe_interval: float) -> None:
+    def __init__(self, camera: Camera, *, bitrate: int, keyframe_interval: float,
+                 frames: Fanout[av.VideoFrame] | None = None) -> None:
         self.camera = camera
+        # The raw pictures too (the hall's self-view); publishing to nobody costs nothing.
+        self.frames: Fanout[av.VideoFrame] = frames or Fanout("camera-frames")
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._encoder: H264Encoder | None = None
@@ -39,6 +44,14 @@ class CameraEncoder:
         if self._encoder is not None:
             self._encoder.request_key()
 
+    async def _preview(self) -> None:
+        """With the hardware encoder nobody needs the raw pictures to encode, so the self-view
+        gets a few a second (`PREVIEW_FPS`), and only while somebody subscribes."""
+        while True:
+            if self.frames.subscribers:
+                self.frames.publish(await self.camera.read())
+            await asyncio.sleep(1 / PREVIEW_FPS)
+
     async def run(self) -> None:
         """Encode until cancelled; the camera is started here and stopped on the way out."""
         camera = self.camera
@@ -47,8 +60,13 @@ class CameraEncoder:
                  camera.width, camera.height, camera.fps)
         try:
             if camera.hardware_encoder:
-                while True:
-                    self.video.publish(await camera.read_encoded())
+                preview = asyncio.ensure_future(self._preview())
+                try:
+                    while True:
+                        self.video.publish(await camera.read_encoded())
+                finally:
+                    preview.cancel()
+                    await asyncio.gather(preview, return_exceptions=True)
             else:
                 self._encoder = H264Encoder(camera.width, camera.height, camera.fps,
                                             self._bitrate,
@@ -56,6 +74,7 @@ class CameraEncoder:
                 loop = asyncio.get_running_loop()
                 while True:
                     frame = await camera.read()
+                    self.frames.publish(frame)
                     for packet in await loop.run_in_executor(None, self._encoder.encode, frame):
                         self.video.publish(packet)
         finally:

@@ -56,6 +56,23 @@ class Subscription(Generic[T]):
             return None
         return await self._queue.get()
 
+    async def latest(self) -> T | None:
+        """The newest item, skipping older queued ones: for raw pictures, where only the one
+        to show now matters (a display that fell behind catches up instead of lagging)."""
+        item = await self.get()
+        newer = self.newest()
+        return item if newer is None else newer
+
+    def newest(self) -> T | None:
+        """Without waiting: the newest queued item (older ones are skipped), or None."""
+        item = None
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            if queued is None:
+                break
+            item = queued
+        return item
+
     async def __aiter__(self) -> AsyncIterator[T]:
         while (item := await self.get()) is not None:
             yield item

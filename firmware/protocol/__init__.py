@@ -283,6 +283,14 @@ Window = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|
 Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}\Z")]
 
 
+class NextSession(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The next reception session a box takes part in, for the hall's idle screen."""
+
+    at: Millis
+    title: ShortText = ""
+    host_name: ShortText = ""
+
+
 class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     """What the controller may set on a box. `None` keeps the box's local setting."""
 
@@ -291,6 +299,11 @@ class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     tags: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
     maintenance_window: Window | None = None
     auto_join: bool | None = None
+    # The hall's screen and sounds (issue 11).
+    language: Literal["vi", "en"] | None = None
+    volume: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    office_hours: Window | None = None
+    next_session: NextSession | None = None
 
 
 class Desired(msgspec.Struct, frozen=True):

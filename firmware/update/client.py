@@ -103,6 +103,11 @@ class OtaClient:
         self._notified = notify.job
         self._wake.set()
 
+    @property
+    def step(self) -> str:
+        """Where the current job is (idle, queued, downloading, ..., installing, restarting)."""
+        return self._step
+
     def status(self) -> dict[str, Any]:
         state = boot.read_state(self.root) if self.slot else {}
         return {"slot": self.slot.name if self.slot else None, "version": self.version,

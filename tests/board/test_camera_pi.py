@@ -140,3 +140,23 @@ async def test_read_before_start_is_an_error(picamera2: type[standin.Picamera2])
 def test_i420_keeps_tight_buffers_as_they_are() -> None:
     tight = np.zeros((360, 320), dtype=np.uint8)
     assert i420(tight, 320, 240) is tight
+
+
+async def test_the_hardware_path_still_gives_the_self_view_a_few_pictures(
+    picamera2: type[standin.Picamera2],
+) -> None:
+    from tiepdan.firmware.call.encoder import CameraEncoder
+
+    encoder = CameraEncoder(open_camera(SPEC, label="pi"), bitrate=1_000_000,
+                            keyframe_interval=2.0)
+    packets = encoder.video.subscribe("call")
+    task = asyncio.ensure_future(encoder.run())
+    try:
+        assert await asyncio.wait_for(packets.get(), 10) is not None
+        assert encoder.frames.published == 0, "raw pictures read while nobody looks"
+        view = encoder.frames.subscribe("screen", capacity=4)
+        frame = await asyncio.wait_for(view.get(), 10)
+        assert frame is not None and (frame.width, frame.height) == (320, 240)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""What the hall sees and hears: screens on the HDMI display and the box's sounds (issue 11)."""
