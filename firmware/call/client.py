@@ -40,6 +40,7 @@ from tiepdan.firmware.agent.commands import CommandError
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.media.fanout import Fanout
+from tiepdan.firmware.media.latest import bound_decoder, latest_frames
 from tiepdan.firmware.media.rtc import (
     LIVE_AUDIO_QUEUE,
     LIVE_VIDEO_QUEUE,
@@ -97,7 +98,9 @@ class CallClient:
         self._on_left: list[LeftCallback] = []
         self._session_task: asyncio.Task[None] | None = None
         self._ring_timer: asyncio.TimerHandle | None = None
-        self._answer: asyncio.Future[protocol.CallAnswer] | None = None
+        # What the attempt under way waits for from the bridge, by leg.
+        self._answers: dict[str, asyncio.Future[protocol.CallAnswer]] = {}
+        self._offers: dict[str, asyncio.Future[protocol.CallOffer]] = {}
         self._bye: asyncio.Event = asyncio.Event()
         self._last_media = 0.0
         self._frames_received = 0
@@ -354,6 +357,9 @@ class CallClient:
 
     async def _attempt(self, invite: protocol.SessionInvite) -> None:
         """One peer connection, from offer until it is lost; raises AttemptFailed."""
+        if invite.plan == "split":
+            await self._attempt_split(invite)
+            return
         pc = peer_connection()
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
@@ -369,45 +375,117 @@ class CallClient:
         def on_track(track: MediaStreamTrack) -> None:
             receivers.append(asyncio.ensure_future(self._receive(track)))
 
-        loop = asyncio.get_running_loop()
-        self._answer = loop.create_future()
+        answer_due = self._expect_answers("main")
         try:
             await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate
-            self._publish_up(protocol.CallOffer(session=invite.session, attempt=self.attempt,
-                                                sdp=pc.localDescription.sdp,
-                                                ts=protocol.now_ms()))
-            log.info("call_offer device=%s session=%s attempt=%d", self.device, invite.session,
-                     self.attempt)
-            try:
-                answer = await asyncio.wait_for(self._answer, self._config.join_timeout)
-            except TimeoutError:
-                raise AttemptFailed("no answer from the bridge") from None
-            try:
-                check_sdp(answer.sdp, "answer")
-                await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            except (protocol.ProtocolError, ValueError) as exc:
-                raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
+            self._offer_leg(invite, pc, "main")
+            await self._take_answer(pc, answer_due["main"], ("audio", "video"))
             self._last_media = time.monotonic()
-            await self._watch(pc, invite, video_track)
+            await self._watch([pc], pc, invite, video_track)
         finally:
-            self._answer = None
+            self._forget_waits()
             for receiver in receivers:
                 receiver.cancel()
             await close_quietly(pc)
             await asyncio.gather(*receivers, return_exceptions=True)
 
-    async def _watch(self, pc: RTCPeerConnection, invite: protocol.SessionInvite,
-                     video_track: PacketTrack) -> None:
-        """Follow the connection: live on the first composed picture, lost on silence."""
-        meter = QosMeter(pc, lambda: video_track.sent, lambda: self._frames_received)
+    async def _attempt_split(self, invite: protocol.SessionInvite) -> None:
+        """Plan "split" (an SFU bridge): camera out on one connection, audio both ways on a
+        second, the composed picture in on a third that the bridge offers."""
+        publish, audio, view = peer_connection(), peer_connection(), peer_connection()
+        receivers: list[asyncio.Future[None]] = []
+        video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
+                                                            capacity=LIVE_VIDEO_QUEUE))
+        audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
+                                                                    capacity=LIVE_AUDIO_QUEUE))
+        video = publish.addTransceiver(video_track, direction="sendonly")
+        prefer_h264(video)
+        on_keyframe_request(video.sender, self.sent_video.request_key)
+        audio.addTransceiver(audio_track, direction="sendrecv")
+        for pc in (audio, view):
+            pc.on("track", lambda track: receivers.append(
+                asyncio.ensure_future(self._receive(track))))
+        answer_due = self._expect_answers("publish", "audio")
+        loop = asyncio.get_running_loop()
+        view_due = self._offers["view"] = loop.create_future()
+        try:
+            await publish.setLocalDescription(await publish.createOffer())
+            await audio.setLocalDescription(await audio.createOffer())
+            self._offer_leg(invite, publish, "publish")
+            await self._take_answer(publish, answer_due["publish"], ("video",))
+            self._offer_leg(invite, audio, "audio")
+            await self._take_answer(audio, answer_due["audio"], ("audio",))
+            try:
+                offer = await asyncio.wait_for(view_due, self._config.join_timeout)
+                check_sdp(offer.sdp, "offer", kinds=("video",))
+                await view.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+                bound_decoder(view)
+                await view.setLocalDescription(await view.createAnswer())
+            except TimeoutError:
+                raise AttemptFailed("the bridge offered no view") from None
+            except (protocol.ProtocolError, ValueError) as exc:
+                raise AttemptFailed(f"unusable view offer: {describe(exc)}") from None
+            self._publish_up(protocol.CallAnswer(session=invite.session, attempt=self.attempt,
+                                                 sdp=view.localDescription.sdp,
+                                                 ts=protocol.now_ms(), leg="view"))
+            self._last_media = time.monotonic()
+            await self._watch([publish, audio, view], view, invite, video_track)
+        finally:
+            self._forget_waits()
+            for receiver in receivers:
+                receiver.cancel()
+            for pc in (publish, audio, view):
+                await close_quietly(pc)
+            await asyncio.gather(*receivers, return_exceptions=True)
+
+    def _forget_waits(self) -> None:
+        waits: list[asyncio.Future[Any]] = [*self._answers.values(), *self._offers.values()]
+        for waiting in waits:
+            if waiting.done() and not waiting.cancelled():
+                waiting.exception()  # a refusal nobody awaited any more is no error
+        self._answers, self._offers = {}, {}
+
+    def _expect_answers(self, *legs: str) -> dict[str, asyncio.Future[protocol.CallAnswer]]:
+        loop = asyncio.get_running_loop()
+        self._answers = {leg: loop.create_future() for leg in legs}
+        self._offers = {}
+        return dict(self._answers)
+
+    def _offer_leg(self, invite: protocol.SessionInvite, pc: RTCPeerConnection,
+                   leg: protocol.Leg) -> None:
+        self._publish_up(protocol.CallOffer(session=invite.session, attempt=self.attempt,
+                                            sdp=pc.localDescription.sdp, ts=protocol.now_ms(),
+                                            leg=leg))
+        log.info("call_offer device=%s session=%s attempt=%d leg=%s", self.device,
+                 invite.session, self.attempt, leg)
+
+    async def _take_answer(self, pc: RTCPeerConnection,
+                           due: asyncio.Future[protocol.CallAnswer],
+                           kinds: tuple[str, ...]) -> None:
+        try:
+            answer = await asyncio.wait_for(due, self._config.join_timeout)
+        except TimeoutError:
+            raise AttemptFailed("no answer from the bridge") from None
+        try:
+            check_sdp(answer.sdp, "answer", kinds=kinds)
+            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        except (protocol.ProtocolError, ValueError) as exc:
+            raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
+        bound_decoder(pc)
+
+    async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,
+                     invite: protocol.SessionInvite, video_track: PacketTrack) -> None:
+        """Follow the connections: live on the first composed picture, lost on silence."""
+        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received)
         first_frame = self._frames_received
         joined = time.monotonic()
         next_qos = time.monotonic() + self._config.qos_interval
         while not self._bye.is_set():
             await asyncio.sleep(0.1)
             now = time.monotonic()
-            if pc.connectionState in ("failed", "closed"):
-                raise AttemptFailed(f"connection {pc.connectionState}")
+            for pc in pcs:
+                if pc.connectionState in ("failed", "closed"):
+                    raise AttemptFailed(f"connection {pc.connectionState}")
             if self.state != "live":
                 if self._frames_received > first_frame:
                     self._went_live(invite)
@@ -442,8 +520,8 @@ class CallClient:
     async def _receive(self, track: MediaStreamTrack) -> None:
         speaker = self.speaker
         try:
-            while True:
-                frame = await track.recv()
+            async for frame in (latest_frames(track) if track.kind == "video"
+                                else _frames(track)):
                 self._last_media = time.monotonic()
                 if isinstance(frame, av.VideoFrame):
                     self._frames_received += 1
@@ -483,13 +561,23 @@ class CallClient:
             return
         if isinstance(down, protocol.KeyframeRequest):
             self.sent_video.request_key()
-        elif self._answer is not None and not self._answer.done():
-            if isinstance(down, protocol.CallAnswer):
-                self._answer.set_result(down)
-            else:
-                self._answer.set_exception(AttemptFailed(
-                    f"bridge refused: {down.code}: {down.message}",
-                    final=down.code in FINAL_REFUSALS))
+        elif isinstance(down, protocol.CallAnswer):
+            answer = self._answers.get(down.leg)
+            if answer is not None and not answer.done():
+                answer.set_result(down)
+        elif isinstance(down, protocol.CallOffer):
+            offer = self._offers.get(down.leg)
+            if offer is not None and not offer.done():
+                offer.set_result(down)
+        else:
+            refused = AttemptFailed(f"bridge refused: {down.code}: {down.message}",
+                                    final=down.code in FINAL_REFUSALS)
+            waits: list[asyncio.Future[Any]] = [*self._answers.values(),
+                                                 *self._offers.values()]
+            for waiting in waits:
+                if not waiting.done():
+                    waiting.set_exception(refused)
+                    refused = AttemptFailed(str(refused), final=refused.final)
 
     async def _guard(self) -> None:
         """Lives as long as the agent; on shutdown closes the call rather than abandon it."""
@@ -501,6 +589,12 @@ class CallClient:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 5)
+
+
+async def _frames(track: MediaStreamTrack) -> Any:
+    """Every frame of an audio track, in order (audio is never skipped)."""
+    while True:
+        yield await track.recv()
 
 
 def _silence(frame: av.AudioFrame) -> av.AudioFrame:

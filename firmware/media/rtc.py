@@ -120,17 +120,18 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     setattr(sender, "_send_keyframe", callback)  # noqa: B010 - a method, mypy refuses assignment
 
 
-def check_sdp(sdp: str, kind: Literal["offer", "answer"]) -> None:
-    """Raise ProtocolError for an SDP without the media, ICE and DTLS a call needs."""
+def check_sdp(sdp: str, kind: Literal["offer", "answer"],
+              kinds: tuple[str, ...] | list[str] = ("audio", "video")) -> None:
+    """Raise ProtocolError for an SDP without the media (`kinds`), ICE and DTLS a call needs."""
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever the text provokes
         raise protocol.ProtocolError(f"{kind} SDP does not parse: {type(exc).__name__}: "
                                      f"{str(exc)[:200]}") from None
-    kinds = sorted(m.kind for m in description.media)
-    if kinds != ["audio", "video"]:
-        raise protocol.ProtocolError(f"{kind} SDP must have one audio and one video section, "
-                                     f"has {kinds}")
+    found = sorted(m.kind for m in description.media)
+    if found != sorted(kinds):
+        raise protocol.ProtocolError(f"{kind} SDP must have one section each of "
+                                     f"{'/'.join(sorted(kinds))}, has {found}")
     for media in description.media:
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise protocol.ProtocolError(f"{kind} SDP {media.kind}: no ICE credentials")

@@ -357,7 +357,10 @@ class AiortcBridge(Bridge):
         return self._sessions.get(session_id)
 
     async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
-                   attempt: int, offer: str) -> str:
+                   attempt: int, offer: str, leg: protocol.Leg = "main") -> str:
+        if leg != "main":
+            raise BridgeError("bad_request", f"the aiortc bridge takes one connection per "
+                                             f"point, not a {leg} leg")
         session = self._sessions.get(session_id)
         if session is None:
             session = self._sessions[session_id] = self.session_class(session_id, self.config,
