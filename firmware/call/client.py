@@ -40,9 +40,10 @@ from tiepdan.firmware.agent.commands import CommandError
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.media.fanout import Fanout
-from tiepdan.firmware.media.latest import bound_decoder, latest_frames
+from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age, latest_frames
 from tiepdan.firmware.media.rtc import (
     LIVE_AUDIO_QUEUE,
+    LIVE_MAX_AGE_S,
     LIVE_VIDEO_QUEUE,
     FrameTrack,
     PacketTrack,
@@ -363,9 +364,11 @@ class CallClient:
         pc = peer_connection()
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
-                                                            capacity=LIVE_VIDEO_QUEUE))
+                                                            capacity=LIVE_VIDEO_QUEUE,
+                                                            max_age=LIVE_MAX_AGE_S))
         audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
-                                                                    capacity=LIVE_AUDIO_QUEUE))
+                                                                    capacity=LIVE_AUDIO_QUEUE,
+                                                                    max_age=LIVE_MAX_AGE_S))
         video = pc.addTransceiver(video_track, direction="sendrecv")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)
@@ -395,9 +398,11 @@ class CallClient:
         publish, audio, view = peer_connection(), peer_connection(), peer_connection()
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
-                                                            capacity=LIVE_VIDEO_QUEUE))
+                                                            capacity=LIVE_VIDEO_QUEUE,
+                                                            max_age=LIVE_MAX_AGE_S))
         audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
-                                                                    capacity=LIVE_AUDIO_QUEUE))
+                                                                    capacity=LIVE_AUDIO_QUEUE,
+                                                                    max_age=LIVE_MAX_AGE_S))
         video = publish.addTransceiver(video_track, direction="sendonly")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)
@@ -421,6 +426,7 @@ class CallClient:
                 await view.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
                 bound_decoder(view)
                 await view.setLocalDescription(await view.createAnswer())
+                bound_socket_age(view)
             except TimeoutError:
                 raise AttemptFailed("the bridge offered no view") from None
             except (protocol.ProtocolError, ValueError) as exc:
@@ -472,6 +478,7 @@ class CallClient:
         except (protocol.ProtocolError, ValueError) as exc:
             raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
         bound_decoder(pc)
+        bound_socket_age(pc)
 
     async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,
                      invite: protocol.SessionInvite, video_track: PacketTrack) -> None:

@@ -11,13 +11,24 @@ seconds late. Two bounds, on the box and on the bridge alike:
   after a decode error. Audio keeps its newest `MAX_AUDIO_BACKLOG` packets.
 - `latest_frames(track)`: iterates a track's decoded frames skipping all but the newest
   waiting one, so a consumer slower than the sender sees fewer frames, not older ones.
+- `bound_socket_age(pc)`: an event loop short of CPU reads its UDP sockets late and the
+  kernel's receive buffers (hundreds of kB: seconds of video) become the queue. Each datagram
+  carries its kernel arrival time (SO_TIMESTAMPNS); an RTP media packet that waited longer
+  than `MAX_SOCKET_AGE_S` while newer ones wait behind it is dropped unread (the newest is
+  always handled, so a slow loop still shows pictures). STUN, DTLS and RTCP always pass (they
+  keep the connection alive and carry the loss reports that make the sender send a key frame).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
+import socket
+import struct
+import termios
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 3  # encoded video frames (200 ms at 15 fps) waiting for the decoder
 MAX_AUDIO_BACKLOG = 10  # 20 ms Opus packets
+MAX_SOCKET_AGE_S = 0.25  # an RTP packet older than this in the kernel's buffer is dropped
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _ERROR = "_RTCRtpReceiver__decoder_error"
 
@@ -129,3 +141,86 @@ async def latest_frames(track: MediaStreamTrack) -> AsyncIterator[Any]:
                 raise MediaStreamError
             frame = newer
         yield frame
+
+
+def is_rtp_media(data: bytes) -> bool:
+    """RTP (not RTCP, STUN or DTLS) by RFC 7983's first byte and RFC 5761's payload types."""
+    return len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223
+
+
+class SocketAge:
+    """Counts what `bound_socket_age` dropped, per peer connection."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+
+def bound_socket_age(pc: RTCPeerConnection) -> SocketAge:
+    """Drop stale RTP media in the kernel's buffers of `pc`'s host sockets (call once its
+    candidates are gathered: after setLocalDescription)."""
+    counter = SocketAge()
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        for protocol in getattr(connection, "_protocols", []):
+            transport = getattr(protocol, "transport", None)
+            sock = getattr(transport, "_sock", None)
+            if transport is None or not isinstance(sock, socket.socket) or \
+                    id(transport) in seen or not hasattr(transport, "_read_ready"):
+                continue
+            seen.add(id(transport))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                continue
+            reader = _newest_reader(transport, sock, counter)
+            transport._read_ready = reader  # for resume_reading
+            transport._loop._add_reader(transport._sock_fd, reader)  # replaces the old one
+    return counter
+
+
+_TIMESPEC = struct.Struct("@ll")
+# Linux's SO_TIMESTAMPNS (SO_TIMESTAMPNS_OLD on every architecture a box or server runs),
+# which Python's socket module does not name; the control message has the same number.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether another datagram waits behind this one (FIONREAD: the next one's size)."""
+    try:
+        size: int = struct.unpack("@i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                     b"\0\0\0\0"))[0]
+        return size > 0
+    except OSError:
+        return False
+
+
+def _newest_reader(transport: Any, sock: socket.socket, counter: SocketAge) -> Any:
+    """asyncio's datagram `_read_ready`, with recvmsg and the stale-RTP drop."""
+    protocol = transport._protocol
+    size = transport.max_size
+
+    def read_ready() -> None:
+        if transport._conn_lost:
+            return
+        try:
+            data, ancillary, _, addr = sock.recvmsg(size, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                    len(value) >= _TIMESPEC.size and is_rtp_media(data):
+                seconds, nanos = _TIMESPEC.unpack_from(value)
+                if time.time() - (seconds + nanos / 1e9) > MAX_SOCKET_AGE_S and \
+                        _pending(sock):
+                    counter.dropped += 1
+                    if counter.dropped % 500 == 1:
+                        log.warning("socket_backlog_dropped dropped=%d", counter.dropped)
+                    return
+        protocol.datagram_received(data, addr)
+
+    return read_ready

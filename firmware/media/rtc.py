@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # instead of building up delay. The recorder subscribes with its own, larger queue.
 LIVE_VIDEO_QUEUE = 8
 LIVE_AUDIO_QUEUE = 10
+# ... and nothing waits longer than this in a live sender's queue, however slowly the sender
+# runs (a starved CPU): newest wins (`Fanout.subscribe(max_age=...)`).
+LIVE_MAX_AGE_S = 0.25
 
 
 class PacketSource(Protocol):

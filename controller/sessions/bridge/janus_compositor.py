@@ -32,8 +32,9 @@ from tiepdan.controller.sessions.bridge.janus_api import JanusHandle as Handle
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE, H264Encoder
-from tiepdan.firmware.media.latest import bound_decoder, latest_frames
+from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age, latest_frames
 from tiepdan.firmware.media.rtc import (
+    LIVE_MAX_AGE_S,
     LIVE_VIDEO_QUEUE,
     PacketTrack,
     close_quietly,
@@ -97,7 +98,8 @@ class JanusCompositor:
         self._publisher = await self._connection.attach("janus.plugin.videoroom",
                                                         self._publisher_event)
         pc = self._pc = peer_connection()
-        track = PacketTrack(self.composed_video.subscribe("janus", capacity=LIVE_VIDEO_QUEUE))
+        track = PacketTrack(self.composed_video.subscribe("janus", capacity=LIVE_VIDEO_QUEUE,
+                                                        max_age=LIVE_MAX_AGE_S))
         transceiver = pc.addTransceiver(track, direction="sendonly")
         prefer_h264(transceiver)
         on_keyframe_request(transceiver.sender, self.composed_video.request_key)
@@ -152,6 +154,7 @@ class JanusCompositor:
         await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], "offer"))
         bound_decoder(pc)
         await pc.setLocalDescription(await pc.createAnswer())
+        bound_socket_age(pc)
         await handle.message({"request": "start"},
                              {"type": "answer", "sdp": pc.localDescription.sdp})
         entry.last_media = time.monotonic()

@@ -19,7 +19,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamT
 from tiepdan.controller.sessions.bridge.janus_api import JanusApiError, JanusConnection, Json
 from tiepdan.controller.sessions.bridge.janus_api import JanusHandle as Handle
 from tiepdan.firmware.media.fanout import Fanout
-from tiepdan.firmware.media.latest import bound_decoder
+from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age
 from tiepdan.firmware.media.rtc import close_quietly, peer_connection
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class MixTap:
             self._tasks.append(asyncio.ensure_future(self._receive(track)))
 
         await pc.setLocalDescription(await pc.createOffer())
+        bound_socket_age(pc)
         _, jsep = await self._handle.message(
             {"request": "join", "room": self.room, "id": MIX_TAP_ID, "display": "recorder",
              "muted": True},
