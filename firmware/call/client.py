@@ -14,8 +14,9 @@ connection, or a refused attempt. The box then rejoins with a fresh peer connect
 
 For the recorder (and anything else that wants the media), stable across sessions:
 `sent_video` (encoded camera), `sent_audio` (microphone after mute), `received_video` (the
-composed picture as decoded), `received_audio` (the mix as received), plus `on_live` and
-`on_left` callbacks.
+composed picture as decoded), `received_encoded` (the same, as the H.264 that arrived, for a
+recorder that copies instead of re-encoding), `received_audio` (the mix as received), plus
+`on_live` and `on_left` callbacks.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from tiepdan.firmware.agent.commands import CommandError
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.media.fanout import Fanout
-from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age, latest_frames
+from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE
+from tiepdan.firmware.media.latest import (
+    DroppingQueue,
+    bound_decoder,
+    bound_socket_age,
+    is_h264_key,
+    latest_frames,
+)
 from tiepdan.firmware.media.rtc import (
     LIVE_AUDIO_QUEUE,
     LIVE_MAX_AGE_S,
@@ -93,6 +101,11 @@ class CallClient:
         self.speaker: Speaker | None = None
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
+        # The composed picture as it arrives (H.264 access units), for recording it as is.
+        self.received_encoded: Fanout[av.Packet[Stream]] = Fanout(
+            "received-h264", is_key=lambda p: bool(p.is_keyframe),
+            on_key_request=self._request_received_key)
+        self._received_queue: DroppingQueue | None = None
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
         self._sent_video: Fanout[av.Packet[Stream]] | None = None
         self._on_live: list[LiveCallback] = []
@@ -120,6 +133,20 @@ class CallClient:
     def sent_video(self) -> Fanout[av.Packet[Stream]]:
         """The camera's encoded stream (the encoder is built on first use, then kept)."""
         return self._media()[0].video
+
+    def _tap_received(self, codec: str, data: bytes, timestamp: int) -> None:
+        if codec != "H264" or not self.received_encoded.subscribers:
+            return
+        packet = av.Packet(data)
+        packet.pts = packet.dts = timestamp
+        packet.time_base = VIDEO_TIME_BASE
+        packet.is_keyframe = is_h264_key(data)
+        self.received_encoded.publish(packet)
+
+    def _request_received_key(self) -> None:
+        """A recorder starting a segment wants a key frame of the composed picture: PLI."""
+        if self._received_queue is not None:
+            self._received_queue.request_key()
 
     def on_live(self, callback: LiveCallback) -> None:
         """`callback(session_id, call_id)` each time media flows (first join and every rejoin)."""
@@ -424,7 +451,7 @@ class CallClient:
                 offer = await asyncio.wait_for(view_due, self._config.join_timeout)
                 check_sdp(offer.sdp, "offer", kinds=("video",))
                 await view.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-                bound_decoder(view)
+                self._received_queue = bound_decoder(view, self._tap_received)
                 await view.setLocalDescription(await view.createAnswer())
                 bound_socket_age(view)
             except TimeoutError:
@@ -477,7 +504,9 @@ class CallClient:
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         except (protocol.ProtocolError, ValueError) as exc:
             raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
-        bound_decoder(pc)
+        video = bound_decoder(pc, self._tap_received)
+        if video is not None:
+            self._received_queue = video
         bound_socket_age(pc)
 
     async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,

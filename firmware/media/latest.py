@@ -29,7 +29,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection
@@ -62,12 +62,21 @@ def _is_key(codec_name: str, data: bytes) -> bool:
     return True  # audio: every packet decodes on its own
 
 
-class DroppingQueue(queue.Queue[Any]):
-    """The decoder's input: bounded, and resynchronising at a key frame after a drop."""
+EncodedTap = Callable[[str, bytes, int], None]  # (codec name, access unit, 90 kHz timestamp)
 
-    def __init__(self, kind: str, decode_error: threading.Event | None) -> None:
+
+class DroppingQueue(queue.Queue[Any]):
+    """The decoder's input: bounded, and resynchronising at a key frame after a drop.
+
+    `tap`, if set, sees every complete encoded frame first, dropped or not: the box records
+    the composed picture as it arrives, without decoding or re-encoding it.
+    """
+
+    def __init__(self, kind: str, decode_error: threading.Event | None,
+                 tap: EncodedTap | None = None) -> None:
         super().__init__()
         self.kind = kind
+        self.tap = tap
         self.limit = MAX_BACKLOG if kind == "video" else MAX_AUDIO_BACKLOG
         self.dropped = 0
         self._decode_error = decode_error
@@ -80,6 +89,8 @@ class DroppingQueue(queue.Queue[Any]):
             super().put(item, block, timeout)
             return
         codec, frame = item
+        if self.tap is not None and self.kind == "video":
+            self.tap(str(getattr(codec, "name", "")), bytes(frame.data), int(frame.timestamp))
         if self.kind == "video":
             key = _is_key(str(getattr(codec, "name", "")), bytes(frame.data))
             if self._resyncing and not key:
@@ -112,15 +123,27 @@ class DroppingQueue(queue.Queue[Any]):
                 self.dropped += 1
 
 
-def bound_decoder(pc: RTCPeerConnection) -> None:
-    """Bound the decoder backlog of every receiver of `pc` (call before it connects)."""
+    def request_key(self) -> None:
+        """Have the receiver ask the sender for a key frame (a PLI with its next packet)."""
+        if self._decode_error is not None:
+            self._decode_error.set()
+
+
+def bound_decoder(pc: RTCPeerConnection, tap: EncodedTap | None = None) -> DroppingQueue | None:
+    """Bound the decoder backlog of every receiver of `pc` (call before it connects); returns
+    the video receiver's queue, which `tap` (if given) watches."""
+    video = None
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         current = getattr(receiver, _QUEUE, None)
         if isinstance(current, DroppingQueue) or current is None:
             continue
-        setattr(receiver, _QUEUE, DroppingQueue(transceiver.kind,
-                                                getattr(receiver, _ERROR, None)))
+        bounded = DroppingQueue(transceiver.kind, getattr(receiver, _ERROR, None),
+                                tap if transceiver.kind == "video" else None)
+        setattr(receiver, _QUEUE, bounded)
+        if transceiver.kind == "video":
+            video = bounded
+    return video
 
 
 def dropped(pc: RTCPeerConnection) -> int:
