@@ -43,6 +43,11 @@ class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The Janus backend: its WebSocket API and the api_secret every request carries.
     janus_url: str = ""
     janus_api_secret: str = ""
+    # NAT traversal: TURN servers (coturn) every point is given, with per-point credentials
+    # from the shared secret (the TURN REST scheme), valid for turn_ttl seconds.
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = ""
+    turn_ttl: Annotated[float, msgspec.Meta(ge=60, le=7 * 86400)] = 6 * 3600.0
 
 
 class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -418,6 +418,15 @@ def call_topic(device: str, call: str, direction: Literal["up", "down"]) -> str:
     return f"{device_root(device)}/call/{_name(call)}/{direction}"
 
 
+class IceServer(msgspec.Struct, frozen=True):
+    """A STUN or TURN server for the point's ICE (`turn:host:3478?transport=udp`)."""
+
+    urls: Annotated[list[Annotated[str, msgspec.Meta(max_length=300)]],
+                    msgspec.Meta(min_length=1, max_length=8)]
+    username: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    credential: Annotated[str, msgspec.Meta(max_length=300)] = ""
+
+
 class SessionInvite(msgspec.Struct, frozen=True):
     """Arguments of `session-invite`: which session, this box's call id in it, who chairs it."""
 
@@ -433,6 +442,8 @@ class SessionInvite(msgspec.Struct, frozen=True):
     # numbers its next offers above it, so they are not taken for stale ones.
     attempt: Attempt = 0
     plan: MediaPlan = "single"
+    # TURN (and STUN) servers with time-limited credentials for this point in this session.
+    ice_servers: Annotated[list[IceServer], msgspec.Meta(max_length=4)] = []
 
 
 class SessionRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from tiepdan.controller.sessions import turn
 from tiepdan.controller.sessions.bridge import Bridge, BridgeError, PeerEvent
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import Inbound
@@ -287,7 +288,9 @@ class Sessions:
             host=session.host, host_name=(host.name if host and host.name else session.host),
             expires=protocol.now_ms() + int(self._config.ring_timeout * 1000),
             title=session.title[:200], auto_join=session.auto_join or rejoin,
-            attempt=point.attempt, plan=self.bridge.plan)
+            attempt=point.attempt, plan=self.bridge.plan,
+            ice_servers=turn.ice_servers(self._controller.config.bridge, session.id,
+                                         point.device))
         if point.state in PENDING:
             self._set_point(point, "invited", "")
         response = await self._controller.rpc.request(

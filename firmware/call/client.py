@@ -388,7 +388,7 @@ class CallClient:
         if invite.plan == "split":
             await self._attempt_split(invite)
             return
-        pc = peer_connection()
+        pc = peer_connection(invite.ice_servers)
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
                                                             capacity=LIVE_VIDEO_QUEUE,
@@ -422,7 +422,9 @@ class CallClient:
     async def _attempt_split(self, invite: protocol.SessionInvite) -> None:
         """Plan "split" (an SFU bridge): camera out on one connection, audio both ways on a
         second, the composed picture in on a third that the bridge offers."""
-        publish, audio, view = peer_connection(), peer_connection(), peer_connection()
+        servers = invite.ice_servers
+        publish, audio, view = (peer_connection(servers), peer_connection(servers),
+                                peer_connection(servers))
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
                                                             capacity=LIVE_VIDEO_QUEUE,

@@ -22,6 +22,7 @@ import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -97,15 +98,18 @@ class FrameTrack(MediaStreamTrack):
         self._source.close()
 
 
-def peer_connection() -> RTCPeerConnection:
-    """A peer connection that gathers host candidates only.
+def peer_connection(ice_servers: list[protocol.IceServer] | None = None) -> RTCPeerConnection:
+    """A peer connection that gathers host candidates, plus relayed ones through the TURN
+    servers the invitation named.
 
     Without an explicit configuration aiortc asks a public STUN server, which a box on a
-    provincial network cannot reach (each gathering then waits ~5 s for DNS). Boxes reach the
-    bridge's host candidates; the bridge learns a box behind NAT as a peer-reflexive
-    candidate from its connectivity checks.
+    provincial network cannot reach (each gathering then waits ~5 s for DNS). A box with a
+    routable path reaches the bridge's host candidates (the bridge learns it as a
+    peer-reflexive candidate); a box behind a NAT or a 4G router reaches it through TURN.
     """
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
+                            credential=s.credential or None) for s in ice_servers or []]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:

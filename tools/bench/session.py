@@ -225,7 +225,7 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             boxes.append(spawn(device, _python("box", "--config", str(cfg), "--out",
                                                str(run_dir / f"{device}.json"))))
         token = run_dir / "controller" / "admin.token"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not token.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         client = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
@@ -243,7 +243,11 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
                 break
             time.sleep(0.5)
         else:
-            raise RuntimeError(f"{mode} N={points}: not every point went live")
+            waiting = {p["device"]: p["state"] for p in state["points"]
+                       if p["state"] != "live"}
+            tail = (logs / "controller.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{mode} N={points}: not every point went live: {waiting}\n"
+                               + "\n".join(tail))
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
         if mode == "janus" and janus is not None and janus.process is not None:
