@@ -43,7 +43,7 @@ class RegistrySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    backend: Literal["aiortc"] = "aiortc"
+    backend: Literal["aiortc", "janus"] = "aiortc"
     width: Annotated[int, msgspec.Meta(ge=160, le=3840, multiple_of=2)] = 1280
     height: Annotated[int, msgspec.Meta(ge=90, le=2160, multiple_of=2)] = 720
     fps: Annotated[int, msgspec.Meta(ge=1, le=60)] = 15
@@ -52,6 +52,14 @@ class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast"] = "superfast"
     media_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    # The Janus backend: its WebSocket API and the api_secret every request carries.
+    janus_url: str = ""
+    janus_api_secret: str = ""
+    # NAT traversal: TURN servers (coturn) every point is given, with per-point credentials
+    # from the shared secret (the TURN REST scheme), valid for turn_ttl seconds.
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = ""
+    turn_ttl: Annotated[float, msgspec.Meta(ge=60, le=7 * 86400)] = 6 * 3600.0
 
 
 class SessionsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -69,7 +69,7 @@ class Controller:
         self.token = admin_token(config.token_file)
         self.bridge = build_bridge(config.bridge)
         self.sessions = Sessions(self.db, config.sessions, self.registry, self.rpc, self.link,
-                                 self.bridge)
+                                 self.bridge, config.bridge)
         self.schedules = Schedules(self.db, config.sessions.timezone, self.sessions)
         self.next_sessions = NextSessions(self.registry, self.sessions, self.set_desired)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
@@ -113,6 +113,7 @@ class Controller:
         first told."""
         self.bridge.on_peer(self.sessions.on_peer)
         self.bridge.on_layout(self.sessions.on_layout)
+        self.bridge.on_offer(self.sessions.on_bridge_offer)
         self.ingest.route("call", self.sessions.on_call_message, suffix="call/+/up")
         # tele/call arrives through the registry's own `tele/+` filter (identical filter: one
         # subscription, one delivery; an overlapping `tele/call` would deliver it twice).

@@ -27,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
-from tiepdan.controller.config import SessionsSection
+from tiepdan.controller.config import BridgeSection, SessionsSection
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.sessions import turn
 from tiepdan.controller.sessions.bridge import Bridge, BridgeError, PeerEvent
 from tiepdan.controller.store import Database
 from tiepdan.errors import BadInput, Conflict, NotFound
@@ -136,9 +137,11 @@ class Sessions:
     and `on_layout`, which the composition root connects to the ingest, registry and bridge."""
 
     def __init__(self, db: Database, config: SessionsSection, registry: Registry,
-                 rpc: CommandClient, link: MqttLink, bridge: Bridge) -> None:
+                 rpc: CommandClient, link: MqttLink, bridge: Bridge,
+                 bridge_config: BridgeSection) -> None:
         self._db = db
         self._config = config
+        self._bridge_config = bridge_config
         self._registry = registry
         self._rpc = rpc
         self._link = link
@@ -281,7 +284,9 @@ class Sessions:
             host=session.host, host_name=(host.name if host and host.name else session.host),
             expires=protocol.now_ms() + int(self._config.ring_timeout * 1000),
             title=session.title[:200], auto_join=session.auto_join or rejoin,
-            attempt=point.attempt)
+            attempt=point.attempt, plan=self.bridge.plan,
+            ice_servers=turn.ice_servers(self._bridge_config, session.id,
+                                         point.device))
         if point.state in PENDING:
             self._set_point(point, "invited", "")
         response = await self._rpc.request(
@@ -348,8 +353,12 @@ class Sessions:
                     self._refuse(device, call, up, "not_found",
                                  f"no call {call} of {device} in session {up.session}")
                 return
-            if isinstance(up, protocol.CallOffer):
+            if isinstance(up, protocol.CallOffer) and up.leg not in ("main", "publish"):
+                await self._leg_offer(point, up)
+            elif isinstance(up, protocol.CallOffer):
                 await self._offer(point, up)
+            elif isinstance(up, protocol.CallAnswer):
+                await self._leg_answer(point, up)
             elif isinstance(up, protocol.CallBye):
                 await self._bye(point, up)
             elif isinstance(up, protocol.CallDecline):
@@ -382,7 +391,7 @@ class Sessions:
                          point.device, offer.attempt)
                 self._send_down(point, protocol.CallAnswer(
                     session=point.session, attempt=offer.attempt, sdp=answer,
-                    ts=protocol.now_ms()))
+                    ts=protocol.now_ms(), leg=offer.leg))
                 return
         elsewhere = self._db.conn.execute(
             "SELECT p.session FROM session_points p JOIN sessions s ON s.id = p.session "
@@ -397,7 +406,7 @@ class Sessions:
         try:
             answer = await self.bridge.join(point.session, point.device, name,
                                             point.role, offer.attempt,  # type: ignore[arg-type]
-                                            offer.sdp)
+                                            offer.sdp, offer.leg)
         except BridgeError as exc:
             self._refuse_point(point, offer, exc.code, str(exc))
             return
@@ -408,10 +417,51 @@ class Sessions:
         point.attempt = offer.attempt
         self._set_point(point, "joining", "rejoin" if rejoin else "")
         self._send_down(point, protocol.CallAnswer(session=point.session, attempt=offer.attempt,
-                                                   sdp=answer, ts=protocol.now_ms()))
+                                                   sdp=answer, ts=protocol.now_ms(),
+                                                   leg=offer.leg))
         media = self.bridge.session(point.session)
         if media is not None:
             self._send_down(point, media.layout(), expiry=LAYOUT_EXPIRY)
+
+    async def _leg_offer(self, point: Participant, offer: protocol.CallOffer) -> None:
+        """A further leg of the attempt the point's "publish" offer started (plan "split")."""
+        if offer.attempt != point.attempt or point.state not in IN_CALL:
+            self._refuse_point(point, offer, "conflict",
+                               f"{offer.leg} leg of attempt {offer.attempt}, but the point is "
+                               f"{point.state} at attempt {point.attempt}")
+            return
+        registered = self._registry.get(point.device)
+        name = registered.name if registered and registered.name else point.device
+        try:
+            answer = await self.bridge.join(point.session, point.device, name,
+                                            point.role, offer.attempt,  # type: ignore[arg-type]
+                                            offer.sdp, offer.leg)
+        except BridgeError as exc:
+            self._refuse_point(point, offer, exc.code, str(exc))
+            return
+        self._send_down(point, protocol.CallAnswer(session=point.session, attempt=offer.attempt,
+                                                   sdp=answer, ts=protocol.now_ms(),
+                                                   leg=offer.leg))
+
+    async def _leg_answer(self, point: Participant, answer: protocol.CallAnswer) -> None:
+        """The point answers a leg the bridge offered it (the "view" leg of plan "split")."""
+        if answer.attempt != point.attempt or point.state not in IN_CALL:
+            log.info("call_answer_stale session=%s device=%s attempt=%d leg=%s", point.session,
+                     point.device, answer.attempt, answer.leg)
+            return
+        try:
+            await self.bridge.accept(point.session, point.device, answer.attempt, answer.leg,
+                                     answer.sdp)
+        except BridgeError as exc:
+            self._refuse(point.device, point.call, answer, exc.code, str(exc))
+
+    def on_bridge_offer(self, session_id: str, device: str, attempt: int, leg: protocol.Leg,
+                         sdp: str) -> None:
+        point = self.point(session_id, device)
+        if point is None or point.attempt != attempt or point.state not in IN_CALL:
+            return
+        self._send_down(point, protocol.CallOffer(session=session_id, attempt=attempt, sdp=sdp,
+                                                  ts=protocol.now_ms(), leg=leg))
 
     async def _bye(self, point: Participant, bye: protocol.CallBye) -> None:
         if bye.attempt < point.attempt or point.state not in (*IN_CALL, *PENDING):
@@ -481,12 +531,12 @@ class Sessions:
         self._link.publish(protocol.call_topic(point.device, point.call, "down"),
                                       protocol.encode(message), qos=1, expiry=expiry)
 
-    def _refuse_point(self, point: Participant, offer: protocol.CallOffer,
+    def _refuse_point(self, point: Participant, offer: protocol.CallOffer | protocol.CallAnswer,
                       code: protocol.ErrorCode, message: str) -> None:
         self._log(point.session, point.device, "refused", f"{code}: {message}")
         self._refuse(point.device, point.call, offer, code, message)
 
-    def _refuse(self, device: str, call: str, offer: protocol.CallOffer,
+    def _refuse(self, device: str, call: str, offer: protocol.CallOffer | protocol.CallAnswer,
                 code: protocol.ErrorCode, message: str) -> None:
         log.warning("call_refused device=%s call=%s attempt=%d code=%s message=%s", device,
                     call, offer.attempt, code, message)

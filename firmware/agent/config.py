@@ -65,6 +65,9 @@ class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     dir: str = ""  # default <state dir>/recordings; sealed segments and manifests only
     segment_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=10)] = 2.0
+    # "copy": the composed H.264 as it arrives (no decode, no encode); "reencode": decoded
+    # frames encoded again at received_fps / received_width x received_height.
+    received: Literal["copy", "reencode"] = "copy"
     received_fps: Annotated[int, msgspec.Meta(ge=1, le=30)] = 10
     received_width: Annotated[int, msgspec.Meta(ge=160, le=1920, multiple_of=2)] = 640
     received_height: Annotated[int, msgspec.Meta(ge=90, le=1080, multiple_of=2)] = 360

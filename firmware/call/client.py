@@ -14,8 +14,9 @@ connection, or a refused attempt. The box then rejoins with a fresh peer connect
 
 For the recorder (and anything else that wants the media), stable across sessions:
 `sent_video` (encoded camera), `sent_audio` (microphone after mute), `received_video` (the
-composed picture as decoded), `received_audio` (the mix as received), plus `on_live` and
-`on_left` callbacks.
+composed picture as decoded), `received_encoded` (the same, as the H.264 that arrived, for a
+recorder that copies instead of re-encoding), `received_audio` (the mix as received), plus
+`on_live` and `on_left` callbacks.
 """
 
 from __future__ import annotations
@@ -40,8 +41,17 @@ from tiepdan.firmware import protocol
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
 from tiepdan.firmware.media.fanout import Fanout
+from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE
+from tiepdan.firmware.media.latest import (
+    DroppingQueue,
+    bound_decoder,
+    bound_socket_age,
+    is_h264_key,
+    latest_frames,
+)
 from tiepdan.firmware.media.rtc import (
     LIVE_AUDIO_QUEUE,
+    LIVE_MAX_AGE_S,
     LIVE_VIDEO_QUEUE,
     FrameTrack,
     PacketTrack,
@@ -91,6 +101,11 @@ class CallClient:
         self.speaker: Speaker | None = None
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
+        # The composed picture as it arrives (H.264 access units), for recording it as is.
+        self.received_encoded: Fanout[av.Packet[Stream]] = Fanout(
+            "received-h264", is_key=lambda p: bool(p.is_keyframe),
+            on_key_request=self._request_received_key)
+        self._received_queue: DroppingQueue | None = None
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
         # The camera's raw pictures while in a session (the screen's self-view).
         self.self_view: Fanout[av.VideoFrame] = Fanout("self-view")
@@ -99,7 +114,9 @@ class CallClient:
         self._on_left: list[LeftCallback] = []
         self._session_task: asyncio.Task[None] | None = None
         self._ring_timer: asyncio.TimerHandle | None = None
-        self._answer: asyncio.Future[protocol.CallAnswer] | None = None
+        # What the attempt under way waits for from the bridge, by leg.
+        self._answers: dict[str, asyncio.Future[protocol.CallAnswer]] = {}
+        self._offers: dict[str, asyncio.Future[protocol.CallOffer]] = {}
         self._bye: asyncio.Event = asyncio.Event()
         self._last_media = 0.0
         self._frames_received = 0
@@ -110,6 +127,20 @@ class CallClient:
     def sent_video(self) -> Fanout[av.Packet[Stream]]:
         """The camera's encoded stream (the encoder is built on first use, then kept)."""
         return self._media()[0].video
+
+    def _tap_received(self, codec: str, data: bytes, timestamp: int) -> None:
+        if codec != "H264" or not self.received_encoded.subscribers:
+            return
+        packet = av.Packet(data)
+        packet.pts = packet.dts = timestamp
+        packet.time_base = VIDEO_TIME_BASE
+        packet.is_keyframe = is_h264_key(data)
+        self.received_encoded.publish(packet)
+
+    def _request_received_key(self) -> None:
+        """A recorder starting a segment wants a key frame of the composed picture: PLI."""
+        if self._received_queue is not None:
+            self._received_queue.request_key()
 
     def on_live(self, callback: LiveCallback) -> None:
         """`callback(session_id, call_id)` each time media flows (first join and every rejoin)."""
@@ -349,12 +380,17 @@ class CallClient:
 
     async def _attempt(self, invite: protocol.SessionInvite) -> None:
         """One peer connection, from offer until it is lost; raises AttemptFailed."""
-        pc = peer_connection()
+        if invite.plan == "split":
+            await self._attempt_split(invite)
+            return
+        pc = peer_connection(invite.ice_servers)
         receivers: list[asyncio.Future[None]] = []
         video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
-                                                            capacity=LIVE_VIDEO_QUEUE))
+                                                            capacity=LIVE_VIDEO_QUEUE,
+                                                            max_age=LIVE_MAX_AGE_S))
         audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
-                                                                    capacity=LIVE_AUDIO_QUEUE))
+                                                                    capacity=LIVE_AUDIO_QUEUE,
+                                                                    max_age=LIVE_MAX_AGE_S))
         video = pc.addTransceiver(video_track, direction="sendrecv")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)
@@ -364,45 +400,125 @@ class CallClient:
         def on_track(track: MediaStreamTrack) -> None:
             receivers.append(asyncio.ensure_future(self._receive(track)))
 
-        loop = asyncio.get_running_loop()
-        self._answer = loop.create_future()
+        answer_due = self._expect_answers("main")
         try:
             await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate
-            self._publish_up(protocol.CallOffer(session=invite.session, attempt=self.attempt,
-                                                sdp=pc.localDescription.sdp,
-                                                ts=protocol.now_ms()))
-            log.info("call_offer device=%s session=%s attempt=%d", self.device, invite.session,
-                     self.attempt)
-            try:
-                answer = await asyncio.wait_for(self._answer, self._config.join_timeout)
-            except TimeoutError:
-                raise AttemptFailed("no answer from the bridge") from None
-            try:
-                check_sdp(answer.sdp, "answer")
-                await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            except (protocol.ProtocolError, ValueError) as exc:
-                raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
+            self._offer_leg(invite, pc, "main")
+            await self._take_answer(pc, answer_due["main"], ("audio", "video"))
             self._last_media = time.monotonic()
-            await self._watch(pc, invite, video_track)
+            await self._watch([pc], pc, invite, video_track)
         finally:
-            self._answer = None
+            self._forget_waits()
             for receiver in receivers:
                 receiver.cancel()
             await close_quietly(pc)
             await asyncio.gather(*receivers, return_exceptions=True)
 
-    async def _watch(self, pc: RTCPeerConnection, invite: protocol.SessionInvite,
-                     video_track: PacketTrack) -> None:
-        """Follow the connection: live on the first composed picture, lost on silence."""
-        meter = QosMeter(pc, lambda: video_track.sent, lambda: self._frames_received)
+    async def _attempt_split(self, invite: protocol.SessionInvite) -> None:
+        """Plan "split" (an SFU bridge): camera out on one connection, audio both ways on a
+        second, the composed picture in on a third that the bridge offers."""
+        servers = invite.ice_servers
+        publish, audio, view = (peer_connection(servers), peer_connection(servers),
+                                peer_connection(servers))
+        receivers: list[asyncio.Future[None]] = []
+        video_track = PacketTrack(self.sent_video.subscribe(f"call-{self.attempt}",
+                                                            capacity=LIVE_VIDEO_QUEUE,
+                                                            max_age=LIVE_MAX_AGE_S))
+        audio_track = FrameTrack("audio", self.sent_audio.subscribe(f"call-{self.attempt}",
+                                                                    capacity=LIVE_AUDIO_QUEUE,
+                                                                    max_age=LIVE_MAX_AGE_S))
+        video = publish.addTransceiver(video_track, direction="sendonly")
+        prefer_h264(video)
+        on_keyframe_request(video.sender, self.sent_video.request_key)
+        audio.addTransceiver(audio_track, direction="sendrecv")
+        for pc in (audio, view):
+            pc.on("track", lambda track: receivers.append(
+                asyncio.ensure_future(self._receive(track))))
+        answer_due = self._expect_answers("publish", "audio")
+        loop = asyncio.get_running_loop()
+        view_due = self._offers["view"] = loop.create_future()
+        try:
+            await publish.setLocalDescription(await publish.createOffer())
+            await audio.setLocalDescription(await audio.createOffer())
+            self._offer_leg(invite, publish, "publish")
+            await self._take_answer(publish, answer_due["publish"], ("video",))
+            self._offer_leg(invite, audio, "audio")
+            await self._take_answer(audio, answer_due["audio"], ("audio",))
+            try:
+                offer = await asyncio.wait_for(view_due, self._config.join_timeout)
+                check_sdp(offer.sdp, "offer", kinds=("video",))
+                await view.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+                self._received_queue = bound_decoder(view, self._tap_received)
+                await view.setLocalDescription(await view.createAnswer())
+                bound_socket_age(view)
+            except TimeoutError:
+                raise AttemptFailed("the bridge offered no view") from None
+            except (protocol.ProtocolError, ValueError) as exc:
+                raise AttemptFailed(f"unusable view offer: {describe(exc)}") from None
+            self._publish_up(protocol.CallAnswer(session=invite.session, attempt=self.attempt,
+                                                 sdp=view.localDescription.sdp,
+                                                 ts=protocol.now_ms(), leg="view"))
+            self._last_media = time.monotonic()
+            await self._watch([publish, audio, view], view, invite, video_track)
+        finally:
+            self._forget_waits()
+            for receiver in receivers:
+                receiver.cancel()
+            for pc in (publish, audio, view):
+                await close_quietly(pc)
+            await asyncio.gather(*receivers, return_exceptions=True)
+
+    def _forget_waits(self) -> None:
+        waits: list[asyncio.Future[Any]] = [*self._answers.values(), *self._offers.values()]
+        for waiting in waits:
+            if waiting.done() and not waiting.cancelled():
+                waiting.exception()  # a refusal nobody awaited any more is no error
+        self._answers, self._offers = {}, {}
+
+    def _expect_answers(self, *legs: str) -> dict[str, asyncio.Future[protocol.CallAnswer]]:
+        loop = asyncio.get_running_loop()
+        self._answers = {leg: loop.create_future() for leg in legs}
+        self._offers = {}
+        return dict(self._answers)
+
+    def _offer_leg(self, invite: protocol.SessionInvite, pc: RTCPeerConnection,
+                   leg: protocol.Leg) -> None:
+        self._publish_up(protocol.CallOffer(session=invite.session, attempt=self.attempt,
+                                            sdp=pc.localDescription.sdp, ts=protocol.now_ms(),
+                                            leg=leg))
+        log.info("call_offer device=%s session=%s attempt=%d leg=%s", self.device,
+                 invite.session, self.attempt, leg)
+
+    async def _take_answer(self, pc: RTCPeerConnection,
+                           due: asyncio.Future[protocol.CallAnswer],
+                           kinds: tuple[str, ...]) -> None:
+        try:
+            answer = await asyncio.wait_for(due, self._config.join_timeout)
+        except TimeoutError:
+            raise AttemptFailed("no answer from the bridge") from None
+        try:
+            check_sdp(answer.sdp, "answer", kinds=kinds)
+            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        except (protocol.ProtocolError, ValueError) as exc:
+            raise AttemptFailed(f"unusable answer: {describe(exc)}") from None
+        video = bound_decoder(pc, self._tap_received)
+        if video is not None:
+            self._received_queue = video
+        bound_socket_age(pc)
+
+    async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,
+                     invite: protocol.SessionInvite, video_track: PacketTrack) -> None:
+        """Follow the connections: live on the first composed picture, lost on silence."""
+        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received)
         first_frame = self._frames_received
         joined = time.monotonic()
         next_qos = time.monotonic() + self._config.qos_interval
         while not self._bye.is_set():
             await asyncio.sleep(0.1)
             now = time.monotonic()
-            if pc.connectionState in ("failed", "closed"):
-                raise AttemptFailed(f"connection {pc.connectionState}")
+            for pc in pcs:
+                if pc.connectionState in ("failed", "closed"):
+                    raise AttemptFailed(f"connection {pc.connectionState}")
             if self.state != "live":
                 if self._frames_received > first_frame:
                     self._went_live(invite)
@@ -437,8 +553,8 @@ class CallClient:
     async def _receive(self, track: MediaStreamTrack) -> None:
         speaker = self.speaker
         try:
-            while True:
-                frame = await track.recv()
+            async for frame in (latest_frames(track) if track.kind == "video"
+                                else _frames(track)):
                 self._last_media = time.monotonic()
                 if isinstance(frame, av.VideoFrame):
                     self._frames_received += 1
@@ -478,13 +594,23 @@ class CallClient:
             return
         if isinstance(down, protocol.KeyframeRequest):
             self.sent_video.request_key()
-        elif self._answer is not None and not self._answer.done():
-            if isinstance(down, protocol.CallAnswer):
-                self._answer.set_result(down)
-            else:
-                self._answer.set_exception(AttemptFailed(
-                    f"bridge refused: {down.code}: {down.message}",
-                    final=down.code in FINAL_REFUSALS))
+        elif isinstance(down, protocol.CallAnswer):
+            answer = self._answers.get(down.leg)
+            if answer is not None and not answer.done():
+                answer.set_result(down)
+        elif isinstance(down, protocol.CallOffer):
+            offer = self._offers.get(down.leg)
+            if offer is not None and not offer.done():
+                offer.set_result(down)
+        else:
+            refused = AttemptFailed(f"bridge refused: {down.code}: {down.message}",
+                                    final=down.code in FINAL_REFUSALS)
+            waits: list[asyncio.Future[Any]] = [*self._answers.values(),
+                                                 *self._offers.values()]
+            for waiting in waits:
+                if not waiting.done():
+                    waiting.set_exception(refused)
+                    refused = AttemptFailed(str(refused), final=refused.final)
 
     async def run(self) -> None:
         """Lives as long as the agent; on shutdown closes the call rather than abandon it."""
@@ -496,6 +622,12 @@ class CallClient:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 5)
+
+
+async def _frames(track: MediaStreamTrack) -> Any:
+    """Every frame of an audio track, in order (audio is never skipped)."""
+    while True:
+        yield await track.recv()
 
 
 def _silence(frame: av.AudioFrame) -> av.AudioFrame:

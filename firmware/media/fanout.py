@@ -6,12 +6,20 @@ subscribe. Each subscriber has its own bounded queue, so a slow consumer never s
 producer or the others: when its queue is full it loses packets up to the next key frame
 (decoding from a non-key frame would only show garbage) and says so in its `dropped` count.
 The same class carries raw frames (microphone audio), where every item is a "key" item.
+
+A live subscriber (a WebRTC sender) also gives `max_age`: a slow consumer (a starved CPU) would
+otherwise always find its queue full of items that waited the whole queue's length, and the
+delay would grow as the consumption rate falls. An item older than `max_age` when taken is
+dropped with everything queued before the newest key item; if that one is stale too, the
+subscriber skips to the next key item (and asks for one). Newest wins: fewer frames, never
+older ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -21,11 +29,13 @@ T = TypeVar("T")
 
 
 class Subscription(Generic[T]):
-    def __init__(self, fanout: Fanout[T], name: str, capacity: int) -> None:
+    def __init__(self, fanout: Fanout[T], name: str, capacity: int,
+                 max_age: float | None = None) -> None:
         self.name = name
         self.dropped = 0
+        self.max_age = max_age
         self._fanout = fanout
-        self._queue: asyncio.Queue[T | None] = asyncio.Queue(capacity)
+        self._queue: asyncio.Queue[tuple[T, bool, float] | None] = asyncio.Queue(capacity)
         self._resyncing = False
         self._closed = False
 
@@ -34,7 +44,7 @@ class Subscription(Generic[T]):
             self.dropped += 1
             return
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((item, key, time.monotonic()))
             self._resyncing = False
         except asyncio.QueueFull:
             self.dropped += 1
@@ -52,9 +62,46 @@ class Subscription(Generic[T]):
 
     async def get(self) -> T | None:
         """The next item, or None once the producer has finished and everything is consumed."""
-        if self._closed and self._queue.empty():
-            return None
-        return await self._queue.get()
+        while True:
+            if self._closed and self._queue.empty():
+                return None
+            entry = await self._queue.get()
+            if entry is None:
+                return None
+            item, _, at = entry
+            if self.max_age is None or time.monotonic() - at <= self.max_age:
+                return item
+            self.dropped += 1
+            self._skip_stale()
+
+    def _skip_stale(self) -> None:
+        """Keep only what follows the newest waiting key item, if that one is still fresh."""
+        waiting: list[tuple[T, bool, float]] = []
+        ended = False
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is None:
+                ended = True
+            else:
+                waiting.append(entry)
+        keys = [i for i, (_, key, _) in enumerate(waiting) if key]
+        now = time.monotonic()
+        assert self.max_age is not None
+        if keys and now - waiting[keys[-1]][2] <= self.max_age:
+            kept = waiting[keys[-1]:]
+        else:
+            kept = []
+            if not self._resyncing:
+                self._resyncing = True
+                self._fanout.request_key()
+        self.dropped += len(waiting) - len(kept)
+        if len(waiting) > len(kept):
+            log.warning("fanout_stale fanout=%s subscriber=%s dropped=%d", self._fanout.name,
+                        self.name, len(waiting) - len(kept))
+        for entry in kept:
+            self._queue.put_nowait(entry)
+        if ended:
+            self._queue.put_nowait(None)
 
     async def latest(self) -> T | None:
         """The newest item, skipping older queued ones: for raw pictures, where only the one
@@ -69,8 +116,9 @@ class Subscription(Generic[T]):
         while not self._queue.empty():
             queued = self._queue.get_nowait()
             if queued is None:
+                self._closed = True
                 break
-            item = queued
+            item = queued[0]
         return item
 
     async def __aiter__(self) -> AsyncIterator[T]:
@@ -96,9 +144,10 @@ class Fanout(Generic[T]):
         self._subscribers: list[Subscription[T]] = []
         self.published = 0
 
-    def subscribe(self, name: str, capacity: int = 120) -> Subscription[T]:
-        """A new subscriber starts at the next key item."""
-        subscription = Subscription(self, name, capacity)
+    def subscribe(self, name: str, capacity: int = 120,
+                  max_age: float | None = None) -> Subscription[T]:
+        """A new subscriber starts at the next key item; see the module for `max_age`."""
+        subscription = Subscription(self, name, capacity, max_age)
         subscription._resyncing = True
         self._subscribers.append(subscription)
         self.request_key()

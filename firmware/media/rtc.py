@@ -22,6 +22,7 @@ import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # instead of building up delay. The recorder subscribes with its own, larger queue.
 LIVE_VIDEO_QUEUE = 8
 LIVE_AUDIO_QUEUE = 10
+# ... and nothing waits longer than this in a live sender's queue, however slowly the sender
+# runs (a starved CPU): newest wins (`Fanout.subscribe(max_age=...)`).
+LIVE_MAX_AGE_S = 0.25
 
 
 class PacketSource(Protocol):
@@ -94,15 +98,18 @@ class FrameTrack(MediaStreamTrack):
         self._source.close()
 
 
-def peer_connection() -> RTCPeerConnection:
-    """A peer connection that gathers host candidates only.
+def peer_connection(ice_servers: list[protocol.IceServer] | None = None) -> RTCPeerConnection:
+    """A peer connection that gathers host candidates, plus relayed ones through the TURN
+    servers the invitation named.
 
     Without an explicit configuration aiortc asks a public STUN server, which a box on a
-    provincial network cannot reach (each gathering then waits ~5 s for DNS). Boxes reach the
-    bridge's host candidates; the bridge learns a box behind NAT as a peer-reflexive
-    candidate from its connectivity checks.
+    provincial network cannot reach (each gathering then waits ~5 s for DNS). A box with a
+    routable path reaches the bridge's host candidates (the bridge learns it as a
+    peer-reflexive candidate); a box behind a NAT or a 4G router reaches it through TURN.
     """
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    servers = [RTCIceServer(urls=list(s.urls), username=s.username or None,
+                            credential=s.credential or None) for s in ice_servers or []]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
 def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
@@ -120,17 +127,18 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     setattr(sender, "_send_keyframe", callback)  # noqa: B010 - a method, mypy refuses assignment
 
 
-def check_sdp(sdp: str, kind: Literal["offer", "answer"]) -> None:
-    """Raise ProtocolError for an SDP without the media, ICE and DTLS a call needs."""
+def check_sdp(sdp: str, kind: Literal["offer", "answer"],
+              kinds: tuple[str, ...] | list[str] = ("audio", "video")) -> None:
+    """Raise ProtocolError for an SDP without the media (`kinds`), ICE and DTLS a call needs."""
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever the text provokes
         raise protocol.ProtocolError(f"{kind} SDP does not parse: {type(exc).__name__}: "
                                      f"{str(exc)[:200]}") from None
-    kinds = sorted(m.kind for m in description.media)
-    if kinds != ["audio", "video"]:
-        raise protocol.ProtocolError(f"{kind} SDP must have one audio and one video section, "
-                                     f"has {kinds}")
+    found = sorted(m.kind for m in description.media)
+    if found != sorted(kinds):
+        raise protocol.ProtocolError(f"{kind} SDP must have one section each of "
+                                     f"{'/'.join(sorted(kinds))}, has {found}")
     for media in description.media:
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise protocol.ProtocolError(f"{kind} SDP {media.kind}: no ICE credentials")

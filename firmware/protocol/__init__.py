@@ -428,10 +428,25 @@ Attempt = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SDP)]
 PointRole = Literal["host", "guest"]
 CallStateName = Literal["idle", "invited", "joining", "live", "reconnecting"]
+# How a point's media is split into peer connections. "single": one connection to the built-in
+# bridge carries everything. "split" (the Janus backend, an SFU): the point offers a "publish"
+# leg (its camera, sent only) and an "audio" leg (microphone out, mix-minus in), and answers the
+# bridge's offer of a "view" leg (the composed picture, received only).
+MediaPlan = Literal["single", "split"]
+Leg = Literal["main", "publish", "audio", "view"]
 
 
 def call_topic(device: str, call: str, direction: Literal["up", "down"]) -> str:
     return f"{device_root(device)}/call/{_name(call)}/{direction}"
+
+
+class IceServer(msgspec.Struct, frozen=True):
+    """A STUN or TURN server for the point's ICE (`turn:host:3478?transport=udp`)."""
+
+    urls: Annotated[list[Annotated[str, msgspec.Meta(max_length=300)]],
+                    msgspec.Meta(min_length=1, max_length=8)]
+    username: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    credential: Annotated[str, msgspec.Meta(max_length=300)] = ""
 
 
 class SessionInvite(msgspec.Struct, frozen=True):
@@ -448,6 +463,9 @@ class SessionInvite(msgspec.Struct, frozen=True):
     # The last attempt the controller saw from this box in this call: a box that restarted
     # numbers its next offers above it, so they are not taken for stale ones.
     attempt: Attempt = 0
+    plan: MediaPlan = "single"
+    # TURN (and STUN) servers with time-limited credentials for this point in this session.
+    ice_servers: Annotated[list[IceServer], msgspec.Meta(max_length=4)] = []
 
 
 class SessionRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -458,10 +476,13 @@ class SessionRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CallOffer(msgspec.Struct, frozen=True, tag="offer", tag_field="type"):
+    """Box -> bridge for the legs the box offers; bridge -> box for the "view" leg."""
+
     session: Name
     attempt: Attempt
     sdp: Sdp
     ts: Millis
+    leg: Leg = "main"
 
 
 class CallAnswer(msgspec.Struct, frozen=True, tag="answer", tag_field="type"):
@@ -469,6 +490,7 @@ class CallAnswer(msgspec.Struct, frozen=True, tag="answer", tag_field="type"):
     attempt: Attempt
     sdp: Sdp
     ts: Millis
+    leg: Leg = "main"
 
 
 class CallBye(msgspec.Struct, frozen=True, tag="bye", tag_field="type"):
@@ -539,8 +561,8 @@ class CallLayout(msgspec.Struct, frozen=True, tag="layout", tag_field="type"):
     speaker: DeviceId | None = None
 
 
-CallUp = CallOffer | CallBye | CallDecline | CallReport
-CallDown = CallAnswer | CallBye | CallRefused | KeyframeRequest | CallLayout
+CallUp = CallOffer | CallAnswer | CallBye | CallDecline | CallReport
+CallDown = CallAnswer | CallOffer | CallBye | CallRefused | KeyframeRequest | CallLayout
 
 _call_up = msgspec.json.Decoder(CallUp)
 _call_down = msgspec.json.Decoder(CallDown)

@@ -143,6 +143,8 @@ class BoxRecording:
         tracks = [
             Track.copied("sent-video", call.sent_video),
             Track.audio("sent-audio", call.sent_audio),
+            Track.copied("received-video", call.received_encoded)
+            if self.config.received == "copy" else
             Track.video("received-video", call.received_video, fps=self.config.received_fps,
                         width=self.config.received_width, height=self.config.received_height,
                         bitrate=int(RECEIVED_BPP * self.config.received_width *

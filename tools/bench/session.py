@@ -7,11 +7,19 @@ decodes and, once a second, reads the tag in every tile: the tag's capture time 
 receiver's clock is the latency camera -> encode -> bridge (decode, compose, encode) ->
 decode, all on one host clock.
 
-Two bridges, measured one after the other for each N, with the same boxes and settings:
-- shared: the built-in bridge, which encodes the composed picture once for everybody;
-- naive: the same bridge with one encoder per receiver (what aiortc's MediaRelay gives).
+Up to three bridges, measured one after the other for each N, with the same boxes and settings:
+- shared: the built-in aiortc bridge, which encodes the composed picture once for everybody;
+- naive: the same bridge with one encoder per receiver (what aiortc's MediaRelay gives);
+- janus: the Janus backend (Debian's janus in a `jan` network namespace; needs root): Janus
+  forwards and mixes, the controller's compositor decodes, composes and encodes once. Its
+  bridge CPU is the controller's plus Janus's.
 
     python -m tiepdan.tools.bench.session --points 2 4 8 --window 15
+    python -m tiepdan.tools.bench.session --points 8 16 --bridges janus shared naive
+    python -m tiepdan.tools.bench.session --points 4 --bridges shared --box-recording reencode
+
+`--box-recording` chooses how boxes record the received picture (`copy`, the default, or
+`reencode`): box CPU before and after recording it as it arrives.
 
 Printed per N and bridge: received fps at every point (min / median), latency p50 / p95,
 bridge CPU per point, box CPU; then the naive / shared ratios. The last line is one JSON
@@ -22,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import os
 import signal
 import statistics
 import subprocess
@@ -36,16 +46,22 @@ from typing import Any
 
 import av
 import psutil
+import pyrage
 import tomli_w
 from av.stream import Stream
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tiepdan.board.camera.tag import read_tag
 from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.sessions.bridge.aiortc_bridge import AiortcSession, Member
+from tiepdan.firmware.evidence.recipients import sign_document
 from tiepdan.firmware.media.fanout import Subscription
 from tiepdan.firmware.media.h264 import H264Encoder
 from tiepdan.firmware.media.rtc import PacketTrack
+from tiepdan.tools import netns
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.janus import Janus
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +158,19 @@ async def run_box(config_path: Path, out: Path) -> None:
     await asyncio.to_thread(out.write_text, json.dumps({"arrivals": arrivals, "ages": ages}))
 
 
+def install_recipients(state_dir: Path) -> None:
+    """What enrollment leaves on a box (a controller key, recipients it signed), so the bench's
+    boxes really record and seal (to a throwaway archive key)."""
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    (state_dir / "identity").mkdir(parents=True, exist_ok=True)
+    (state_dir / "identity" / "controller.pub").write_text(base64.b64encode(raw).decode() + "\n")
+    (state_dir / "recording").mkdir(parents=True, exist_ok=True)
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    (state_dir / "recording" / "recipients.json").write_bytes(sign_document([recipient], key))
+
+
 # -- the orchestra ----------------------------------------------------------------------------
 
 
@@ -150,7 +179,8 @@ def _python(*args: str) -> list[str]:
 
 
 def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: float,
-            size: tuple[int, int]) -> dict[str, Any]:
+            size: tuple[int, int], janus: Janus | None = None,
+            box_recording: str = "copy") -> dict[str, Any]:
     run_dir = workdir / f"{mode}-{points}"
     run_dir.mkdir(parents=True)
     http_port = free_port()
@@ -159,7 +189,9 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         "controller": {"id": f"bench-{mode}-{points}", "data_dir": str(run_dir / "controller")},
         "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
         "http": {"host": "127.0.0.1", "port": http_port},
-        "bridge": {"width": size[0], "height": size[1], "fps": FPS},
+        "bridge": {"width": size[0], "height": size[1], "fps": FPS, **(
+            {"backend": "janus", "janus_url": janus.url, "janus_api_secret": janus.api_secret}
+            if mode == "janus" and janus is not None else {})},
         "log": {"level": "warning"},
         "archive": {"trial_identity": True},  # a benchmark, not a deployment
     }))
@@ -175,7 +207,8 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
 
     devices = [f"b{points}-{mode[0]}-{n:02d}" for n in range(points + 1)]
     try:
-        bridge = spawn("controller", _python("bridge", "--config", str(ctl), "--mode", mode))
+        bridge = spawn("controller", _python("bridge", "--config", str(ctl), "--mode",
+                                             "shared" if mode == "janus" else mode))
         boxes = []
         for n, device in enumerate(devices):
             cfg = run_dir / f"{device}.toml"
@@ -186,12 +219,14 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
                 "mqtt": {"host": broker.host, "port": broker.port, "tls": False},
                 "state": {"dir": str(run_dir / device)},
                 "call": {"qos_interval": 2.0},
+                "recording": {"received": box_recording},
                 "log": {"level": "warning"},
             }))
+            install_recipients(run_dir / device)
             boxes.append(spawn(device, _python("box", "--config", str(cfg), "--out",
                                                str(run_dir / f"{device}.json"))))
         token = run_dir / "controller" / "admin.token"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not token.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         client = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
@@ -209,9 +244,16 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
                 break
             time.sleep(0.5)
         else:
-            raise RuntimeError(f"{mode} N={points}: not every point went live")
+            waiting = {p["device"]: p["state"] for p in state["points"]
+                       if p["state"] != "live"}
+            tail = (logs / "controller.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{mode} N={points}: not every point went live: {waiting}\n"
+                               + "\n".join(tail))
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
+        if mode == "janus" and janus is not None and janus.process is not None:
+            processes.append(psutil.Process(janus.process.pid))
+        load = os.getloadavg()[0]
         before = [p.cpu_times() for p in processes]
         start, started = time.time(), time.monotonic()
         time.sleep(window)
@@ -219,6 +261,7 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         after = [p.cpu_times() for p in processes]
         cpu = [((a.user + a.system) - (b.user + b.system)) / elapsed * 100
                for a, b in zip(after, before, strict=True)]
+        janus_cpu = cpu.pop() if len(cpu) > len(devices) + 1 else 0.0
         for box in boxes:
             box.send_signal(signal.SIGTERM)
         for box in boxes:
@@ -229,14 +272,21 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             fps.append(sum(1 for t in data["arrivals"] if start <= t < end) / (end - start))
             ages += [age for t, age in data["ages"] if start <= t < end]
         ages.sort()
+        sealed = sum(1 for device in devices
+                     for path in (run_dir / device).glob("recordings/*/*")
+                     if path.name != "manifest.jsonl")
         return {
             "points": points, "bridge": mode,
             "fps_min": round(min(fps), 2), "fps_median": round(statistics.median(fps), 2),
             "latency_p50_ms": ages[len(ages) // 2] if ages else None,
             "latency_p95_ms": ages[int(len(ages) * 0.95)] if ages else None,
-            "bridge_cpu_per_point": round(cpu[0] / len(devices), 1),
-            "bridge_cpu": round(cpu[0], 1),
+            "bridge_cpu_per_point": round((cpu[0] + janus_cpu) / len(devices), 1),
+            "bridge_cpu": round(cpu[0] + janus_cpu, 1),
+            "janus_cpu": round(janus_cpu, 1),
             "box_cpu": round(statistics.mean(cpu[1:]), 1),
+            "box_recording": box_recording,
+            "box_segments": sealed,
+            "load_1min": round(load, 2),
         }
     finally:
         for child in reversed(children):
@@ -263,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--composed", default="1280x720",
                         help="size of the composed picture (the bridge's width x height)")
+    parser.add_argument("--bridges", nargs="+", default=["shared", "naive"],
+                        choices=["shared", "naive", "janus"])
+    parser.add_argument("--box-recording", choices=["copy", "reencode"], default="copy")
     args = parser.parse_args(argv)
     if args.role == "bridge":
         asyncio.run(run_bridge(args.config, args.mode))
@@ -274,39 +327,46 @@ def main(argv: list[str] | None = None) -> int:
     width, _, height = args.composed.partition("x")
     size = (int(width), int(height))
     results = []
-    with tempfile.TemporaryDirectory(prefix="tiepdan-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tiepdan-bench-") as tmp, \
+            contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        broker = Mosquitto(workdir / "broker")
-        broker.start()
-        try:
-            for points in args.points:
-                for mode in ("shared", "naive"):
-                    result = measure(workdir, broker, points, mode, args.window, size)
-                    results.append(result)
-                    print(f"N={points:<2} {mode:6}  fps min/median {result['fps_min']:5.1f} / "
-                          f"{result['fps_median']:5.1f}  latency p50/p95 "
-                          f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms  "
-                          f"bridge {result['bridge_cpu']:5.1f}% "
-                          f"({result['bridge_cpu_per_point']:.1f}%/point)  "
-                          f"box {result['box_cpu']:.1f}%", flush=True)
-        finally:
-            broker.stop()
-    ratios = {}
+        broker = stack.enter_context(Mosquitto(workdir / "broker"))
+        janus = None
+        if "janus" in args.bridges:
+            ns = stack.enter_context(netns.namespace("jan", index=7))
+            janus = stack.enter_context(Janus(workdir / "janus", netns=ns))
+        for points in args.points:
+            for mode in args.bridges:
+                result = measure(workdir, broker, points, mode, args.window, size, janus,
+                                 args.box_recording)
+                results.append(result)
+                print(f"N={points:<2} {mode:6}  fps min/median {result['fps_min']:5.1f} / "
+                      f"{result['fps_median']:5.1f}  latency p50/p95 "
+                      f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms  "
+                      f"bridge {result['bridge_cpu']:5.1f}% "
+                      f"({result['bridge_cpu_per_point']:.1f}%/point)  "
+                      f"box {result['box_cpu']:.1f}%  load {result['load_1min']}", flush=True)
+    ratios: dict[int, dict[str, float | None]] = {}
     for points in args.points:
-        shared, naive = (next(r for r in results if r["points"] == points and r["bridge"] == m)
-                         for m in ("shared", "naive"))
-        ratios[points] = {
-            "bridge_cpu_shared_over_naive": round(shared["bridge_cpu"] / naive["bridge_cpu"], 2)
-            if naive["bridge_cpu"] else None,
-            "fps_min_shared_over_naive": round(shared["fps_min"] / naive["fps_min"], 2)
-            if naive["fps_min"] else None,
-        }
-        print(f"N={points:<2} bridge CPU shared/naive "
-              f"{ratios[points]['bridge_cpu_shared_over_naive']}"
-              f"  min fps shared/naive {ratios[points]['fps_min_shared_over_naive']}")
+        by_mode = {r["bridge"]: r for r in results if r["points"] == points}
+        naive = by_mode.get("naive")
+        ratios[points] = {}
+        for mode in ("shared", "janus"):
+            if mode not in by_mode or naive is None:
+                continue
+            mine = by_mode[mode]
+            ratios[points][f"bridge_cpu_per_point_{mode}_over_naive"] = round(
+                mine["bridge_cpu_per_point"] / naive["bridge_cpu_per_point"], 2) \
+                if naive["bridge_cpu_per_point"] else None
+            ratios[points][f"fps_min_{mode}_over_naive"] = round(
+                mine["fps_min"] / naive["fps_min"], 2) if naive["fps_min"] else None
+        print(f"N={points:<2} ratios (same run): {ratios[points]}")
+    holding = {mode: max((r["points"] for r in results if r["bridge"] == mode and
+                          r["fps_min"] >= 14.5), default=None) for mode in args.bridges}
+    print(f"largest N holding 14.5 fps at every point: {holding}")
     print(json.dumps({"bench": "session", "camera": "640x360@15",
                       "composed": f"{args.composed}@{FPS}", "results": results,
-                      "ratios": ratios}))
+                      "ratios": ratios, "largest_n_at_14_5_fps": holding}))
     return 0
 
 

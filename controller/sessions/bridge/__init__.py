@@ -2,8 +2,9 @@
 
 The session engine speaks to a bridge in signaling terms only (an SDP offer in, an SDP answer
 out, peers joining, leaving, going live or being lost), so the built-in aiortc bridge
-(`AiortcBridge`: decode, compose, encode once, mix-minus) can be replaced by an SFU such as
-Janus VideoRoom for large sessions without touching the engine. Per session a bridge exposes
+(`AiortcBridge`: decode, compose, encode once, mix-minus) or the Janus backend
+(`JanusBridge`: VideoRoom forwards, AudioBridge mixes, a compositor composes) serve the same
+engine. A point is whatever offers SDP: a box over MQTT, or a browser. Per session a bridge exposes
 the composed stream and the full mix (`BridgeSession`) for the recorder.
 """
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 PeerEvent = Literal["live", "lost"]
 PeerListener = Callable[[str, str, int, PeerEvent, str], None]
 LayoutListener = Callable[[str, protocol.CallLayout], None]
+# (session_id, device, attempt, leg, sdp): the bridge offers a leg to a point.
+OfferListener = Callable[[str, str, int, protocol.Leg, str], None]
 
 
 class BridgeError(Unavailable):
@@ -56,10 +59,14 @@ MediaListener = Callable[[str, BridgeSession], None]
 
 
 class Bridge(abc.ABC):
+    # How points connect (`protocol.MediaPlan`), told to every box in its invitation.
+    plan: protocol.MediaPlan = "single"
+
     def __init__(self) -> None:
         self._media_listeners: list[MediaListener] = []
         self._peer_listeners: list[PeerListener] = []
         self._layout_listeners: list[LayoutListener] = []
+        self._offer_listeners: list[OfferListener] = []
 
     def on_session_media(self, callback: MediaListener) -> None:
         """`callback(session_id, bridge_session)` when a session's media starts on the bridge."""
@@ -73,13 +80,24 @@ class Bridge(abc.ABC):
         """`callback(session_id, layout)` when tiles or the active speaker change."""
         self._layout_listeners.append(callback)
 
+    def on_offer(self, callback: OfferListener) -> None:
+        """`callback(session_id, device, attempt, leg, sdp)`: send this offer to the point."""
+        self._offer_listeners.append(callback)
+
     @abc.abstractmethod
     async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
-                   attempt: int, offer: str) -> str:
-        """Connect a point (replacing an older attempt of it); returns the SDP answer.
+                   attempt: int, offer: str, leg: protocol.Leg = "main") -> str:
+        """Connect a point's leg (replacing an older attempt of it); returns the SDP answer.
 
-        Raises BridgeError for an offer it cannot take.
+        The "main" leg (plan "single") or the "publish" leg (plan "split") starts an attempt;
+        the point's other legs follow with the same attempt. Raises BridgeError for an offer
+        it cannot take.
         """
+
+    async def accept(self, session_id: str, device: str, attempt: int, leg: protocol.Leg,
+                     answer: str) -> None:
+        """The point's answer to a leg the bridge offered (`on_offer`)."""
+        raise BridgeError("bad_request", f"this bridge offers no {leg} leg")
 
     @abc.abstractmethod
     async def leave(self, session_id: str, device: str) -> None:
@@ -107,9 +125,18 @@ class Bridge(abc.ABC):
         for callback in self._layout_listeners:
             _safely(callback, session_id, layout)
 
+    def _offer_leg(self, session_id: str, device: str, attempt: int, leg: protocol.Leg,
+                   sdp: str) -> None:
+        for callback in self._offer_listeners:
+            _safely(callback, session_id, device, attempt, leg, sdp)
+
 
 def build_bridge(config: BridgeSection) -> Bridge:
     """The backend the configuration names (`bridge.backend`)."""
+    if config.backend == "janus":
+        from tiepdan.controller.sessions.bridge.janus_bridge import JanusBridge
+
+        return JanusBridge(config)
     from tiepdan.controller.sessions.bridge.aiortc_bridge import AiortcBridge
 
     return AiortcBridge(config)

@@ -22,7 +22,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import av
@@ -37,8 +37,10 @@ from tiepdan.controller.sessions.bridge.mixer import FRAME, RATE, Mixer, to_fram
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE, H264Encoder
+from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age, latest_frames
 from tiepdan.firmware.media.rtc import (
     LIVE_AUDIO_QUEUE,
+    LIVE_MAX_AGE_S,
     LIVE_VIDEO_QUEUE,
     FrameTrack,
     PacketTrack,
@@ -130,7 +132,7 @@ class AiortcSession(BridgeSession):
             pc.addTrack(video_track)
             member.audio_out = Fanout(f"minus-{device}")
             pc.addTrack(FrameTrack("audio", member.audio_out.subscribe(
-                "sender", capacity=LIVE_AUDIO_QUEUE)))
+                "sender", capacity=LIVE_AUDIO_QUEUE, max_age=LIVE_MAX_AGE_S)))
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "video":
                     prefer_h264(transceiver)
@@ -139,7 +141,9 @@ class AiortcSession(BridgeSession):
             for transceiver in pc.getTransceivers():
                 track = transceiver.receiver.track
                 member.tasks.append(asyncio.ensure_future(self._receive(member, pc, track)))
+            bound_decoder(pc)
             await pc.setLocalDescription(await pc.createAnswer())
+            bound_socket_age(pc)
         except Exception as exc:
             await self._disconnect(member, "bad offer")
             log.error("bridge_offer_failed session=%s device=%s attempt=%d error=%s", self.id,
@@ -155,7 +159,8 @@ class AiortcSession(BridgeSession):
                                                      Callable[[], None]]:
         """The composed stream for one point's sender, and where its PLIs go."""
         track = PacketTrack(self.composed_video.subscribe(member.device,
-                                                          capacity=LIVE_VIDEO_QUEUE))
+                                                          capacity=LIVE_VIDEO_QUEUE,
+                                                          max_age=LIVE_MAX_AGE_S))
         return track, self.composed_video.request_key
 
     async def leave(self, device: str) -> None:
@@ -203,8 +208,8 @@ class AiortcSession(BridgeSession):
     async def _receive(self, member: Member, pc: RTCPeerConnection,
                        track: MediaStreamTrack) -> None:
         try:
-            while member.pc is pc:
-                frame = await track.recv()
+            frames = latest_frames(track) if track.kind == "video" else _every_frame(track)
+            async for frame in frames:
                 if member.pc is not pc:
                     return
                 member.last_media = time.monotonic()
@@ -357,7 +362,10 @@ class AiortcBridge(Bridge):
         return self._sessions.get(session_id)
 
     async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
-                   attempt: int, offer: str) -> str:
+                   attempt: int, offer: str, leg: protocol.Leg = "main") -> str:
+        if leg != "main":
+            raise BridgeError("bad_request", f"the aiortc bridge takes one connection per "
+                                             f"point, not a {leg} leg")
         session = self._sessions.get(session_id)
         if session is None:
             session = self._sessions[session_id] = self.session_class(session_id, self.config,
@@ -382,3 +390,9 @@ class AiortcBridge(Bridge):
     async def close(self) -> None:
         for session_id in list(self._sessions):
             await self.close_session(session_id)
+
+
+async def _every_frame(track: MediaStreamTrack) -> AsyncIterator[object]:
+    """Audio is never skipped: every frame goes to the mixer, whose FIFO is bounded."""
+    while True:
+        yield await track.recv()
