@@ -146,12 +146,16 @@ async def test_after_the_call_the_hall_sees_the_upload_then_all_saved(
     """A box that records (the archive's recipients, the controller's key) shows the recording
     badge in the call, then its upload's progress, then "all saved", then idle again."""
     from tests.recording.arc_support import enroll
+    from tests.sessions.points import controller_config
+    from tests.support import init_ca, running_controller
 
-    async with session_controller(tmp_path, broker) as controller, \
+    config = controller_config(tmp_path, broker)
+    init_ca(config)  # the box listener, where boxes upload, needs the provisioning CA
+    async with running_controller(config) as controller, \
             points(tmp_path, broker, ["sc-rhost"]):
         enroll(controller, tmp_path / "sc-rec", "sc-rec")
         async with hall_box(tmp_path, broker, "sc-rec", recording={
-                "archive_url": controller.config.api_url, "segment_seconds": 1.0,
+                "archive_url": controller.boxes.url, "segment_seconds": 1.0,
                 "upload_retry_max": 0.5}, screen={"after_seconds": 3.0}) as box:
             await eventually(lambda: box.recipients.current() is not None, 20,
                              what="the archive's recipients on the box")
