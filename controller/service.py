@@ -17,8 +17,10 @@ from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.archive import add_archive_routes
+from tiepdan.controller.http.auth import PEOPLE_KEY
 from tiepdan.controller.http.sessions import add_session_routes
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.people.people import People
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
 from tiepdan.controller.sessions.closing import Closer
@@ -58,6 +60,8 @@ class Controller:
         self.sessions = Sessions(self, self.bridge)
         self.schedules = Schedules(self, self.sessions)
         self.app = build_app(self, self.token)
+        self.people = People(self.db, config.console, self.token)
+        self.app[PEOPLE_KEY] = self.people
         add_session_routes(self.app)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
                                self.signing.public_raw(), self.id, self._session_points)

@@ -6,7 +6,6 @@ controller writes (mode 0600) into its data directory on first start.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tiepdan.controller.http.auth import auth
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
@@ -48,18 +48,14 @@ def error(status: int, code: str, message: str) -> web.Response:
 
 def build_app(controller: Controller, token: str) -> web.Application:
     @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and request.path != "/api/health":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                log.warning("api_unauthorized path=%s peer=%s", request.path, request.remote)
-                return error(401, "unauthorized", "missing or wrong admin token")
+    async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except protocol.ProtocolError as exc:
             return error(400, "bad_request", str(exc))
 
-    app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
+    # auth: callers (session cookie, per-user token, the admin token) and @allow marks.
+    app = web.Application(middlewares=[auth, protocol_errors], client_max_size=MAX_BODY)
     app[CONTROLLER_KEY] = controller
     app.add_routes([
         web.get("/api/health", health),
