@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.console.routes import add_console
 from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
@@ -73,6 +74,7 @@ class Controller:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.updates = Updates(self)
+        add_console(self.app, self)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)

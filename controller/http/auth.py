@@ -27,7 +27,7 @@ DeniedPage = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
 
 PEOPLE_KEY: web.AppKey[People] = web.AppKey("people")
 DENIED_PAGE_KEY: web.AppKey[DeniedPage] = web.AppKey("denied_page")
-CALLER = "tiepdan_caller"
+CALLER: web.RequestKey[Caller] = web.RequestKey("tiepdan_caller", Caller)
 COOKIE = "tiepdan_session"
 # admin may call every route some person may call (not the box-only ones).
 PERSON_ROLES = frozenset(ROLES)
