@@ -58,6 +58,9 @@ class LiveHub:
         """Registry listener."""
         if what != "event":
             self._dirty[device.id] = device
+        if what == "update":  # a box reported update progress: its campaign's pages change
+            campaign = (device.extra.get("update") or {}).get("campaign")
+            self.changed("updates", *([f"campaign:{campaign}"] if campaign else []))
 
     def changed(self, *topics: str) -> None:
         """Page regions on `topics` ("sessions", "session:<id>", "updates") are out of date."""

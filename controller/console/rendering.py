@@ -56,7 +56,8 @@ DATA_WORDS = (
     _("invited"), _("ringing"), _("joining"), _("joined"), _("left"), _("lost"),
     _("refused"), _("declined"), _("host"), _("guest"),
     _("running"), _("paused"), _("aborted"), _("completed"), _("pending"), _("succeeded"),
-    _("failed"), _("rolled_back"), _("notified"), _("downloading"), _("installing"),
+    _("failed"), _("halted"), _("withdrawn"), _("queued"), _("in_progress"), _("rolled_back"),
+    _("notified"), _("downloading"), _("installing"),
 )
 
 
