@@ -12,7 +12,15 @@ from aiohttp import web
 from tiepdan.controller.console.context import HISTORY_KEY, LIVE_KEY, RENDERER_KEY
 from tiepdan.controller.console.health_history import HealthHistory
 from tiepdan.controller.console.live import LiveHub
-from tiepdan.controller.console.pages import fleet, login, people, sessions, stream, updates
+from tiepdan.controller.console.pages import (
+    archive,
+    fleet,
+    login,
+    people,
+    sessions,
+    stream,
+    updates,
+)
 from tiepdan.controller.console.rendering import HERE, Renderer
 from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.auth import DENIED_PAGE_KEY
@@ -57,5 +65,5 @@ def add_console(app: web.Application, controller: Controller) -> None:
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.router.add_get("/static/{name}", static)
-    for module in (login, fleet, sessions, updates, people, stream):
+    for module in (login, fleet, sessions, updates, archive, people, stream):
         app.add_routes(module.routes())

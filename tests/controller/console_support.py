@@ -34,7 +34,8 @@ def add_people(controller: Controller) -> None:
     users = Users(controller.db, FAST)
     controller.people.users = users
     for name, (role, province) in PEOPLE.items():
-        users.add(name, role, PASSWORD, province)
+        if users.get(name) is None:
+            users.add(name, role, PASSWORD, province)
 
 
 async def announce(controller: Controller, device: str, province: str, commune: str,
