@@ -58,6 +58,7 @@ DATA_WORDS = (
     _("running"), _("paused"), _("aborted"), _("completed"), _("pending"), _("succeeded"),
     _("failed"), _("halted"), _("withdrawn"), _("queued"), _("in_progress"), _("rolled_back"),
     _("notified"), _("downloading"), _("installing"),
+    _("waiting"), _("enrolled"), _("expired"), _("revoked"),
 )
 
 

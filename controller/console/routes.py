@@ -17,6 +17,7 @@ from tiepdan.controller.console.pages import (
     fleet,
     login,
     people,
+    provisioning,
     sessions,
     stream,
     updates,
@@ -65,5 +66,5 @@ def add_console(app: web.Application, controller: Controller) -> None:
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.router.add_get("/static/{name}", static)
-    for module in (login, fleet, sessions, updates, archive, people, stream):
+    for module in (login, fleet, sessions, updates, archive, provisioning, people, stream):
         app.add_routes(module.routes())
