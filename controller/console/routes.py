@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from tiepdan.controller.console import whep, whip
 from tiepdan.controller.console.context import HISTORY_KEY, LIVE_KEY, RENDERER_KEY
 from tiepdan.controller.console.health_history import HealthHistory
 from tiepdan.controller.console.live import LiveHub
@@ -23,11 +24,14 @@ from tiepdan.controller.console.pages import (
     updates,
 )
 from tiepdan.controller.console.rendering import HERE, Renderer
+from tiepdan.controller.console.whep import VIEWERS_KEY, Viewers
+from tiepdan.controller.console.whip import BROWSERS_KEY, BrowserPoints
 from tiepdan.controller.http.access import allow
 from tiepdan.controller.http.auth import DENIED_PAGE_KEY
 
 if TYPE_CHECKING:
     from tiepdan.controller.service import Controller
+    from tiepdan.controller.sessions.engine import Session
 
 STATIC = HERE / "static"
 FILES = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -50,21 +54,33 @@ def add_console(app: web.Application, controller: Controller) -> None:
     history = HealthHistory()
     controller.registry.listen(hub.on_device)
     controller.registry.listen(history.on_device)
-    controller.sessions.listen(lambda session, _old, _new: hub.changed(
-        "sessions", f"session:{session.id}"))
     app[RENDERER_KEY] = renderer
     app[LIVE_KEY] = hub
     app[HISTORY_KEY] = history
     app[DENIED_PAGE_KEY] = login.denied
+    browsers, viewers = BrowserPoints(), Viewers()
+    app[BROWSERS_KEY] = browsers
+    app[VIEWERS_KEY] = viewers
+
+    def session_changed(session: Session, _old: str | None, new: str) -> None:
+        hub.changed("sessions", f"session:{session.id}")
+        if new == "ended":
+            for resource in browsers.of_session(session.id):
+                del browsers.resources[resource]
+            viewers.session_ended(session.id)
+
+    controller.sessions.listen(session_changed)
 
     async def start(_app: web.Application) -> None:
         hub.start()
 
     async def stop(_app: web.Application) -> None:
         await hub.close()
+        await viewers.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.router.add_get("/static/{name}", static)
-    for module in (login, fleet, sessions, updates, archive, provisioning, people, stream):
+    for module in (login, fleet, sessions, updates, archive, provisioning, people, stream,
+                   whip, whep):
         app.add_routes(module.routes())

@@ -49,7 +49,95 @@ function liveReload(topic) {
   return source;
 }
 
+function iceGathered(pc) {
+  // The bridge takes no trickled candidates (WHIP without PATCH): send them all in the offer.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(resolve, 5000);
+  });
+}
+
+function preferH264(transceiver) {
+  // The bridge sends one H.264 stream to every point: offer H.264 only (as the boxes do).
+  const codecs = RTCRtpReceiver.getCapabilities("video").codecs.filter(
+    (c) => c.mimeType === "video/H264" || c.mimeType === "video/rtx");
+  if (codecs.length) transceiver.setCodecPreferences(codecs);
+}
+
+async function joinSession(section) {
+  // WHIP (RFC 9725) with one sendrecv connection: camera and microphone go to the bridge, the
+  // composed picture and everyone's voice but ours come back on the same connection.
+  const button = section.querySelector("#join-button");
+  const leave = section.querySelector("#leave-button");
+  const status = section.querySelector("#join-status");
+  const video = section.querySelector("#composed");
+  const audio = section.querySelector("#mix");
+  const csrf = document.querySelector('meta[name="csrf"]').content;
+  const state = { startedAt: performance.now(), firstFrameAt: null, frames: 0, pc: null,
+                  resource: null };
+  window.tiepdanJoin = state;
+  button.disabled = true;
+  status.textContent = section.dataset.joining;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia(
+      { audio: true, video: { width: 640, height: 360 } });
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    state.pc = pc;
+    for (const track of stream.getTracks()) {
+      const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+      if (track.kind === "video") preferH264(transceiver);
+    }
+    pc.addEventListener("track", (event) => {
+      const target = event.track.kind === "video" ? video : audio;
+      target.srcObject = new MediaStream([event.track]);
+      if (event.track.kind === "video") {
+        video.hidden = false;
+        const count = () => {
+          state.frames += 1;
+          if (state.firstFrameAt === null) state.firstFrameAt = performance.now();
+          video.requestVideoFrameCallback(count);
+        };
+        video.requestVideoFrameCallback(count);
+      }
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc);
+    const reply = await fetch("/whip/" + encodeURIComponent(button.dataset.session), {
+      method: "POST", body: pc.localDescription.sdp,
+      headers: { "Content-Type": "application/sdp", "X-CSRF-Token": csrf },
+    });
+    if (reply.status !== 201) throw new Error(await reply.text());
+    state.resource = reply.headers.get("Location");
+    await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
+    status.textContent = section.dataset.joined;
+    leave.hidden = false;
+    leave.addEventListener("click", async () => {
+      await fetch(state.resource, { method: "DELETE", headers: { "X-CSRF-Token": csrf } });
+      pc.close();
+      for (const track of stream.getTracks()) track.stop();
+      video.hidden = true;
+      leave.hidden = true;
+      button.disabled = false;
+      status.textContent = section.dataset.left;
+    }, { once: true });
+  } catch (error) {
+    status.textContent = section.dataset.failed + " " + String(error.message || error);
+    button.disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const join = document.getElementById("join");
+  if (join) {
+    join.querySelector("#join-button").addEventListener("click", () => joinSession(join));
+  }
   const fleet = document.querySelector('table[data-live="fleet"]');
   if (fleet) liveFleet(fleet, document.getElementById("state-words").content.firstElementChild);
   const region = document.querySelector("[data-live-topic]");
