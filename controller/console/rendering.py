@@ -59,6 +59,7 @@ DATA_WORDS = (
     _("failed"), _("halted"), _("withdrawn"), _("queued"), _("in_progress"), _("rolled_back"),
     _("notified"), _("downloading"), _("installing"),
     _("waiting"), _("enrolled"), _("expired"), _("revoked"),
+    _("rejected"), _("opened"), _("away"), _("browser_joined"), _("browser_left"), _("connecting"),
 )
 
 
@@ -80,6 +81,8 @@ class Renderer:
         )
         env.install_gettext_translations(self.translations[lang],  # type: ignore[attr-defined]
                                          newstyle=True)
+        # Data words (states, roles) translated without %-formatting, unlike _() in templates.
+        env.filters["word"] = self.translations[lang].gettext
         env.filters["when"] = lambda value, pattern="HH:mm dd/MM/yyyy": self.when(
             value, lang, pattern)
         return env

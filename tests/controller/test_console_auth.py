@@ -172,3 +172,22 @@ async def test_people_page_refuses_bad_input_and_audits_additions(tmp_path: Path
         actions = [(e.user, e.action, e.target) for e in c.people.audit.recent()]
         assert ("quantri", "user.add", "moi") in actions
         assert ("quantri", "token.issue", "moi") in actions
+
+
+async def test_box_page_shows_health_and_its_history(tmp_path: Path, broker: Mosquitto) -> None:
+    from tiepdan.firmware import protocol
+
+    async with console_controller(tmp_path, broker) as c, Browser(c) as b:
+        await announce_all(c, BOXES)
+        for cpu in (37.0, 41.0):
+            health = protocol.Health(ts=protocol.now_ms() + int(cpu) * 60_000, uptime_s=10,
+                                     cpu_percent=cpu, mem_percent=20, disk_free_bytes=10**9,
+                                     disk_total_bytes=10**10, load1=0.2)  # no temperature
+            await c.link.publish(protocol.tele_topic("xa-nghi-loc", "health"),
+                                 protocol.encode(health))
+            await eventually(lambda cpu=cpu: (c.registry.get("xa-nghi-loc").health or {})
+                             .get("cpu_percent") == cpu, 10)  # type: ignore[union-attr]
+        await b.login("kythuat")
+        status, page = await b.get("/fleet/xa-nghi-loc")
+        assert status == 200, page
+        assert "37%" in page and "41%" in page and "Lịch sử tình trạng" in page

@@ -88,7 +88,9 @@ async def sessions_page(request: web.Request) -> web.Response:
             s.id, s.title, s.host, "scheduled", s.auto_join, s.id, None, s.created, None, None,
             None)))]
     return page(request, "sessions.html", calendar=_calendar(request, sessions, start),
-                active=[s for s in sessions if s.state in ACTIVE], schedules=schedules,
+                active=sorted((s for s in sessions if s.state in ACTIVE),
+                              key=lambda s: s.starts_at or s.started or s.created),
+                schedules=schedules,
                 previous=(start - dt.timedelta(days=7)).isoformat(),
                 following=(start + dt.timedelta(days=7)).isoformat(),
                 may_manage=who.may("sessions.manage"), **_form_context(request))
