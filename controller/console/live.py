@@ -1,8 +1,9 @@
 """Live updates for every open console page, over Server-Sent Events.
 
 Changes are coalesced: a box sending health every second marks itself dirty, and twice a second
-the hub sends each dirty box once to every viewer who may see it. A viewer too slow to keep up
-loses its oldest updates (a bounded queue), never the controller's memory.
+the hub sends every dirty box a viewer may see in one `devices` event (a JSON list of rows).
+A viewer too slow to keep up loses its oldest batches (a bounded queue), never the
+controller's memory.
 """
 
 from __future__ import annotations
@@ -82,17 +83,28 @@ class LiveHub:
         changed, self._changed = self._changed, set()
         if not self.viewers or (not dirty and not changed):
             return
-        rows = []
+        rows: list[tuple[str, dict[str, Any]]] = []
         for device in dirty.values():
             row = self._row(device)
             row["last_seen_text"] = self._when(device.last_seen)
-            rows.append((device.province, json.dumps(row, separators=(",", ":"))))
+            rows.append((device.province, row))
+        # One event per viewer per flush, encoded once per province scope: a burst of a
+        # thousand boxes is one message to each viewer, not a thousand.
+        encoded: dict[str | None, str] = {}
+
+        def batch(scope: str | None) -> str:
+            if scope not in encoded:
+                encoded[scope] = json.dumps([r for p, r in rows if scope is None or p == scope],
+                                            separators=(",", ":"))
+            return encoded[scope]
+
         for viewer in self.viewers:
-            if "fleet" in viewer.topics:
-                for province, data in rows:
-                    if viewer.caller.sees_province(province):
-                        viewer.put("device", data)
-                        self.sent += 1
+            if "fleet" in viewer.topics and rows:
+                scope = viewer.caller.province if viewer.caller.role == "operator" else None
+                data = batch(scope)
+                if data != "[]":
+                    viewer.put("devices", data)
+                    self.sent += 1
             for topic in changed & viewer.topics:
                 viewer.put("changed", json.dumps({"topic": topic}))
                 self.sent += 1

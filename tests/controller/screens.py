@@ -18,7 +18,6 @@ from pathlib import Path
 from unittest import mock
 from zoneinfo import ZoneInfo
 
-from tests.controller.chromium import Chromium, write_tone, write_y4m
 from tests.controller.console_support import PASSWORD, add_people, announce
 from tests.ota.harness import build_variants, make_repository
 from tests.recording.ver_support import SESSION, build_archive
@@ -28,6 +27,7 @@ from tiepdan.controller.enrollment.provisioning import NewBox, material_for
 from tiepdan.controller.updates.campaign import CampaignSpec, Wave
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto
+from tiepdan.tools.chromium import Chromium, write_tone, write_y4m
 
 FLEET = {  # a few provinces' halls, most of them online
     "tinh-nghe-an": ("nghe-an", "", "UBND tỉnh Nghệ An"),

@@ -128,8 +128,8 @@ async def test_fleet_is_live_over_server_sent_events(tmp_path: Path, broker: Mos
                     line = raw.decode().rstrip("\n")
                     if line.startswith("event: "):
                         event = line[7:]
-                    elif line.startswith("data: ") and event == "device":
-                        seen.append(json.loads(line[6:]))
+                    elif line.startswith("data: ") and event == "devices":
+                        seen.extend(json.loads(line[6:]))
 
             reader = asyncio.create_task(read())
             await asyncio.sleep(0.2)

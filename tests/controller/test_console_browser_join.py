@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.controller.chromium import Chromium, write_tone, write_y4m
 from tests.controller.console_support import PASSWORD, add_people
 from tests.sessions.points import BRIDGE, hashes, heard, latest_picture, points, tags_seen
 from tests.support import eventually, make_controller_config, running_controller
 from tiepdan.board.audio.synthetic import TONES, tone_for
 from tiepdan.board.camera.tag import read_tag
 from tiepdan.tools.broker import Mosquitto
+from tiepdan.tools.chromium import Chromium, write_tone, write_y4m
 
 pytestmark = pytest.mark.timeout(240)
 

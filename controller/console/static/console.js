@@ -3,8 +3,10 @@
 
 function liveFleet(table, words) {
   const source = new EventSource("/live?topics=fleet");
-  source.addEventListener("device", (event) => {
-    const d = JSON.parse(event.data);
+  source.addEventListener("devices", (event) => {
+    for (const d of JSON.parse(event.data)) update(d);
+  });
+  const update = (d) => {
     const row = document.getElementById("dev-" + d.id);
     if (!row) return;
     const state = row.querySelector('[data-field="state"] span');
@@ -21,7 +23,7 @@ function liveFleet(table, words) {
     set("firmware", d.firmware || "");
     set("last_seen", d.last_seen_text || "");
     row.dataset.updated = String(Date.now());
-  });
+  };
   return source;
 }
 

@@ -1,4 +1,5 @@
-"""Debian's Chromium, headless, driven by Selenium through Debian's chromium-driver.
+"""Debian's Chromium, headless, driven by Selenium through Debian's chromium-driver (for the
+console's browser tests, its screenshots and its benchmark).
 
 Every Selenium call blocks, and the controller under test runs on the test's event loop, so
 each call goes to a thread. The fake camera plays a Y4M file carrying the synthetic tag
