@@ -70,6 +70,9 @@ def add_console(app: web.Application, controller: Controller) -> None:
             viewers.session_ended(session.id)
 
     controller.sessions.listen(session_changed)
+    # Points joining, leaving or being lost, and tile changes, refresh a session's live view.
+    controller.bridge.on_peer(lambda session_id, *_: hub.changed(f"session:{session_id}"))
+    controller.bridge.on_layout(lambda session_id, _layout: hub.changed(f"session:{session_id}"))
 
     async def start(_app: web.Application) -> None:
         hub.start()

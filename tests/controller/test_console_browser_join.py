@@ -113,6 +113,13 @@ async def test_leader_joins_from_chromium_and_everyone_sees_and_hears(
         assert any(e.action == "session.join" and e.user == LEADER
                    for e in c.people.audit.recent())
 
+        # watching only (WHEP): the composed picture arrives, and the leader is no tile
+        await browser.get(f"{base}/sessions/{session.id}")
+        await browser.click("watch-button")
+        await eventually(lambda: _positive(frames), 30, what="frames while watching")
+        await eventually(browser_sees_boxes, 20, what="the boxes' tags while watching")
+        assert POINT not in [t.device for t in media.layout().tiles]
+
 
 async def _positive(read: object) -> bool:
     return bool(await read())  # type: ignore[operator]

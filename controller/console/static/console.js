@@ -27,12 +27,13 @@ function liveFleet(table, words) {
   return source;
 }
 
-function liveReload(topic) {
+function liveReload(topic, every) {
   // Pages whose content is a whole server-rendered view (a session, a campaign): re-fetch the
-  // region marked data-live-region when the server says it changed.
+  // region marked data-live-region when the server says it changed (and every `every` s for
+  // figures that change all the time, such as call quality).
   const source = new EventSource("/live?topics=" + encodeURIComponent(topic));
   let pending = false;
-  source.addEventListener("changed", () => {
+  const refresh = () => {
     if (pending) return;
     pending = true;
     setTimeout(async () => {
@@ -44,10 +45,12 @@ function liveReload(topic) {
         const fresh = doc.getElementById(region.id);
         if (fresh) region.replaceWith(fresh);
       }
-      const status = document.getElementById("live-status");
-      if (status) status.textContent = status.dataset.updated || "";
+      const preview = document.getElementById("preview");
+      if (preview) preview.src = preview.src.split("?")[0] + "?t=" + Date.now();
     }, 300);
-  });
+  };
+  source.addEventListener("changed", refresh);
+  if (every) setInterval(refresh, every * 1000);
   return source;
 }
 
@@ -73,6 +76,58 @@ function preferH264(transceiver) {
   if (codecs.length) transceiver.setCodecPreferences(codecs);
 }
 
+async function connect(path, pc, csrf) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc);
+  const reply = await fetch(path, {
+    method: "POST", body: pc.localDescription.sdp,
+    headers: { "Content-Type": "application/sdp", "X-CSRF-Token": csrf },
+  });
+  if (reply.status !== 201) throw new Error(await reply.text());
+  const resource = reply.headers.get("Location");
+  await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
+  return resource;
+}
+
+function show(pc, video, audio, state) {
+  pc.addEventListener("track", (event) => {
+    const target = event.track.kind === "video" ? video : audio;
+    target.srcObject = new MediaStream([event.track]);
+    if (event.track.kind === "video") {
+      video.hidden = false;
+      const count = () => {
+        state.frames += 1;
+        if (state.firstFrameAt === null) state.firstFrameAt = performance.now();
+        video.requestVideoFrameCallback(count);
+      };
+      video.requestVideoFrameCallback(count);
+    }
+  });
+}
+
+async function watchSession(section) {
+  // WHEP: the composed picture and the full mix, receive-only; no tile, no voice.
+  const button = section.querySelector("#watch-button");
+  const status = section.querySelector("#join-status");
+  const csrf = document.querySelector('meta[name="csrf"]').content;
+  const state = { startedAt: performance.now(), firstFrameAt: null, frames: 0, pc: null };
+  window.tiepdanJoin = state;
+  button.disabled = true;
+  try {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    state.pc = pc;
+    preferH264(pc.addTransceiver("video", { direction: "recvonly" }));
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    show(pc, section.querySelector("#composed"), section.querySelector("#mix"), state);
+    state.resource = await connect("/whep/" + encodeURIComponent(button.dataset.session), pc,
+                                   csrf);
+    status.textContent = section.dataset.watching;
+  } catch (error) {
+    status.textContent = section.dataset.failed + " " + String(error.message || error);
+    button.disabled = false;
+  }
+}
+
 async function joinSession(section) {
   // WHIP (RFC 9725) with one sendrecv connection: camera and microphone go to the bridge, the
   // composed picture and everyone's voice but ours come back on the same connection.
@@ -96,28 +151,9 @@ async function joinSession(section) {
       const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
       if (track.kind === "video") preferH264(transceiver);
     }
-    pc.addEventListener("track", (event) => {
-      const target = event.track.kind === "video" ? video : audio;
-      target.srcObject = new MediaStream([event.track]);
-      if (event.track.kind === "video") {
-        video.hidden = false;
-        const count = () => {
-          state.frames += 1;
-          if (state.firstFrameAt === null) state.firstFrameAt = performance.now();
-          video.requestVideoFrameCallback(count);
-        };
-        video.requestVideoFrameCallback(count);
-      }
-    });
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceGathered(pc);
-    const reply = await fetch("/whip/" + encodeURIComponent(button.dataset.session), {
-      method: "POST", body: pc.localDescription.sdp,
-      headers: { "Content-Type": "application/sdp", "X-CSRF-Token": csrf },
-    });
-    if (reply.status !== 201) throw new Error(await reply.text());
-    state.resource = reply.headers.get("Location");
-    await pc.setRemoteDescription({ type: "answer", sdp: await reply.text() });
+    show(pc, video, audio, state);
+    state.resource = await connect("/whip/" + encodeURIComponent(button.dataset.session), pc,
+                                   csrf);
     status.textContent = section.dataset.joined;
     leave.hidden = false;
     leave.addEventListener("click", async () => {
@@ -138,12 +174,15 @@ async function joinSession(section) {
 document.addEventListener("DOMContentLoaded", () => {
   const join = document.getElementById("join");
   if (join) {
-    join.querySelector("#join-button").addEventListener("click", () => joinSession(join));
+    const joinButton = join.querySelector("#join-button");
+    if (joinButton) joinButton.addEventListener("click", () => joinSession(join));
+    const watchButton = join.querySelector("#watch-button");
+    if (watchButton) watchButton.addEventListener("click", () => watchSession(join));
   }
   const fleet = document.querySelector('table[data-live="fleet"]');
   if (fleet) liveFleet(fleet, document.getElementById("state-words").content.firstElementChild);
   const region = document.querySelector("[data-live-topic]");
-  if (region) liveReload(region.dataset.liveTopic);
+  if (region) liveReload(region.dataset.liveTopic, Number(region.dataset.liveEvery || 0));
   for (const form of document.querySelectorAll("form[data-confirm]")) {
     form.addEventListener("submit", (event) => {
       if (!window.confirm(form.dataset.confirm)) event.preventDefault();
