@@ -84,7 +84,12 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/") and request.path != "/api/health" and \
                 (caller is None or caller.role != "admin"):
             return await _denied(request, 401, "unauthorized", "missing or wrong admin token")
-        return await handler(request)
+        response = await handler(request)
+        if caller is not None and request.method in UNSAFE and response.status < 400:
+            # Changes through the JSON API (the CLIs) are attributed like the console's.
+            people.audit.record(caller.user, f"api.{request.method.lower()}", request.path,
+                                via=caller.via, status=response.status)
+        return response
     if "public" in who:
         return await handler(request)
     if caller is None:

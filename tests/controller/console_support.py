@@ -28,6 +28,7 @@ PEOPLE = {  # name: (role, province)
 }
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+LOGIN_CSRF = re.compile(r'name="login_csrf" value="([^"]+)"')
 
 
 def add_people(controller: Controller) -> None:
@@ -80,7 +81,11 @@ class Browser:
         await self.http.close()
 
     async def login(self, name: str, password: str = PASSWORD) -> aiohttp.ClientResponse:
-        async with self.http.post("/login", data={"name": name, "password": password},
+        async with self.http.get("/login") as form:
+            found = LOGIN_CSRF.search(await form.text())
+        token = found.group(1) if found else ""
+        async with self.http.post("/login", data={"name": name, "password": password,
+                                                  "login_csrf": token},
                                   allow_redirects=False) as reply:
             await reply.read()
             return reply

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.controller.console_support import Browser, announce_all, console_controller
+from tests.controller.console_support import (
+    PASSWORD,
+    Browser,
+    announce_all,
+    console_controller,
+)
 from tests.support import eventually
 from tiepdan.tools.broker import Mosquitto
 
@@ -26,11 +31,22 @@ async def test_login_sets_a_hardened_cookie_and_opens_the_console(tmp_path: Path
         assert reply.status == 401
         reply = await b.login("quantri")
         assert reply.status == 303
-        cookie = reply.headers["Set-Cookie"]
+        [cookie] = [h for h in reply.headers.getall("Set-Cookie")
+                    if h.startswith("tiepdan_session=")]
         assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Strict" in cookie
         status, page = await b.get("/fleet")
         assert status == 200 and "Đội hộp" in page
         assert [e.action for e in c.people.audit.recent()] == ["login"]
+
+
+async def test_login_without_its_form_token_is_refused(tmp_path: Path,
+                                                       broker: Mosquitto) -> None:
+    async with console_controller(tmp_path, broker) as c, Browser(c) as b:
+        async with b.http.post("/login", data={"name": "quantri", "password": PASSWORD},
+                               allow_redirects=False) as reply:
+            assert reply.status == 403  # e.g. another site posting a login form
+        assert c.db.conn.execute("SELECT count(*) FROM logins").fetchone()[0] == 0
+        assert (await b.login("quantri")).status == 303
 
 
 async def test_login_is_rate_limited(tmp_path: Path, broker: Mosquitto) -> None:
@@ -112,6 +128,14 @@ async def test_person_token_on_the_api_and_the_shared_token_still_works(
                 async with http.get("/api/devices",
                                     headers={"Authorization": f"Bearer {given}"}) as reply:
                     assert reply.status == expected
+            async with http.put("/api/devices/xa-nghi-loc/desired", json={"log_level": "debug"},
+                                headers={"Authorization": f"Bearer {token}"}) as reply:
+                assert reply.status == 200
+            async with http.put("/api/devices/xa-nghi-loc/desired", json={"log_level": "nope"},
+                                headers={"Authorization": f"Bearer {token}"}) as reply:
+                assert reply.status == 400
+        changes = [(e.user, e.action, e.target) for e in c.people.audit.recent()]
+        assert changes == [("quantri", "api.put", "/api/devices/xa-nghi-loc/desired")]
 
 
 async def test_fleet_is_live_over_server_sent_events(tmp_path: Path, broker: Mosquitto) -> None:

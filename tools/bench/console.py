@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import statistics
 import sys
 import tempfile
@@ -85,7 +86,10 @@ async def announce(c: Controller, count: int) -> list[str]:
 async def signed_in(base: str) -> aiohttp.ClientSession:
     jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=[base])
     http = aiohttp.ClientSession(base, cookie_jar=jar)
-    async with http.post("/login", data={"name": "quantri", "password": PASSWORD},
+    async with http.get("/login") as form:
+        token = re.search(r'name="login_csrf" value="([^"]+)"', await form.text())
+    async with http.post("/login", data={"name": "quantri", "password": PASSWORD,
+                                         "login_csrf": token[1] if token else ""},
                          allow_redirects=False) as reply:
         if reply.status != 303:
             raise RuntimeError(f"login failed: {reply.status}")
