@@ -56,7 +56,7 @@ SECTION_LABELS = (_("Fleet"), _("Sessions"), _("Updates"), _("Archive"), _("Prov
 # catalog has them.
 DATA_WORDS = (
     _("admin"), _("operator"), _("technician"), _("archivist"), _("leader"),
-    _("ping"), _("get-status"), _("collect-logs"), _("restart-agent"),
+    _("ping"), _("get-status"), _("collect-logs"), _("restart-agent"), _("self-test"),
     _("scheduled"), _("inviting"), _("live"), _("ended"), _("closed"),
     _("invited"), _("ringing"), _("joining"), _("joined"), _("left"), _("lost"),
     _("refused"), _("declined"), _("host"), _("guest"),

@@ -25,6 +25,7 @@ from tiepdan.firmware.agent.commands import Commands
 from tiepdan.firmware.agent.indicators import Indicators
 from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.agent.outbox import Outbox
+from tiepdan.firmware.agent.selftest_command import self_test
 from tiepdan.firmware.agent.shadow import Shadow
 from tiepdan.firmware.agent.store import BoxStore
 from tiepdan.firmware.agent.telemetry import Telemetry
@@ -362,6 +363,7 @@ class Agent:
         self.commands.register("get-status", self._cmd_status, read_only=True)
         self.commands.register("collect-logs", self._cmd_logs, read_only=True)
         self.commands.register("restart-agent", self._cmd_restart)
+        self.commands.register("self-test", lambda args: self_test(self, args), read_only=True)
 
     async def _cmd_ping(self, args: dict[str, Any]) -> Any:
         protocol.convert(args, protocol.NoArgs)

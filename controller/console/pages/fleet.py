@@ -20,7 +20,7 @@ from tiepdan.controller.http.access import allow
 from tiepdan.controller.people.caller import Caller
 from tiepdan.firmware import protocol
 
-COMMANDS = ("ping", "get-status", "collect-logs", "restart-agent")
+COMMANDS = ("ping", "get-status", "collect-logs", "self-test", "restart-agent")
 STATES = ("online", "offline")
 FLEET_VIEW = ("admin", "operator", "technician", "leader")
 FLEET_COMMAND = ("admin", "operator", "technician")
