@@ -46,6 +46,9 @@ async def test_login_without_its_form_token_is_refused(tmp_path: Path,
                                allow_redirects=False) as reply:
             assert reply.status == 403  # e.g. another site posting a login form
         assert c.db.conn.execute("SELECT count(*) FROM logins").fetchone()[0] == 0
+        for name, password in (("", "x"), ("quantri", ""), ("x" * 500, "y" * 5000)):
+            reply = await b.login(name, password)
+            assert reply.status in (400, 401)
         assert (await b.login("quantri")).status == 303
 
 
