@@ -196,6 +196,12 @@ async def test_people_page_refuses_bad_input_and_audits_additions(tmp_path: Path
         assert status == 200 and "tdu_" in page
         status, page = await b.get("/audit")
         assert "user.add" in page and "token.issue" in page
+        status, page = await b.post("/people/quantri/disable", {})
+        assert status == 409 and "không thể khóa" in page.lower()
+        status, page = await b.post("/people/moi/disable", {})
+        assert status == 200
+        found = c.people.users.get("moi")
+        assert found is not None and found.disabled
         actions = [(e.user, e.action, e.target) for e in c.people.audit.recent()]
         assert ("quantri", "user.add", "moi") in actions
         assert ("quantri", "token.issue", "moi") in actions

@@ -7,7 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tiepdan.controller.console.context import audit, controller, done, form, gettext, page
+from tiepdan.controller.console.context import (
+    audit,
+    caller,
+    controller,
+    done,
+    form,
+    gettext,
+    page,
+)
 from tiepdan.controller.http.access import allow
 from tiepdan.controller.people.roles import ROLES
 from tiepdan.controller.people.users import UserError
@@ -56,6 +64,10 @@ async def disable_person(request: web.Request) -> web.StreamResponse:
     people = controller(request).people
     if people.users.get(name) is None:
         raise web.HTTPNotFound(text=f"no user {name!r}")
+    if name == caller(request).user:  # the last admin could lock everyone out
+        _ = gettext(request)
+        return page(request, "people.html", status=409, **_people(
+            request, error=_("You cannot disable your own account.")))
     people.users.set_disabled(name, True)
     people.logins.end_all(name)
     audit(request, "user.disable", name)
