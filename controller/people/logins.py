@@ -65,6 +65,14 @@ class Logins:
             self._db.conn.execute("UPDATE logins SET seen = ? WHERE digest = ?", (now, digest))
         return Login(row[0], row[1], row[2])
 
+    def alive(self, cookie: str) -> bool:
+        """Whether the session behind `cookie` is still valid, without counting as activity
+        (an open page's live stream must not keep an idle session alive)."""
+        now = time.time()
+        row = self._db.conn.execute("SELECT created, seen FROM logins WHERE digest = ?",
+                                    (_digest(cookie),)).fetchone()
+        return row is not None and now - row[0] <= self.lifetime and now - row[1] <= self.idle
+
     def end(self, cookie: str) -> None:
         self._db.conn.execute("DELETE FROM logins WHERE digest = ?", (_digest(cookie),))
 

@@ -167,6 +167,18 @@ async def test_fleet_is_live_over_server_sent_events(tmp_path: Path, broker: Mos
         assert all(d["province"] == "nghe-an" for d in seen)  # never another province
 
 
+async def test_live_stream_ends_when_the_session_expires(tmp_path: Path,
+                                                        broker: Mosquitto) -> None:
+    async with console_controller(tmp_path, broker) as c, Browser(c) as b:
+        await b.login("quantri")
+        async with b.http.get("/live?topics=fleet") as stream:
+            await asyncio.sleep(0.3)
+            c.db.conn.execute("UPDATE logins SET seen = ?", (time.time() - 7200,))
+            await announce_all(c, BOXES)  # something to send: the stream checks, then ends
+            rest = await asyncio.wait_for(stream.content.read(), 10)
+            assert b"xa-nghi-loc" not in rest
+
+
 async def test_bad_live_topics_are_refused(tmp_path: Path, broker: Mosquitto) -> None:
     async with console_controller(tmp_path, broker) as c, Browser(c) as b:
         await b.login("luutru")

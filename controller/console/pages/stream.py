@@ -8,8 +8,9 @@ import re
 
 from aiohttp import web
 
-from tiepdan.controller.console.context import LIVE_KEY, caller
+from tiepdan.controller.console.context import LIVE_KEY, caller, controller
 from tiepdan.controller.http.access import allow
+from tiepdan.controller.http.auth import COOKIE
 from tiepdan.controller.people.roles import ROLES
 
 TOPIC = re.compile(r"fleet|sessions|updates|session:s-[a-z0-9]{1,32}|campaign:[A-Za-z0-9_-]{1,64}")
@@ -31,16 +32,22 @@ async def live(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no"})
     await response.prepare(request)
     viewer = hub.join(who, frozenset(wanted))
+    people = controller(request).people
+    cookie = request.cookies.get(COOKIE, "") if who.via == "cookie" else ""
     try:
         await response.write(b"retry: 2000\n\n")
         while not hub.closed.is_set():
             try:
                 event, data = await asyncio.wait_for(viewer.queue.get(), HEARTBEAT)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
+                event, data = "", ""
+            if cookie and not people.logins.alive(cookie):
+                break  # signed out, expired or disabled: the page stops being live
             if event == "close":
                 break
+            if not event:
+                await response.write(b": keep-alive\n\n")
+                continue
             await response.write(f"event: {event}\ndata: {data}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
