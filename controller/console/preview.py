@@ -33,6 +33,31 @@ def _decode(packets: list[Any]) -> bytes | None:
     return None
 
 
+class Stills:
+    """One still per session every few seconds, shared by every viewer: each fresh still costs
+    a forced key frame for every point, so viewers must not multiply them."""
+
+    def __init__(self, max_age: float = 4.0) -> None:
+        self.max_age = max_age
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def of(self, media: BridgeSession) -> bytes:
+        lock = self._locks.setdefault(media.id, asyncio.Lock())
+        async with lock:
+            loop = asyncio.get_running_loop()
+            cached = self._cache.get(media.id)
+            if cached is not None and loop.time() - cached[0] < self.max_age:
+                return cached[1]
+            picture = await still(media)
+            self._cache[media.id] = (loop.time(), picture)
+            return picture
+
+    def forget(self, session: str) -> None:
+        self._cache.pop(session, None)
+        self._locks.pop(session, None)
+
+
 async def still(media: BridgeSession, timeout: float = 5.0) -> bytes:
     subscription = media.composed_video.subscribe("console-preview", capacity=30)
     packets: list[Any] = []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tiepdan.controller.console import whep, whip
-from tiepdan.controller.console.context import HISTORY_KEY, LIVE_KEY, RENDERER_KEY
+from tiepdan.controller.console.context import HISTORY_KEY, LIVE_KEY, RENDERER_KEY, STILLS_KEY
 from tiepdan.controller.console.health_history import HealthHistory
 from tiepdan.controller.console.live import LiveHub
 from tiepdan.controller.console.pages import (
@@ -23,6 +23,7 @@ from tiepdan.controller.console.pages import (
     stream,
     updates,
 )
+from tiepdan.controller.console.preview import Stills
 from tiepdan.controller.console.rendering import HERE, Renderer
 from tiepdan.controller.console.whep import VIEWERS_KEY, Viewers
 from tiepdan.controller.console.whip import BROWSERS_KEY, BrowserPoints
@@ -58,9 +59,10 @@ def add_console(app: web.Application, controller: Controller) -> None:
     app[LIVE_KEY] = hub
     app[HISTORY_KEY] = history
     app[DENIED_PAGE_KEY] = login.denied
-    browsers, viewers = BrowserPoints(), Viewers()
+    browsers, viewers, stills = BrowserPoints(), Viewers(), Stills()
     app[BROWSERS_KEY] = browsers
     app[VIEWERS_KEY] = viewers
+    app[STILLS_KEY] = stills
 
     def session_changed(session: Session, _old: str | None, new: str) -> None:
         hub.changed("sessions", f"session:{session.id}")
@@ -68,6 +70,7 @@ def add_console(app: web.Application, controller: Controller) -> None:
             for resource in browsers.of_session(session.id):
                 del browsers.resources[resource]
             viewers.session_ended(session.id)
+            stills.forget(session.id)
 
     controller.sessions.listen(session_changed)
     # Points joining, leaving or being lost, and tile changes, refresh a session's live view.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
+from PIL import Image
 
 from tests.controller.console_support import announce_all, console_controller
 from tests.sessions.points import BRIDGE
@@ -84,6 +86,16 @@ async def test_whip_with_a_token_and_every_refusal(tmp_path: Path, broker: Mosqu
                 media = c.bridge.session(session.id)
                 assert media is not None
                 assert "web-lanhdao" in [t.device for t in media.layout().tiles]
+                stills = []
+                for _ in range(2):  # the live view's still of the composed picture
+                    async with http.get(f"/sessions/{session.id}/preview.jpg",
+                                        headers=auth(leader)) as reply:
+                        assert reply.status == 200
+                        assert reply.headers["Content-Type"] == "image/jpeg"
+                        stills.append(await reply.read())
+                with Image.open(io.BytesIO(stills[0])) as image:
+                    assert image.size == (640, 360)
+                assert stills[0] == stills[1]  # shared, not a key frame per request
                 async with http.patch(location, headers=auth(leader)) as reply:
                     assert reply.status == 405
                 async with http.delete(location, headers=auth(archivist)) as reply:

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from tiepdan.controller.console.context import (
+    STILLS_KEY,
     audit,
     caller,
     controller,
@@ -21,7 +22,7 @@ from tiepdan.controller.console.context import (
     renderer,
 )
 from tiepdan.controller.console.pages.fleet import visible
-from tiepdan.controller.console.preview import NoPicture, still
+from tiepdan.controller.console.preview import NoPicture
 from tiepdan.controller.http.access import allow
 from tiepdan.controller.people.caller import Caller
 from tiepdan.controller.sessions.engine import Session, SessionError
@@ -259,7 +260,7 @@ async def preview_image(request: web.Request) -> web.Response:
     if media is None:
         raise web.HTTPNotFound(text="this session has no media on the bridge")
     try:
-        picture = await still(media)
+        picture = await request.app[STILLS_KEY].of(media)
     except NoPicture:
         raise web.HTTPServiceUnavailable(text="no composed picture yet") from None
     return web.Response(body=picture, content_type="image/jpeg",
