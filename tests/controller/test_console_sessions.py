@@ -123,3 +123,28 @@ async def test_archivist_and_technician_cannot_open_sessions(tmp_path: Path,
         status, _ = await b.post("/sessions", {"host": "tinh-nghe-an", "province": "nghe-an"})
         assert status == 403
         assert c.sessions.find() == []
+
+
+async def test_a_regular_reception_day_fills_the_calendar(tmp_path: Path,
+                                                          broker: Mosquitto) -> None:
+    async with console_controller(tmp_path, broker) as c, Browser(c) as b:
+        await announce_all(c, BOXES)
+        await b.login("lanhdao")
+        await b.get("/sessions/new")
+        status, page = await b.post("/sessions", {
+            "title": "Tiếp dân hằng ngày", "host": "tinh-nghe-an", "commune": "nghi-loc",
+            "every": "DAILY 08:00"})
+        assert status == 200, page
+        [schedule] = c.schedules.all()
+        [session] = c.sessions.find("scheduled")  # only the next occurrence exists
+        status, page = await b.get("/sessions")
+        assert page.count(f'href="/sessions/{session.id}"') >= 2  # list and calendar
+        # the later days show the regular occurrences, not yet sessions
+        now = dt.datetime.now(ZONE)
+        monday = now.date() - dt.timedelta(days=now.weekday())
+        ahead = [d for d in (monday + dt.timedelta(n) for n in range(14))
+                 if dt.datetime.combine(d, dt.time(8), ZONE) > now]
+        assert page.count("Tiếp dân hằng ngày <small>(định kỳ)</small>") == len(ahead) - 1
+        status, page = await b.post(f"/schedules/{schedule.id}/cancel", {})
+        assert status == 200 and "định kỳ)" not in page
+        assert c.sessions.find("scheduled") == []

@@ -5,6 +5,7 @@ and ending it."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +27,8 @@ from tiepdan.controller.console.preview import NoPicture
 from tiepdan.controller.http.access import allow
 from tiepdan.controller.people.caller import Caller
 from tiepdan.controller.sessions.engine import Session, SessionError
-from tiepdan.controller.sessions.schedule import parse_at
+from tiepdan.controller.sessions.schedule import Schedule, parse_at, recurrence
+from tiepdan.controller.sessions.schedule import zone as zone_of
 from tiepdan.firmware import protocol
 
 VIEW = ("admin", "operator", "leader")
@@ -49,19 +51,34 @@ def find_session(request: web.Request, session_id: str) -> Session:
     return found
 
 
-def _calendar(request: web.Request, sessions: list[Session], start: dt.date,
-              days: int = 14) -> list[dict[str, Any]]:
+def _calendar(request: web.Request, sessions: list[Session], schedules: list[Schedule],
+              start: dt.date, days: int = 14) -> list[dict[str, Any]]:
+    """Each day's sessions, and the regular reception days' later occurrences (which exist
+    as sessions only once the one before has started)."""
     zone = renderer(request).zone
     today = dt.datetime.now(zone).date()
     by_day: dict[dt.date, list[Session]] = {start + dt.timedelta(d): [] for d in range(days)}
+    regular: dict[dt.date, list[tuple[float, Schedule]]] = {d: [] for d in by_day}
     for s in sessions:
         when = s.starts_at or s.started or s.created
         day = dt.datetime.fromtimestamp(when, zone).date()
         if day in by_day:
             by_day[day].append(s)
+    first = dt.datetime.combine(start, dt.time(0), zone)
+    last = first + dt.timedelta(days=days)
+    for schedule in schedules:
+        exists = {s.starts_at for s in sessions if s.schedule == schedule.id}
+        try:
+            rule = recurrence(schedule.every, zone_of(schedule.timezone), first)
+        except SessionError:
+            continue
+        for moment in rule.between(first, last, inc=True):
+            if moment.timestamp() not in exists and moment.timestamp() > time.time():
+                regular[moment.date()].append((moment.timestamp(), schedule))
     return [{"date": day, "ts": dt.datetime.combine(day, dt.time(12), zone).timestamp(),
              "today": day == today,
-             "sessions": sorted(items, key=lambda s: s.starts_at or s.created)}
+             "sessions": sorted(items, key=lambda s: s.starts_at or s.created),
+             "regular": sorted(regular[day], key=lambda r: r[0])}
             for day, items in by_day.items()]
 
 
@@ -88,7 +105,8 @@ async def sessions_page(request: web.Request) -> web.Response:
         who.role != "operator" or _sees(who, request, Session(
             s.id, s.title, s.host, "scheduled", s.auto_join, s.id, None, s.created, None, None,
             None)))]
-    return page(request, "sessions.html", calendar=_calendar(request, sessions, start),
+    return page(request, "sessions.html",
+                calendar=_calendar(request, sessions, schedules, start),
                 active=sorted((s for s in sessions if s.state in ACTIVE),
                               key=lambda s: s.starts_at or s.started or s.created),
                 schedules=schedules,
