@@ -121,6 +121,18 @@ class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     close_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
 
 
+class ConsoleSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The web console and its people (issue 13): sign-in sessions and the login rate limit."""
+
+    session_idle: Annotated[float, msgspec.Meta(ge=60, le=7 * 86400)] = 3600.0
+    session_lifetime: Annotated[float, msgspec.Meta(ge=60, le=30 * 86400)] = 12 * 3600.0
+    login_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    login_window: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+    secure_cookies: bool = True
+    language: Literal["vi", "en"] = "vi"
+    timezone: str = "Asia/Ho_Chi_Minh"
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
@@ -133,6 +145,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     provisioning: ProvisioningSection = ProvisioningSection()
     ota: OtaSection = OtaSection()
     archive: ArchiveSection = ArchiveSection()
+    console: ConsoleSection = ConsoleSection()
 
     @property
     def data_dir(self) -> Path:

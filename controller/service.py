@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.console.routes import add_console
 from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
@@ -23,6 +24,7 @@ from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.people.people import People
 from tiepdan.controller.sessions.announce import NextSessions
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
@@ -72,6 +74,7 @@ class Controller:
                                  self.bridge, config.bridge)
         self.schedules = Schedules(self.db, config.sessions.timezone, self.sessions)
         self.next_sessions = NextSessions(self.registry, self.sessions, self.set_desired)
+        self.people = People(self.db, config.console, self.token)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
                                self.signing.public_raw(), self.id, self._session_points)
         self.closer = Closer(self.sessions, self.archive, f"controller-{self.id}",
@@ -90,7 +93,7 @@ class Controller:
         self.updates = Updates(config.ota, config.ota_repository_path, config.data_dir,
                                self.campaigns)
         self._connect()
-        self.app = build_app(self, self.token, [
+        self.app = build_app(self, self.people, [
             *fleet_routes.routes(),
             *session_routes.routes(),
             *provisioning_routes.routes(),
@@ -98,6 +101,7 @@ class Controller:
         ])
         self.boxes.app.add_routes(update_routes.box_routes())
         archive_routes.attach(self.app, self.boxes.app)
+        add_console(self.app, self)  # pages, live updates, browser join; its own hooks inside
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()

@@ -19,6 +19,16 @@ def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fleet: 5/5 online" in result.stdout
+    login = re.search(r"web console: (http://127\.0\.0\.1:\d+/)\s+sign in as demo / (\S+)",
+                      result.stdout)
+    assert login, result.stdout[:3000]
+    from tiepdan.controller.people.users import Users
+    from tiepdan.controller.store import Database
+
+    db = Database(tmp_path / "controller" / "controller.db")
+    user = Users(db).verify("demo", login[2])  # the printed login is the real one
+    db.close()
+    assert user is not None and user.role == "admin"
     assert "all 5 boxes were online" in result.stdout
     assert re.search(r"session s-[0-9a-f]+ went live with 5 points", result.stdout), \
         result.stdout[-3000:]

@@ -262,6 +262,18 @@ def close_session(client: ApiClient, session: dict[str, Any], console: Console,
     return session
 
 
+DEMO_USER = "demo"
+
+
+def console_login(python: str, config: Path) -> str:
+    """An admin for the web console, made as an operator would (`user add --role admin`)."""
+    password = secrets.token_urlsafe(9)
+    subprocess.run([python, "-m", "tiepdan.controller", "--config", str(config), "user", "add",
+                    DEMO_USER, "--role", "admin", "--password-stdin"], input=password + "\n",
+                   text=True, check=True, capture_output=True)
+    return password
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tiepdan-"))
     logdir = workdir / "logs"
@@ -291,6 +303,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         client = wait_for_api(ctl_config, workdir / "controller" / "admin.token",
                               f"http://127.0.0.1:{http_port}", timeout=30)
         wait_for_port("127.0.0.1", settings["provisioning"]["enroll_port"], timeout=30)
+        password = console_login(python, ctl_config)
+        console.print(f"web console: http://127.0.0.1:{http_port}/  sign in as "
+                      f"[bold]{DEMO_USER}[/bold] / [bold]{password}[/bold]", highlight=False)
         failed = provision_boxes(workdir, client, broker, points, logdir, stop)
         if failed:
             console.print(f"[red]enrollment failed:[/red] {', '.join(failed)} (logs in {logdir})")
@@ -307,7 +322,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         started = time.monotonic()
         header = Text.assemble(
             ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",
-            f"controller http://127.0.0.1:{http_port}  mutual TLS, "
+            f"console http://127.0.0.1:{http_port}/ ({DEMO_USER} / {password})  mutual TLS, "
             f"{len(points) - len(failed)}/{len(points)} boxes enrolled  logs {logdir}",
         )
         devices: list[dict[str, Any]] = []

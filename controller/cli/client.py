@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +28,9 @@ class ApiClient:
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> ApiClient:
+        """A person's own token from $TIEPDAN_TOKEN, else the admin token file."""
+        if os.environ.get("TIEPDAN_TOKEN"):
+            return cls(config.api_url, os.environ["TIEPDAN_TOKEN"].strip())
         try:
             token = config.token_file.read_text().strip()
         except OSError as exc:

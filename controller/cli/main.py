@@ -119,6 +119,12 @@ def _session(config: ControllerConfig, args: argparse.Namespace, console: Consol
     return session_command(ApiClient.from_config(config), args, console)
 
 
+def _user(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
+    from tiepdan.controller.cli.users import user_command
+
+    return user_command(config, args, console)
+
+
 COMMANDS = {
     "run": _run,
     "devices": _devices,
@@ -127,6 +133,7 @@ COMMANDS = {
     "cmd": _cmd,
     "set-config": _set_config,
     "session": _session,
+    "user": _user,
 }
 
 
@@ -159,6 +166,9 @@ def parser() -> argparse.ArgumentParser:
     from tiepdan.controller.cli.sessions import add_session_parser
 
     add_session_parser(sub)
+    from tiepdan.controller.cli.users import add_user_parser
+
+    add_user_parser(sub)
     return p
 
 

@@ -104,7 +104,13 @@ def check_routes(app: web.Application) -> None:
                               + ", ".join(sorted(missing)))
 
 
-def access_middleware(identifiers: Sequence[Identifier], listener: str) -> Any:
+# A listener for people may answer a refusal with a page (sign in, not allowed) instead of
+# JSON; None keeps the JSON answer.
+Denied = Callable[[web.Request, int, TiepdanError], Awaitable[web.StreamResponse | None]]
+
+
+def access_middleware(identifiers: Sequence[Identifier], listener: str,
+                      denied: Denied | None = None) -> Any:
     """The one middleware: identify, check the handler's declaration, map errors."""
 
     @web.middleware
@@ -131,6 +137,10 @@ def access_middleware(identifiers: Sequence[Identifier], listener: str) -> Any:
             log.warning("http_refused listener=%s method=%s path=%s status=%d code=%s "
                         "peer=%s error=%s", listener, request.method, request.path[:300], status,
                         exc.code, request.remote, exc)
+            if denied is not None:
+                page = await denied(request, status, exc)
+                if page is not None:
+                    return page
             if request.method == "HEAD":
                 return web.Response(status=status, headers={protocol.ERROR_HEADER: exc.code})
             return web.json_response({"error": {"code": exc.code, "message": str(exc)},

@@ -1,15 +1,15 @@
 """The controller's admin HTTP application: the access middleware, then every feature's routes.
 
-Its own listener (`[http]`, loopback by default), apart from the box-facing one
-(`controller/http/boxes.py`). Every route says who may call it (`access.allow`) and an app with
-an undeclared route refuses to start; today the only identity here is the admin bearer token
-that the controller writes (mode 0600) into its data directory on first start (role admin).
-Errors become statuses in `controller/http/errors.py`, nowhere else.
+Its own listener (`[http]`, loopback by default; put a TLS proxy in front to open the console
+to people), apart from the box-facing one (`controller/http/boxes.py`). Every route says who
+may call it (`access.allow`) and an app with an undeclared route refuses to start. Callers are
+people (`controller/http/auth.py`: session cookie, a person's API token, or the admin bearer
+token that the controller writes, mode 0600, into its data directory on first start). Errors
+become statuses in `controller/http/errors.py`, nowhere else.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import secrets
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tiepdan.controller.http.access import (
-    Caller,
-    Identifier,
-    access_middleware,
-    check_routes,
+from tiepdan.controller.http.access import access_middleware, check_routes
+from tiepdan.controller.http.auth import (
+    PEOPLE_KEY,
+    denied_page,
+    people_guard,
+    people_identifier,
 )
-from tiepdan.errors import Unauthorized
+from tiepdan.controller.people.people import People
 
 if TYPE_CHECKING:
     from tiepdan.controller.service import Controller
@@ -49,25 +50,14 @@ def admin_token(path: Path) -> str:
     return token
 
 
-def bearer_identifier(token: str) -> Identifier:
-    """The admin bearer token proves the role admin; a wrong one is refused, not anonymous."""
-    expected = f"Bearer {token}".encode()
-
-    async def identify(request: web.Request) -> Caller | None:
-        given = request.headers.get("Authorization")
-        if given is None:
-            return None
-        if not hmac.compare_digest(given.encode(), expected):
-            raise Unauthorized("wrong admin token")
-        return Caller("admin-token", roles=frozenset({"admin"}))
-    return identify
-
-
-def build_app(controller: Controller, token: str,
+def build_app(controller: Controller, people: People,
               routes: Iterable[web.AbstractRouteDef]) -> web.Application:
-    app = web.Application(middlewares=[access_middleware([bearer_identifier(token)], "admin")],
-                          client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[access_middleware([people_identifier(people)], "admin", denied_page),
+                     people_guard],
+        client_max_size=MAX_BODY)
     app[CONTROLLER_KEY] = controller
+    app[PEOPLE_KEY] = people
     app.on_startup.append(_check_routes)
     app.add_routes(routes)
     return app

@@ -9,7 +9,6 @@ resuming.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
@@ -19,7 +18,6 @@ from tiepdan.controller.http.body import json_body
 from tiepdan.controller.updates.campaign import spec_from_json
 from tiepdan.controller.updates.service import Updates
 from tiepdan.errors import BadInput, NotFound
-from tiepdan.ota.repository import UpdateRepository
 
 
 def box_routes() -> list[web.RouteDef]:
@@ -75,7 +73,7 @@ async def _create(request: web.Request) -> web.Response:
         raise BadInput("expected {spec, actor, approved_by}")
     spec = spec_from_json(body["spec"])
     updates = _updates(request)
-    known = {t["path"] for t in await asyncio.to_thread(_target_list, updates)}
+    known = {t["path"] for t in await asyncio.to_thread(updates.targets)}
     if spec.target not in known:
         raise NotFound(f"{spec.target} is not published in the repository")
     campaign = updates.campaigns.create(spec, str(body.get("actor") or "admin"),
@@ -109,12 +107,8 @@ async def _history(request: web.Request) -> web.Response:
 
 @allow("admin")
 async def _targets(request: web.Request) -> web.Response:
-    return web.json_response(await asyncio.to_thread(_target_list, _updates(request)))
+    return web.json_response(await asyncio.to_thread(_updates(request).targets))
 
-
-def _target_list(updates: Updates) -> list[dict[str, Any]]:
-    repo = UpdateRepository(updates.repository_path)
-    return repo.targets_list() if repo.initialised else []
 
 
 def _limit(request: web.Request) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tiepdan.controller.updates.campaign import Campaigns
 from tiepdan.ota.keys import ONLINE_ROLES, KeyFileError
@@ -52,3 +52,8 @@ class Updates:
             except (RepositoryError, KeyFileError, OSError) as exc:
                 log.error("ota_refresh_failed error=%s", exc)
             await asyncio.sleep(self.refresh_interval)
+
+    def targets(self) -> list[dict[str, Any]]:
+        """What the repository publishes (blocking: reads the TUF metadata)."""
+        repo = UpdateRepository(self.repository_path)
+        return repo.targets_list() if repo.initialised else []

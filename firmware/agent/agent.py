@@ -29,6 +29,7 @@ from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.agent.indicators import Indicators
 from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.agent.outbox import Outbox
+from tiepdan.firmware.agent.selftest_command import self_test
 from tiepdan.firmware.agent.shadow import Shadow
 from tiepdan.firmware.agent.store import BoxStore
 from tiepdan.firmware.agent.telemetry import Telemetry
@@ -136,6 +137,7 @@ class Agent:
         self.commands.register("get-status", self._cmd_status, read_only=True)
         self.commands.register("collect-logs", self._cmd_logs, read_only=True)
         self.commands.register("restart-agent", self._cmd_restart)
+        self.commands.register("self-test", lambda args: self_test(self, args), read_only=True)
         self.capabilities.append("call")
         self.commands.register("session-invite", call.cmd_invite)
         self.commands.register("session-join", call.cmd_join)
