@@ -156,7 +156,7 @@ class Agent:
         self.capabilities.append("screen")
         self.add_status("screen", self.screen.status)
         self.shadow.listen(self.screen.apply_remote)
-        call.on_left(self.screen.call_left)
+        call.on_left(self.screen.situation.call_left)
 
     # -- extension points ------------------------------------------------------------------------
 

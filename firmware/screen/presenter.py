@@ -1,10 +1,11 @@
 """The hall's screen and sounds, following the agent: which screen, when to redraw, what to play.
 
-Every `TICK_S` the presenter reads the agent's state (call, link, recording, update, disk) into a
-`ScreenState`; a screen is redrawn only when that state (or the minute) changes, so the idle box
-costs next to nothing. In a call it shows each composed picture the bridge sends, as it arrives
-(drawn on a thread of its own, see `render`). Sounds follow the transitions: the chime repeats
-while the box is invited, a tone on joining and leaving, another on mute and unmute.
+Every `TICK_S` the presenter reads the agent's state into a `ScreenState` (`situation`: call,
+link, recording, update, disk); a screen is redrawn only when that state (or the minute)
+changes, so the idle box costs next to nothing. In a call it shows each composed picture the
+bridge sends, as it arrives (drawn on a thread of its own, see `render`). Sounds follow the
+transitions: the chime repeats while the box is invited, a tone on joining and leaving, another
+on mute and unmute.
 
 A missing display (no HDMI, TV unplugged) is a health fault: reported as the `display-missing`
 alarm and in `get-status`, retried every `RETRY_S`, and never stops the agent; neither does a
@@ -19,8 +20,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,39 +36,23 @@ from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Subscription
 from tiepdan.firmware.screen.care import Cec, Level, OfficeHours, apply_level
 from tiepdan.firmware.screen.catalog import screen_translator
-from tiepdan.firmware.screen.progress import upload_percent
 from tiepdan.firmware.screen.render import CallRenderer
 from tiepdan.firmware.screen.screens import Layouts
+from tiepdan.firmware.screen.situation import Situation
 from tiepdan.firmware.screen.sounds import Sound, Sounds
-from tiepdan.firmware.screen.state import Fault, NextSession, Quality, ScreenState
+from tiepdan.firmware.screen.state import ScreenState
 
 if TYPE_CHECKING:
     from tiepdan.firmware.agent.agent import Agent
 
-__all__ = ["Presenter", "quality"]
+__all__ = ["Presenter"]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 RETRY_S = 5.0
-PROGRESS_EVERY_S = 2.0
-AFTER_MAX_S = 600.0  # an upload that takes longer goes on under the idle screen
 ALARM = "display-missing"
 SNAPSHOT_EVERY_S = 2.0
-UPDATING = ("installing", "restarting")
-
-
-def quality(qos: protocol.CallQos | None) -> Quality:
-    """Three bars from what the call measured: loss and round trip, as a hall would feel them."""
-    if qos is None or (qos.loss_received is None and qos.rtt_ms is None):
-        return "unknown"
-    loss = qos.loss_received or 0.0
-    rtt = qos.rtt_ms or 0.0
-    if loss < 0.02 and rtt < 300:
-        return "good"
-    if loss < 0.08 and rtt < 800:
-        return "fair"
-    return "poor"
 
 
 SNAPSHOT_ENV = "TIEPDAN_SCREEN_SNAPSHOT"
@@ -91,7 +74,6 @@ class Presenter:
         if display is None and backend != "none":
             display = open_display(backend, width=config.width, height=config.height)
         self.display = display
-        self.remote = protocol.RemoteConfig()
         self.sounds = Sounds(lambda: open_speaker(agent.profile.audio), config.volume)
         self.office = OfficeHours(config.office_hours, config.office_days, config.outside_hours,
                                   config.dim)
@@ -106,20 +88,14 @@ class Presenter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="screen")
         self._chime: asyncio.Task[None] | None = None
         self._sound_tasks: set[asyncio.Task[None]] = set()
-        self._offline_at: float | None = time.monotonic()  # offline until the first connect
-        self._offline_wall: datetime | None = datetime.now(self.zone).replace(microsecond=0)
-        self._left: tuple[str, float] | None = None  # session, monotonic time the box left
-        self._progress: tuple[int | None, float] = (None, 0.0)
-        self._saved_at: float | None = None
+        self.situation = Situation(agent, config, self.zone)
         self._picture: Subscription[av.VideoFrame] | None = None
         self._self_view: Subscription[av.VideoFrame] | None = None
         self._last_picture: av.VideoFrame | None = None
         self._last_self: av.VideoFrame | None = None
         self._heard: ScreenState | None = None  # what the sounds last followed
         self._retry_at = 0.0
-        self._enrolled_at = 0.0
         self._snapshot_at = 0.0
-        self._enrolled = True
         # A simulated board without a screen has nobody to show or play anything to: stay idle
         # (a test fleet may run thousands of agents in one process).
         self.active = display is not None or not agent.profile.simulated
@@ -127,7 +103,7 @@ class Presenter:
     # -- configuration ---------------------------------------------------------------------------
 
     def apply_remote(self, remote: protocol.RemoteConfig) -> None:
-        self.remote = remote
+        self.situation.remote = remote
         self.sounds.volume = remote.volume if remote.volume is not None else self.config.volume
         language = remote.language or self.config.language
         if language != self._language:
@@ -159,96 +135,8 @@ class Presenter:
             "cec": None if self.cec is None else (self.cec.error or self.cec.powered),
         }
 
-    # -- the agent's state, read --------------------------------------------------------------
-
-    def call_left(self, session: str) -> None:
-        self._left = (session, time.monotonic())
-        self._saved_at = None
-        self._progress = (None, 0.0)
-
-    def not_enrolled(self) -> bool:
-        """No certificate (looked at every few seconds, not on every tick)."""
-        mqtt = self.agent.config.mqtt
-        if not mqtt.tls:
-            return False
-        now = time.monotonic()
-        if now - self._enrolled_at > RETRY_S:
-            self._enrolled_at = now
-            self._enrolled = self.agent.config.tls_file(mqtt.cert_file, "device.pem").is_file()
-        return not self._enrolled
-
     async def read_state(self) -> ScreenState:
-        agent, call = self.agent, self.agent.call
-        now = datetime.now(self.zone).replace(second=0, microsecond=0)
-        online = agent.link.connected
-        mono = time.monotonic()
-        if online:
-            self._offline_at = self._offline_wall = None
-        elif self._offline_at is None:
-            self._offline_at, self._offline_wall = mono, now
-        device = agent.config.device
-        upcoming = self.remote.next_session
-        next_session = None
-        if upcoming is not None and upcoming.at > protocol.now_ms() - 15 * 60_000:
-            next_session = NextSession(
-                at=datetime.fromtimestamp(upcoming.at / 1000, self.zone),
-                title=upcoming.title, host_name=upcoming.host_name)
-        base = ScreenState(kind="idle", hall=device.name, commune=device.commune,
-                           device=agent.device, now=now, online=online,
-                           next_session=next_session)
-        invite = call.invite
-        inviter = invite.host_name if invite else ""
-        title = invite.title if invite else ""
-        percent = await self._upload_percent(mono)
-        fault: Fault | None = None
-        latest = agent.telemetry.latest
-        free_mb = None if latest is None else latest.disk_free_bytes // (1024 * 1024)
-        if agent.ota.step in UPDATING:
-            fault = "updating"
-        elif self.not_enrolled():
-            fault = "not_enrolled"
-        if fault is not None:
-            return replace(base, kind="fault", fault=fault)
-        if call.state == "invited":
-            return replace(base, kind="invited", inviter=inviter, title=title)
-        if call.state == "joining" or (call.state == "reconnecting" and self._last_picture is None):
-            return replace(base, kind="joining", inviter=inviter,
-                           reconnecting=call.state == "reconnecting")
-        if call.state in ("live", "reconnecting"):
-            return replace(base, kind="call", muted=call.muted,
-                           recording=agent.recording.recording,
-                           reconnecting=call.state == "reconnecting", quality=quality(call.qos))
-        if self._left is not None and self._after(mono, percent):
-            return replace(base, kind="after", upload_percent=percent)
-        if not online and self._offline_at is not None \
-                and mono - self._offline_at >= self.config.offline_after:
-            return replace(base, kind="fault", fault="unreachable",
-                           offline_since=self._offline_wall)
-        if free_mb is not None and free_mb < self.config.disk_low_mb:
-            return replace(base, kind="fault", fault="disk_low", free_mb=free_mb)
-        return replace(base, upload_percent=percent)
-
-    def _after(self, mono: float, percent: int | None) -> bool:
-        """Whether the after-call screen still shows: while uploading, then `after_seconds`."""
-        assert self._left is not None
-        since = mono - self._left[1]
-        if since > AFTER_MAX_S:
-            return False
-        if percent is None or percent >= 100:
-            if self._saved_at is None:
-                self._saved_at = mono
-            return mono - self._saved_at < self.config.after_seconds
-        return True
-
-    async def _upload_percent(self, mono: float) -> int | None:
-        if self._left is None:
-            return None
-        value, at = self._progress
-        if mono - at >= PROGRESS_EVERY_S:
-            directory: Path = self.agent.config.recording_dir / self._left[0]
-            value = await asyncio.to_thread(upload_percent, directory)
-            self._progress = (value, mono)
-        return value
+        return await self.situation.read(in_picture=self._last_picture is not None)
 
     # -- the loop ------------------------------------------------------------------------------
 

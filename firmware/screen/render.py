@@ -2,7 +2,7 @@
 
 This runs for every received frame (15 per second from the bridge), so it does as little as
 possible per frame: one swscale pass converts and scales the decoded picture straight to RGB
-at its place on screen (`VideoFrame.to_ndarray(width=, height=)`), one numpy copy puts it in
+at its place on screen (a `VideoReformatter` of its own), one numpy copy puts it in
 the reused screen buffer, and the badges are drawn with Pillow only when they change and then
 blended into their own small rectangles. The black bars are painted only when the picture's
 size changes. A frame of a size that cannot be shown is dropped and counted, never raised.
@@ -102,6 +102,7 @@ class CallRenderer:
         self.buffer[place.y:place.y + place.height, place.x:place.x + place.width] = rgb
 
     def _self_view(self, frame: av.VideoFrame) -> None:
+        """Not mirrored: the hall sees itself as the others do (a document held up reads right)."""
         if not all(MIN_SIDE <= side <= MAX_SIDE for side in (frame.width, frame.height)):
             return
         box = int(self.width * SELF_VIEW)

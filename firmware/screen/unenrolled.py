@@ -18,6 +18,7 @@ import numpy as np
 from tiepdan.board.display import Display, DisplayMissing, Rgb
 from tiepdan.board.errors import BoardError
 from tiepdan.firmware.agent.config import AgentConfig
+from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.screen.catalog import screen_translator
 from tiepdan.firmware.screen.screens import Layouts
 from tiepdan.firmware.screen.state import ScreenState
@@ -30,8 +31,14 @@ POLL_S = 2.0
 
 
 async def show_until_enrolled(config: AgentConfig, display: Display, certificate: Path,
-                              *, poll: float = POLL_S) -> None:
-    """Show the not-enrolled screen (redrawn each minute) until `certificate` exists."""
+                              *, poll: float = POLL_S, notifier: Notifier | None = None) -> None:
+    """Show the not-enrolled screen (redrawn each minute) until `certificate` exists.
+
+    Under systemd (`Type=notify`, `WatchdogSec`) the wait is a service that is up and alive,
+    not one that never started: READY once, then a watchdog ping every poll.
+    """
+    if notifier is not None:
+        notifier.ready("not enrolled: the screen says what to do")
     zone = ZoneInfo(config.screen.timezone)
     shown: datetime | None = None
     log.warning("screen_not_enrolled device=%s waiting_for=%s", config.device.id, certificate)
@@ -54,6 +61,8 @@ async def show_until_enrolled(config: AgentConfig, display: Display, certificate
             except (DisplayMissing, BoardError) as exc:
                 log.warning("display_missing error=%s", exc)
                 await display.stop()
+            if notifier is not None:
+                notifier.watchdog()
             await asyncio.sleep(poll)
     finally:
         await display.stop()
@@ -82,5 +91,6 @@ def wait_for_enrollment(config: AgentConfig) -> bool:
             return False
     if backend != "kmsdrm":
         return False
-    asyncio.run(show_until_enrolled(config, open_display(backend), certificate))
+    asyncio.run(show_until_enrolled(config, open_display(backend), certificate,
+                                    notifier=Notifier()))
     return True

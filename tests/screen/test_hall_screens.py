@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
 from tiepdan.firmware.agent.config import AgentConfig
+from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.screen.catalog import screen_translator
 from tiepdan.firmware.screen.screens import Layouts
 from tiepdan.firmware.screen.state import ScreenState
@@ -130,7 +133,12 @@ async def test_a_box_not_enrolled_shows_what_to_do_until_it_is(tmp_path: Path,
                                             mqtt={"tls": True})
     display = SimulatedDisplay(1280, 720)
     certificate = config.tls_file(config.mqtt.cert_file, "device.pem")
-    waiting = asyncio.create_task(show_until_enrolled(config, display, certificate, poll=0.05))
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.setblocking(False)
+    notifier = Notifier(env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    waiting = asyncio.create_task(show_until_enrolled(config, display, certificate, poll=0.05,
+                                                      notifier=notifier))
     await eventually(lambda: display.latest() is not None, 10, what="the not-enrolled screen")
     frame = display.latest()
     assert frame is not None
@@ -142,6 +150,14 @@ async def test_a_box_not_enrolled_shows_what_to_do_until_it_is(tmp_path: Path,
     expected = np.asarray(Layouts((1280, 720), screen_translator("vi")).draw(state))
     assert np.array_equal(frame, expected) or datetime.now(zone).minute != now.minute
     assert not waiting.done()
+    await asyncio.sleep(0.2)
+    said = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            said.append(systemd.recv(4096).decode())
+    systemd.close()
+    assert said[0].startswith("READY=1"), said  # up, not a start that never ends
+    assert "WATCHDOG=1" in said[1:], said
     certificate.parent.mkdir(parents=True)
     certificate.write_text("issued by enrollment")
     await asyncio.wait_for(waiting, 5)
