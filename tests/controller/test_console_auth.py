@@ -126,7 +126,8 @@ async def test_person_token_on_the_api_and_the_shared_token_still_works(
         leader, _ = c.people.tokens.issue("lanhdao", "cli")
         base = f"http://127.0.0.1:{c.http_port}"
         async with aiohttp.ClientSession(base) as http:
-            for given, expected in ((token, 200), (c.token, 200), (leader, 401),
+            # a leader is known (403: not allowed here); a forged token is nobody (401)
+            for given, expected in ((token, 200), (c.token, 200), (leader, 403),
                                     ("tdu_forged", 401)):
                 async with http.get("/api/devices",
                                     headers={"Authorization": f"Bearer {given}"}) as reply:
