@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.console.https import start_https
 from tiepdan.controller.console.routes import add_console
 from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
@@ -71,6 +72,7 @@ class Controller:
         self.bridge_recording = BridgeRecording(self)
         self.provisioning = Provisioning(self)
         self.http_port: int | None = None
+        self.https_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.updates = Updates(self)
@@ -90,6 +92,7 @@ class Controller:
         site = web.TCPSite(runner, self.config.http.host, self.config.http.port)
         await site.start()
         self.http_port = int(runner.addresses[0][1])
+        self.https_port = await start_https(runner, self.config.console)
         log.info("controller_start id=%s api=http://%s:%s", self.id, self.config.http.host,
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
