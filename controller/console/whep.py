@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from tiepdan.controller.console.context import audit, controller
 from tiepdan.controller.console.pages.sessions import find_session
-from tiepdan.controller.console.whip import SDP, read_offer, h264_first
+from tiepdan.controller.console.whip import SDP, h264_first, read_offer
 from tiepdan.controller.http.access import allow
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.rtc import (
