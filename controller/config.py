@@ -131,6 +131,12 @@ class ConsoleSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     secure_cookies: bool = True
     language: Literal["vi", "en"] = "vi"
     timezone: str = "Asia/Ho_Chi_Minh"
+    # HTTPS for people's browsers (camera access needs it off localhost): the same app, also
+    # served with this certificate on https_host:https_port. Empty cert_file: plain HTTP only.
+    https_host: str = "0.0.0.0"
+    https_port: Port = 8643
+    cert_file: str = ""
+    key_file: str = ""
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

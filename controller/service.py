@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.console.https import start_https
 from tiepdan.controller.console.routes import add_console
 from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
@@ -104,6 +105,7 @@ class Controller:
         add_console(self.app, self)  # pages, live updates, browser join; its own hooks inside
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.https_port: int | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -148,6 +150,7 @@ class Controller:
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         await site.start()
         self.http_port = int(self._runner.addresses[0][1])
+        self.https_port = await start_https(self._runner, self.config.console)
         log.info("controller_start id=%s api=http://%s:%s", self.id, self.config.http.host,
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")

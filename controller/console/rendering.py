@@ -64,7 +64,8 @@ DATA_WORDS = (
     _("failed"), _("halted"), _("withdrawn"), _("queued"), _("in_progress"), _("rolled_back"),
     _("notified"), _("downloading"), _("installing"),
     _("waiting"), _("enrolled"), _("expired"), _("revoked"),
-    _("rejected"), _("opened"), _("away"), _("browser_joined"), _("browser_left"), _("connecting"),
+    _("downloaded"), _("restarting"), _("health_check"), _("rejected"),
+    _("opened"), _("away"), _("browser_joined"), _("browser_left"), _("connecting"),
 )
 
 

@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from tiepdan.controller.console.context import audit, controller
 from tiepdan.controller.console.pages.sessions import find_session
-from tiepdan.controller.console.whip import SDP, _offer, h264_first
+from tiepdan.controller.console.whip import SDP, h264_first, read_offer
 from tiepdan.controller.http.access import allow
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.rtc import (
@@ -74,7 +74,7 @@ async def whep_post(request: web.Request) -> web.Response:
     viewers = request.app[VIEWERS_KEY]
     if len(viewers.peers) >= MAX_VIEWERS:
         raise web.HTTPServiceUnavailable(text="too many viewers")
-    offer = await _offer(request)
+    offer = await read_offer(request)
     try:
         check_sdp(offer, "offer")
     except protocol.ProtocolError as exc:

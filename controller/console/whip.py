@@ -74,7 +74,7 @@ def point_id(who: Caller) -> str:
     return PREFIX + name
 
 
-async def _offer(request: web.Request) -> str:
+async def read_offer(request: web.Request) -> str:
     if request.content_type != SDP:
         raise web.HTTPUnsupportedMediaType(text=f"the body must be {SDP}")
     raw = await request.content.read(MAX_SDP + 1)
@@ -117,7 +117,7 @@ async def whip_post(request: web.Request) -> web.Response:
     session = find_session(request, request.match_info["session"])
     if session.state not in ("inviting", "live"):
         raise web.HTTPConflict(text=f"session {session.id} is {session.state}, not live")
-    offer = await _offer(request)
+    offer = await read_offer(request)
     try:
         check_sdp(offer, "offer")  # before the bridge starts composing for this session
     except protocol.ProtocolError as exc:

@@ -3,12 +3,14 @@ and refused from the console; technicians look but cannot start one."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from tests.controller.console_support import Browser, announce_all, console_controller
 from tests.ota.harness import build_variants, make_repository
+from tiepdan.firmware import protocol
 from tiepdan.tools.broker import Mosquitto
 
 BOXES = {f"xa-{n:02d}": ("nghe-an" if n % 2 else "ha-tinh", f"xa{n:02d}") for n in range(6)}
@@ -56,6 +58,22 @@ async def test_admin_starts_steers_and_is_refused_bad_campaigns(
             assert sum(w["boxes"] for w in campaign["waves"]) == 3  # nghe-an's three boxes
             assert "Đợt 1 (34%)" in page and "Tiến độ theo đợt" in page
             cid = campaign["id"]
+            # live: a box's job update over MQTT reaches a viewer of the campaign's page
+            notified = [b["device"] for b in c.updates.campaigns.summary(cid, boxes=True)["boxes"]
+                        if b["state"] == "notified"]
+            assert notified, "the first wave was not notified"
+            async with b2.http.get(f"/live?topics=updates,campaign:{cid}") as stream:
+                await asyncio.sleep(0.3)
+                update = protocol.JobUpdate(job=cid, status="in_progress", ts=protocol.now_ms(),
+                                            seq=1, running="1.0.0", step="downloading",
+                                            progress=40.0)
+                await c.link.publish(protocol.job_update_topic(notified[0], cid),
+                                     protocol.encode(update), qos=1)
+                seen = b""
+                while b"campaign:" + cid.encode() not in seen:
+                    seen += await asyncio.wait_for(stream.content.readline(), 10)
+            status, page = await b2.get(f"/updates/{cid}")
+            assert "40%" in page and "đang tải" in page
             status, page = await b2.post(f"/updates/{cid}/pause", {"reason": "kiểm tra"})
             assert status == 200 and c.updates.campaigns.summary(cid)["state"] == "paused"
             status, page = await b2.post(f"/updates/{cid}/pause", {})
