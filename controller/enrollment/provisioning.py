@@ -146,6 +146,9 @@ class Provisioning:
         self.renewal = RenewalSite(self)
         self._ca: CertificateAuthority | None = None
         self._ca_changed = 0
+        self._admit_lock = asyncio.Lock()
+        self._admit_pending: set[str] = set()
+        self._admitted: set[str] = set()  # registered with the broker by this process
         self._lock = asyncio.Lock()
         controller.registry.listen(self._check_birth)
         controller.app.add_routes([
@@ -247,19 +250,33 @@ class Provisioning:
 
     async def admit(self, devices: list[str]) -> bool:
         """Give boxes their SUBSCRIBE rules on the running broker (provisioning/dynsec.py),
-        as a throw-away admin identity; DynsecError when the broker would not take them."""
+        as a throw-away admin identity; DynsecError when the broker would not take them.
+
+        One admin connection at a time (it has one client id: a second would take the first
+        over), carrying every box that asked meanwhile: enrollments in a burst share it."""
         target = self._broker_tls()
-        if target is None or not devices:
-            if target is None:
-                log.warning("broker_subscribe_rules_skipped reason=the controller does not use "
-                            "TLS")
+        if target is None:
+            log.warning("broker_subscribe_rules_skipped reason=the controller does not use TLS")
             return False
-        username = dynsec.admin_username(controller_client_id(self.controller.id))
-        key = new_key()
-        cert = self.authority().issue_client(key.public_key(), username, EPHEMERAL_DAYS)
-        with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
-            admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
-            await asyncio.to_thread(admin.add_boxes, devices)
+        wanted = [d for d in devices if d not in self._admitted]
+        if not wanted:
+            return False
+        self._admit_pending.update(wanted)
+        async with self._admit_lock:
+            batch = sorted(self._admit_pending - self._admitted)
+            if batch:
+                self._admit_pending.difference_update(batch)
+                username = dynsec.admin_username(controller_client_id(self.controller.id))
+                key = new_key()
+                cert = self.authority().issue_client(key.public_key(), username,
+                                                     EPHEMERAL_DAYS)
+                with _credentials(self.material.dir, key, cert) as (cert_file, key_file):
+                    admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
+                    await asyncio.to_thread(admin.add_boxes, batch)
+                self._admitted.update(batch)
+        missing = [d for d in wanted if d not in self._admitted]
+        if missing:
+            raise dynsec.DynsecError(f"not registered with the broker: {', '.join(missing)}")
         return True
 
     # -- claim tokens and enrollment ---------------------------------------------------------------
