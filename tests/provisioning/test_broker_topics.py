@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SecureBroker, TlsClient, eventually
+from tests.support import SecureBroker, TlsClient, eventually, running_controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import LinkError
 
@@ -129,3 +129,28 @@ async def test_subscribe_rules_survive_a_reload(secure_broker: SecureBroker,
     async with client(secure_broker, tmp_path, OWNER) as box:
         await box.link.wait_connected(10)
         assert await box.link.subscribe(("#", 1)) == [0x87]
+
+
+async def test_the_controller_clears_retained_messages_the_contract_does_not_retain(
+        secure_broker: SecureBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto keeps a box's retained `evt/...` (the table row above says so); the running
+    controller sees the retain flag (retain-as-published) and deletes it at once, while a
+    retained birth, which the contract has, stays."""
+    await secure_broker.admit(OWNER)
+    parked = protocol.event_topic(OWNER, "parked")
+    birth = protocol.birth_topic(OWNER)
+    async with running_controller(secure_broker.controller_config()) as controller, \
+            client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        await box.link.publish(parked, b'{"parked": true}', qos=1, retain=True)
+        await box.link.publish(birth, b'{"not": "a valid birth"}', qos=1, retain=True)
+        await eventually(lambda: controller.ingest.retained.cleared >= 1,
+                         what="the controller clearing the retained event")
+        assert f"retained_refused device={OWNER} topic={parked}" in caplog.text
+        assert controller.ingest.retained.cleared == 1
+    async with client(secure_broker, tmp_path, CONTROLLER) as observer:
+        await observer.link.wait_connected(10)
+        await observer.link.subscribe((protocol.device_filter(OWNER, "#"), 1))
+        await eventually(lambda: observer.on(birth), what="the retained birth")
+        await asyncio.sleep(0.3)
+        assert not [m for m in observer.on(parked) if m.payload], "the parked event is gone"
