@@ -46,7 +46,8 @@ def topic_classes() -> list[TopicClass]:
 
 
 def expected(actor: str, cls: TopicClass) -> dict[str, bool]:
-    """The contract: what `actor` may do with `cls` (retain: the message is kept)."""
+    """The contract: what `actor` may do with `cls`. Retain: the broker keeps the message
+    (whether the contract retains that class is the controller's check, tested below)."""
     if actor == CONTROLLER:
         return {"publish": True, "subscribe": True, "retain": True}
     if not cls.in_subtree:  # the controllers' presence: every box reads it, none writes it
