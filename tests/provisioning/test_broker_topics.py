@@ -19,6 +19,7 @@ import pytest
 from tests.support import SecureBroker, TlsClient, eventually, running_controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import LinkError
+from tiepdan.provisioning import dynsec
 
 OWNER, OTHER, CONTROLLER = "xa-a", "xa-b", "controller-central"
 UNLISTED = "secret/+"  # in a box's subtree, but in neither direction of the table
@@ -155,3 +156,26 @@ async def test_the_controller_clears_retained_messages_the_contract_does_not_ret
         await eventually(lambda: observer.on(birth), what="the retained birth")
         await asyncio.sleep(0.3)
         assert not [m for m in observer.on(parked) if m.payload], "the parked event is gone"
+
+
+async def test_registering_again_restores_a_role_that_lost_an_acl(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """At every start the controller registers every enrolled box again: an existing role gets
+    what the protocol table says now (here: an ACL removed behind its back)."""
+    await secure_broker.admit(OWNER)
+    cn = dynsec.admin_username(CONTROLLER)
+    tls = secure_broker.issue(cn, tmp_path / "admin")
+    assert tls.cert_file is not None and tls.key_file is not None
+    admin = dynsec.Admin(secure_broker.host, secure_broker.port, tls.ca_file, tls.cert_file,
+                         tls.key_file, client_id=cn)
+    commands = protocol.device_filter(OWNER, "cmd/+")
+    answer = await asyncio.to_thread(admin.run, [{
+        "command": "removeRoleACL", "rolename": dynsec.box_role(OWNER),
+        "acltype": "subscribePattern", "topic": commands}])
+    assert not answer[0].get("error"), answer
+    async with client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        assert await box.link.subscribe((commands, 1)) == [0x87]
+        await secure_broker.admit(OWNER)
+        assert await box.link.subscribe((commands, 1)) == [1]
+        assert await box.link.subscribe(("#", 1)) == [0x87]
