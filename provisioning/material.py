@@ -172,6 +172,28 @@ def issue_central(material: Material, ca: CertificateAuthority, *, controller: s
     write_public(material.controller_ca, trust)
 
 
+def central_due(material: Material, now: dt.datetime, fraction: float = 1 / 3) -> list[Path]:
+    """Central certificates with less than `fraction` of their life left (or unreadable)."""
+    due = []
+    for path in (material.broker.cert, material.enroll_cert, material.controller_cert):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            due.append(path)
+            continue
+        end, start = cert.not_valid_after_utc, cert.not_valid_before_utc
+        if end - now < (end - start) * fraction:
+            due.append(path)
+    return due
+
+
+def renew_central(material: Material, ca: CertificateAuthority, *, controller: str,
+                  cert_days: float) -> None:
+    """New central certificates (fresh keys) for the same names, from the issuing CA now."""
+    issue_central(material, ca, controller=controller, hosts=_hosts(material.broker.cert),
+                  cert_days=cert_days)
+
+
 def rotate(material: Material, root: CertificateAuthority, *, controller: str,
            cert_days: float) -> CertificateAuthority:
     """A new issuing CA from the root; the old one moves to `previous/` (it keeps signing CRLs

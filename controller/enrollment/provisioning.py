@@ -52,6 +52,7 @@ from tiepdan.controller.fleet.registry import Device
 from tiepdan.controller.http.app import CONTROLLER_KEY, error
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
+from tiepdan.firmware.core.mqtt import LinkError
 from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.firstboot.enroll import BrokerSection, Provision
 from tiepdan.provisioning import dynsec
@@ -72,8 +73,10 @@ from tiepdan.provisioning.ca import (
 from tiepdan.provisioning.claims import Box, ClaimRefused, ClaimStore
 from tiepdan.provisioning.material import (
     Material,
+    central_due,
     check_box_id,
     controller_client_id,
+    renew_central,
     write_broker_state,
 )
 from tiepdan.provisioning.mosquitto import BrokerFiles
@@ -232,6 +235,8 @@ class Provisioning:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
                     await self._sync_logged("crl_refresh")
+                if central_due(self.material, dt.datetime.now(dt.UTC)):
+                    await self.renew_central("expiring")
         finally:
             await self.enrollment.stop()
             await self.renewal.stop()
@@ -410,6 +415,25 @@ class Provisioning:
         log.info("broker_files_written why=%s revoked_certificates=%d acl_changed=%s", why,
                  len(revoked), changed)
         await self.reload_broker(why)
+
+    async def renew_central(self, why: str) -> None:
+        """The broker's, the HTTPS sites' and the controller's own certificates, renewed before
+        they expire and put to use without a restart: the broker rereads its certificate on
+        SIGHUP, the sites and the MQTT link load theirs for their next handshakes."""
+        try:
+            renew_central(self.material, self.authority(), controller=self.controller.id,
+                          cert_days=self.settings.server_cert_days)
+        except (OSError, ValueError) as exc:
+            log.error("central_certificates_failed why=%s error=%s", why, exc)
+            return
+        self.enrollment.reload_certificate()
+        self.renewal.reload_certificate()
+        with contextlib.suppress(LinkError):
+            self.controller.link.reload_certificate()
+        await self.reload_broker(f"central_certificates:{why}")
+        cert = x509.load_pem_x509_certificate(self.material.broker.cert.read_bytes())
+        log.info("central_certificates_renewed why=%s not_after=%s", why,
+                 cert.not_valid_after_utc.date().isoformat())
 
     def crl_due(self, now: dt.datetime | None = None) -> bool:
         """Re-sign when the CRL is `crl_refresh_hours` old, or half its life is gone (a
