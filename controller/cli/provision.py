@@ -107,6 +107,8 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     table = Table(show_header=False, box=None)
     for what, path in [
         ("Mosquitto configuration", broker.conf), ("ACL (per-device pattern)", broker.acl),
+        ("subscribe rules (dynamic-security plugin)", broker.dynsec),
+        ("root CA certificate (its key: offline)", material.root_cert),
         ("CRL", broker.crl), ("broker certificate / key", f"{broker.cert} / {broker.key}"),
         ("controller client certificate", material.controller_cert),
         ("enrollment endpoint certificate", material.enroll_cert),
@@ -116,7 +118,8 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     console.print(
         "Next: include the Mosquitto configuration (e.g. "
         f"`ln -s {broker.conf} /etc/mosquitto/conf.d/tiepdan.conf`), make the broker key "
-        "readable by Mosquitto's user only (`chgrp mosquitto` and mode 0640), restart "
+        "readable by Mosquitto's user only (`chgrp mosquitto` and mode 0640), give "
+        f"{broker.dynsec.name} to Mosquitto's user (its plugin rewrites it), restart "
         "Mosquitto once, then start the controller. Later changes (revocations, CRL renewal) "
         "are reloaded with `provisioning.broker_reload`, without a restart.")
     if not config.mqtt.tls:
