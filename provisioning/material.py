@@ -250,12 +250,14 @@ def write_broker_state(material: Material, ca: CertificateAuthority, *,
     return old != acl
 
 
-def write_subscribe_rules(material: Material, *, controllers: Sequence[str]) -> bool:
+def write_subscribe_rules(material: Material, *, controllers: Sequence[str],
+                          boxes: Sequence[str] = ()) -> bool:
     """The dynamic-security plugin's first file; False when one exists (the plugin owns it
-    from its first start, and boxes are added to the running broker, see dynsec.Admin)."""
+    from its first start, and boxes are added to the running broker, see dynsec.Admin).
+    `boxes`: a fleet enrolled before the plugin was turned on, written in one go."""
     if material.broker.dynsec.exists():
         return False
-    text = dynsec.config_json([controller_client_id(c) for c in controllers])
+    text = dynsec.config_json([controller_client_id(c) for c in controllers], boxes)
     # The plugin rewrites this file itself, so it must own it; nobody else needs to read it.
     write_private(material.broker.dynsec, text.encode())
     return True

@@ -78,6 +78,7 @@ from tiepdan.provisioning.material import (
     controller_client_id,
     renew_central,
     write_broker_state,
+    write_subscribe_rules,
 )
 from tiepdan.provisioning.mosquitto import BrokerFiles
 
@@ -248,6 +249,15 @@ class Provisioning:
             log.error("broker_files_failed why=%s error=%s", why, exc)
         if why == "start":
             enrolled = [b.device for b in self.claims.all() if b.cert_pem and not b.revoked_at]
+            # A fleet from before issue 15: its broker has no subscribe rules yet. Writing them
+            # in one file is far cheaper than registering boxes one by one (the plugin rewrites
+            # its file after every change); Mosquitto needs the new tiepdan.conf and a restart.
+            with contextlib.suppress(OSError):
+                if write_subscribe_rules(self.material, controllers=[self.controller.id],
+                                         boxes=enrolled):
+                    log.warning("broker_subscribe_rules_created path=%s boxes=%d hint=%s",
+                                self.material.broker.dynsec, len(enrolled),
+                                "regenerate tiepdan.conf (plugin lines) and restart Mosquitto")
             try:
                 await self.admit(enrolled)
             except dynsec.DynsecError as exc:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.provisioning.support import provision
 from tests.support import SecureBroker, TlsClient, eventually, running_controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import LinkError
+from tiepdan.firmware.firstboot.enroll import enroll
 from tiepdan.provisioning import dynsec
 
 OWNER, OTHER, CONTROLLER = "xa-a", "xa-b", "controller-central"
@@ -179,3 +182,21 @@ async def test_registering_again_restores_a_role_that_lost_an_acl(
         await secure_broker.admit(OWNER)
         assert await box.link.subscribe((commands, 1)) == [1]
         assert await box.link.subscribe(("#", 1)) == [0x87]
+
+
+async def test_a_fleet_from_before_the_plugin_gets_its_rules_in_one_file(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """Upgrading: no plugin file yet, boxes already enrolled. The controller writes the file
+    with every enrolled box at start; the broker, restarted with it, refuses at once."""
+    async with running_controller(secure_broker.controller_config()) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port)
+        await enroll(provision(controller, tmp_path, OWNER))
+        rules = secure_broker.material.broker.dynsec
+        rules.unlink()
+        await controller.provisioning._sync_logged("start")
+        assert OWNER in {c["username"] for c in json.loads(rules.read_text())["clients"]}
+    secure_broker.broker.restart()
+    async with client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        assert await box.link.subscribe(("#", 1), (protocol.desired_topic(OWNER), 1)) == \
+            [0x87, 1]
