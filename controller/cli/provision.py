@@ -42,6 +42,7 @@ from tiepdan.provisioning.boot import write_boot_folder
 from tiepdan.provisioning.ca import CertificateAuthority, serial_hex
 from tiepdan.provisioning.label import Label, write_labels
 from tiepdan.provisioning.material import initialise, rotate
+from tiepdan.provisioning.mosquitto import listener_text
 
 
 def _when(epoch: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -300,7 +301,24 @@ def _list(config: ControllerConfig, args: argparse.Namespace, console: Console) 
     return 0
 
 
-COMMANDS = {"new-box": _new_box, "verify": _verify, "revoke": _revoke, "list": _list}
+def _broker_config(config: ControllerConfig, args: argparse.Namespace,
+                   console: Console) -> int:
+    """Rewrite tiepdan.conf from this version's provisioning (an upgrade: new limits, the
+    subscribe-rules plugin), keeping the CA and every certificate."""
+    material = material_for(config)
+    if not material.exists():
+        console.print("[red]no provisioning CA[/red]: run `ca init` first")
+        return 1
+    _, port = broker_address(config)
+    material.broker.conf.write_text(listener_text(material.broker, port, args.listen_host,
+                                                  debug_log=args.broker_debug_log))
+    console.print(f"[green]written[/green] {material.broker.conf}; restart Mosquitto once to "
+                  "load it (a reload does not load plugins).")
+    return 0
+
+
+COMMANDS = {"new-box": _new_box, "verify": _verify, "revoke": _revoke, "list": _list,
+            "broker-config": _broker_config}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -354,6 +372,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", default="lost or stolen")
     ls = sub.add_parser("list", help="every provisioned box and its state")
     ls.add_argument("--json", action="store_true")
+    b = sub.add_parser("broker-config", help="rewrite the broker's tiepdan.conf after an "
+                                             "upgrade (keeps the CA and certificates)")
+    b.add_argument("--listen-host", help="address the broker listens on (default: all)")
+    b.add_argument("--broker-debug-log", action="store_true",
+                   help="log at debug level (refused publishes)")
     return p
 
 

@@ -257,7 +257,7 @@ class Provisioning:
                                          boxes=enrolled):
                     log.warning("broker_subscribe_rules_created path=%s boxes=%d hint=%s",
                                 self.material.broker.dynsec, len(enrolled),
-                                "regenerate tiepdan.conf (plugin lines) and restart Mosquitto")
+                                "run `tiepdan-provision broker-config` and restart Mosquitto")
             try:
                 await self.admit(enrolled)
             except dynsec.DynsecError as exc:
