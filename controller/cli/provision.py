@@ -40,6 +40,7 @@ from tiepdan.firmware.core.config import ConfigError
 from tiepdan.firmware.firstboot.enroll import Provision
 from tiepdan.provisioning.boot import write_boot_folder
 from tiepdan.provisioning.ca import CertificateAuthority, serial_hex
+from tiepdan.provisioning.dynsec import DynsecError
 from tiepdan.provisioning.label import Label, write_labels
 from tiepdan.provisioning.material import initialise, rotate
 from tiepdan.provisioning.mosquitto import listener_text
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DynsecError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
 
