@@ -149,7 +149,7 @@ async def test_the_controller_clears_retained_messages_the_contract_does_not_ret
         await box.link.wait_connected(10)
         await box.link.publish(parked, b'{"parked": true}', qos=1, retain=True)
         await box.link.publish(birth, b'{"not": "a valid birth"}', qos=1, retain=True)
-        await eventually(lambda: controller.ingest.retained.cleared >= 1,
+        await eventually(lambda: controller.ingest.retained.cleared >= 1, timeout=30,
                          what="the controller clearing the retained event")
         assert f"retained_refused device={OWNER} topic={parked}" in caplog.text
         assert controller.ingest.retained.cleared == 1
@@ -189,7 +189,7 @@ async def test_a_fleet_from_before_the_plugin_gets_its_rules_in_one_file(
     """Upgrading: no plugin file yet, boxes already enrolled. The controller writes the file
     with every enrolled box at start; the broker, restarted with it, refuses at once."""
     async with running_controller(secure_broker.controller_config()) as controller:
-        await eventually(lambda: controller.provisioning.enrollment.port)
+        await eventually(lambda: controller.provisioning.enrollment.port, timeout=30)
         await enroll(provision(controller, tmp_path, OWNER))
         rules = secure_broker.material.broker.dynsec
         rules.unlink()

@@ -45,7 +45,7 @@ async def test_a_rotation_keeps_old_boxes_working_and_new_ones_join(
     material = secure_broker.material
     async with running_controller(secure_broker.controller_config()) as controller:
         provisioning = controller.provisioning
-        await eventually(lambda: provisioning.renewal.port, what="renewal site")
+        await eventually(lambda: provisioning.renewal.port, timeout=30, what="renewal site")
         old_ca = provisioning.authority()
         a = provision(controller, tmp_path, "xa-a")
         await enroll(a)
@@ -73,7 +73,7 @@ async def test_a_rotation_keeps_old_boxes_working_and_new_ones_join(
                 # The old box renews into the new CA and reconnects on it.
                 renewal = box_a.agent.renewal
                 renewal.clock = lambda: time.time() + 300 * DAY
-                await eventually(lambda: renewal.renewals >= 1, what="the renewal")
+                await eventually(lambda: renewal.renewals >= 1, timeout=30, what="the renewal")
                 renewal.clock = time.time
                 assert issuer(a.cert) == new_ca.cert.subject
                 connects = box_a.agent.link.connects
@@ -118,7 +118,7 @@ async def test_central_certificates_are_renewed_in_place_before_they_expire(
     material = secure_broker.material
     async with running_controller(secure_broker.controller_config()) as controller:
         provisioning = controller.provisioning
-        await eventually(lambda: provisioning.renewal.port, what="renewal site")
+        await eventually(lambda: provisioning.renewal.port, timeout=30, what="renewal site")
         now = dt.datetime.now(dt.UTC)
         assert central_due(material, now) == []
         assert central_due(material, now + dt.timedelta(days=25)) == [
