@@ -217,7 +217,7 @@ class Controller:
         return Will(protocol.controller_state_topic(self.id), protocol.encode(lost))
 
     async def _on_connect(self, session_present: bool) -> None:
-        await self.link.subscribe(*[(f, 1) for f in self.ingest.filters])
+        await self.link.subscribe(*self.ingest.subscriptions)
         online = protocol.ControllerState(state="online", ts=protocol.now_ms())
         self.link.publish(protocol.controller_state_topic(self.id), protocol.encode(online),
                           retain=True)

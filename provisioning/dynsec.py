@@ -133,14 +133,19 @@ def config_json(controllers: Sequence[str], boxes: Iterable[str] = ()) -> str:
 
 
 def add_box_commands(device: str) -> list[dict[str, Any]]:
-    """Create the box's role and client (or bring an existing role's ACLs up to date)."""
+    """Create the box's role with its ACLs, and its client: two commands, because the plugin
+    rewrites its whole JSON file after each change."""
     role = box_role(device)
-    commands: list[dict[str, Any]] = [{"command": "createRole", "rolename": role}]
-    for acl in box_acls(device):
-        commands.append({"command": "addRoleACL", "rolename": role, **acl})
-    commands.append({"command": "createClient", "username": device, "textname": device,
-                     "roles": [{"rolename": role, "priority": 0}]})
-    return commands
+    return [{"command": "createRole", "rolename": role, "acls": box_acls(device)},
+            {"command": "createClient", "username": device, "textname": device,
+             "roles": [{"rolename": role, "priority": 0}]}]
+
+
+def update_role_commands(device: str) -> list[dict[str, Any]]:
+    """Bring an existing role's ACLs up to date (a protocol with a new topic kind); an ACL
+    already there answers "already exists" without touching the file."""
+    role = box_role(device)
+    return [{"command": "addRoleACL", "rolename": role, **acl} for acl in box_acls(device)]
 
 
 def check_responses(commands: Sequence[dict[str, Any]],
@@ -239,8 +244,15 @@ class Admin:
         packet limit; the number of boxes sent."""
         wanted = sorted(set(devices))
         for start in range(0, len(wanted), BATCH):
-            commands = [c for d in wanted[start:start + BATCH] for c in add_box_commands(d)]
-            check_responses(commands, self.run(commands))
+            batch = wanted[start:start + BATCH]
+            commands = [c for d in batch for c in add_box_commands(d)]
+            responses = self.run(commands)
+            check_responses(commands, responses)
+            known = [c["rolename"][len("box-"):] for c, r in zip(commands, responses, strict=True)
+                     if c["command"] == "createRole" and r.get("error")]
+            updates = [c for d in known for c in update_role_commands(d)]
+            if updates:
+                check_responses(updates, self.run(updates))
         if wanted:
             log.info("broker_subscribe_rules_added boxes=%d", len(wanted))
         return len(wanted)

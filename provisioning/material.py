@@ -172,6 +172,28 @@ def issue_central(material: Material, ca: CertificateAuthority, *, controller: s
     write_public(material.controller_ca, trust)
 
 
+def central_due(material: Material, now: dt.datetime, fraction: float = 1 / 3) -> list[Path]:
+    """Central certificates with less than `fraction` of their life left (or unreadable)."""
+    due = []
+    for path in (material.broker.cert, material.enroll_cert, material.controller_cert):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            due.append(path)
+            continue
+        end, start = cert.not_valid_after_utc, cert.not_valid_before_utc
+        if end - now < (end - start) * fraction:
+            due.append(path)
+    return due
+
+
+def renew_central(material: Material, ca: CertificateAuthority, *, controller: str,
+                  cert_days: float) -> None:
+    """New central certificates (fresh keys) for the same names, from the issuing CA now."""
+    issue_central(material, ca, controller=controller, hosts=_hosts(material.broker.cert),
+                  cert_days=cert_days)
+
+
 def rotate(material: Material, root: CertificateAuthority, *, controller: str,
            cert_days: float) -> CertificateAuthority:
     """A new issuing CA from the root; the old one moves to `previous/` (it keeps signing CRLs
@@ -228,12 +250,14 @@ def write_broker_state(material: Material, ca: CertificateAuthority, *,
     return old != acl
 
 
-def write_subscribe_rules(material: Material, *, controllers: Sequence[str]) -> bool:
+def write_subscribe_rules(material: Material, *, controllers: Sequence[str],
+                          boxes: Sequence[str] = ()) -> bool:
     """The dynamic-security plugin's first file; False when one exists (the plugin owns it
-    from its first start, and boxes are added to the running broker, see dynsec.Admin)."""
+    from its first start, and boxes are added to the running broker, see dynsec.Admin).
+    `boxes`: a fleet enrolled before the plugin was turned on, written in one go."""
     if material.broker.dynsec.exists():
         return False
-    text = dynsec.config_json([controller_client_id(c) for c in controllers])
+    text = dynsec.config_json([controller_client_id(c) for c in controllers], boxes)
     # The plugin rewrites this file itself, so it must own it; nobody else needs to read it.
     write_private(material.broker.dynsec, text.encode())
     return True

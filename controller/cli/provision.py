@@ -40,8 +40,10 @@ from tiepdan.firmware.core.config import ConfigError
 from tiepdan.firmware.protocol.firstboot import Provision
 from tiepdan.provisioning.boot import write_boot_folder
 from tiepdan.provisioning.ca import CertificateAuthority, serial_hex
+from tiepdan.provisioning.dynsec import DynsecError
 from tiepdan.provisioning.label import Label, write_labels
 from tiepdan.provisioning.material import initialise, rotate
+from tiepdan.provisioning.mosquitto import listener_text
 
 
 def _when(epoch: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -107,6 +109,8 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     table = Table(show_header=False, box=None)
     for what, path in [
         ("Mosquitto configuration", broker.conf), ("ACL (per-device pattern)", broker.acl),
+        ("subscribe rules (dynamic-security plugin)", broker.dynsec),
+        ("root CA certificate (its key: offline)", material.root_cert),
         ("CRL", broker.crl), ("broker certificate / key", f"{broker.cert} / {broker.key}"),
         ("controller client certificate", material.controller_cert),
         ("enrollment endpoint certificate", material.enroll_cert),
@@ -116,7 +120,8 @@ def _ca_init(config: ControllerConfig, args: argparse.Namespace, console: Consol
     console.print(
         "Next: include the Mosquitto configuration (e.g. "
         f"`ln -s {broker.conf} /etc/mosquitto/conf.d/tiepdan.conf`), make the broker key "
-        "readable by Mosquitto's user only (`chgrp mosquitto` and mode 0640), restart "
+        "readable by Mosquitto's user only (`chgrp mosquitto` and mode 0640), give "
+        f"{broker.dynsec.name} to Mosquitto's user (its plugin rewrites it), restart "
         "Mosquitto once, then start the controller. Later changes (revocations, CRL renewal) "
         "are reloaded with `provisioning.broker_reload`, without a restart.")
     if not config.mqtt.tls:
@@ -297,7 +302,24 @@ def _list(config: ControllerConfig, args: argparse.Namespace, console: Console) 
     return 0
 
 
-COMMANDS = {"new-box": _new_box, "verify": _verify, "revoke": _revoke, "list": _list}
+def _broker_config(config: ControllerConfig, args: argparse.Namespace,
+                   console: Console) -> int:
+    """Rewrite tiepdan.conf from this version's provisioning (an upgrade: new limits, the
+    subscribe-rules plugin), keeping the CA and every certificate."""
+    material = material_for(config)
+    if not material.exists():
+        console.print("[red]no provisioning CA[/red]: run `ca init` first")
+        return 1
+    _, port = broker_address(config)
+    material.broker.conf.write_text(listener_text(material.broker, port, args.listen_host,
+                                                  debug_log=args.broker_debug_log))
+    console.print(f"[green]written[/green] {material.broker.conf}; restart Mosquitto once to "
+                  "load it (a reload does not load plugins).")
+    return 0
+
+
+COMMANDS = {"new-box": _new_box, "verify": _verify, "revoke": _revoke, "list": _list,
+            "broker-config": _broker_config}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -351,6 +373,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", default="lost or stolen")
     ls = sub.add_parser("list", help="every provisioned box and its state")
     ls.add_argument("--json", action="store_true")
+    b = sub.add_parser("broker-config", help="rewrite the broker's tiepdan.conf after an "
+                                             "upgrade (keeps the CA and certificates)")
+    b.add_argument("--listen-host", help="address the broker listens on (default: all)")
+    b.add_argument("--broker-debug-log", action="store_true",
+                   help="log at debug level (refused publishes)")
     return p
 
 
@@ -373,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DynsecError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
 

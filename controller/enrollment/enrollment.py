@@ -87,6 +87,7 @@ class Enrollment:
         self.limiter = RateLimiter(settings.enroll_rate, settings.enroll_burst)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._context: ssl.SSLContext | None = None
 
     async def start(self) -> None:
         settings = self._provisioning.settings
@@ -94,6 +95,7 @@ class Enrollment:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(material.enroll_cert, material.enroll_key)
+        self._context = context
         app = web.Application(client_max_size=MAX_BODY)
         app.add_routes([web.post(protocol.ENROLL_PATH, self.handle)])
         check_routes(app)
@@ -106,6 +108,12 @@ class Enrollment:
         log.info("enrollment_start url=https://%s:%d%s rate=%g/s burst=%d",
                  settings.enroll_host, self.port, protocol.ENROLL_PATH, self.limiter.rate,
                  self.limiter.burst)
+
+    def reload_certificate(self) -> None:
+        """The renewed server certificate, for every handshake from now on."""
+        if self._context is not None:
+            material = self._provisioning.material
+            self._context.load_cert_chain(material.enroll_cert, material.enroll_key)
 
     async def stop(self) -> None:
         if self._runner is not None:

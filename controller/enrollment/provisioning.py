@@ -48,6 +48,7 @@ from tiepdan.controller.enrollment.renewal import RenewalSite
 from tiepdan.controller.fleet.registry import Device
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
+from tiepdan.firmware.core.mqtt import LinkError
 from tiepdan.firmware.protocol.firstboot import BrokerSection, OtaPin, Provision
 from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import (
@@ -66,9 +67,12 @@ from tiepdan.provisioning.ca import (
 from tiepdan.provisioning.claims import Box, ClaimRefused, ClaimStore
 from tiepdan.provisioning.material import (
     Material,
+    central_due,
     check_box_id,
     controller_client_id,
+    renew_central,
     write_broker_state,
+    write_subscribe_rules,
 )
 from tiepdan.provisioning.mosquitto import BrokerFiles
 
@@ -156,6 +160,9 @@ class Provisioning:
         self.renewal = RenewalSite(self)
         self._ca: CertificateAuthority | None = None
         self._ca_changed = 0
+        self._admit_lock = asyncio.Lock()
+        self._admit_pending: set[str] = set()
+        self._admitted: set[str] = set()  # registered with the broker by this process
         self._lock = asyncio.Lock()
 
     def check_birth(self, device: Device, what: str) -> None:
@@ -232,6 +239,8 @@ class Provisioning:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
                     await self._sync_logged("crl_refresh")
+                if central_due(self.material, dt.datetime.now(dt.UTC)):
+                    await self.renew_central("expiring")
         finally:
             await self.enrollment.stop()
             await self.renewal.stop()
@@ -243,6 +252,15 @@ class Provisioning:
             log.error("broker_files_failed why=%s error=%s", why, exc)
         if why == "start":
             enrolled = [b.device for b in self.claims.all() if b.cert_pem and not b.revoked_at]
+            # A fleet from before issue 15: its broker has no subscribe rules yet. Writing them
+            # in one file is far cheaper than registering boxes one by one (the plugin rewrites
+            # its file after every change); Mosquitto needs the new tiepdan.conf and a restart.
+            with contextlib.suppress(OSError):
+                if write_subscribe_rules(self.material, controllers=[self.controller_id],
+                                         boxes=enrolled):
+                    log.warning("broker_subscribe_rules_created path=%s boxes=%d hint=%s",
+                                self.material.broker.dynsec, len(enrolled),
+                                "run `tiepdan-provision broker-config` and restart Mosquitto")
             try:
                 await self.admit(enrolled)
             except dynsec.DynsecError as exc:
@@ -250,19 +268,33 @@ class Provisioning:
 
     async def admit(self, devices: list[str]) -> bool:
         """Give boxes their SUBSCRIBE rules on the running broker (provisioning/dynsec.py),
-        as a throw-away admin identity; DynsecError when the broker would not take them."""
+        as a throw-away admin identity; DynsecError when the broker would not take them.
+
+        One admin connection at a time (it has one client id: a second would take the first
+        over), carrying every box that asked meanwhile: enrollments in a burst share it."""
         target = self._broker_tls()
-        if target is None or not devices:
-            if target is None:
-                log.warning("broker_subscribe_rules_skipped reason=the controller does not use "
-                            "TLS")
+        if target is None:
+            log.warning("broker_subscribe_rules_skipped reason=the controller does not use TLS")
             return False
-        username = dynsec.admin_username(controller_client_id(self.controller_id))
-        key = new_key()
-        cert = self.authority().issue_client(key.public_key(), username, EPHEMERAL_DAYS)
-        with credentials(self.material.dir, key, cert) as (cert_file, key_file):
-            admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
-            await asyncio.to_thread(admin.add_boxes, devices)
+        wanted = [d for d in devices if d not in self._admitted]
+        if not wanted:
+            return False
+        self._admit_pending.update(wanted)
+        async with self._admit_lock:
+            batch = sorted(self._admit_pending - self._admitted)
+            if batch:
+                self._admit_pending.difference_update(batch)
+                username = dynsec.admin_username(controller_client_id(self.controller_id))
+                key = new_key()
+                cert = self.authority().issue_client(key.public_key(), username,
+                                                     EPHEMERAL_DAYS)
+                with credentials(self.material.dir, key, cert) as (cert_file, key_file):
+                    admin = dynsec.Admin(*target, cert_file, key_file, client_id=username)
+                    await asyncio.to_thread(admin.add_boxes, batch)
+                self._admitted.update(batch)
+        missing = [d for d in wanted if d not in self._admitted]
+        if missing:
+            raise dynsec.DynsecError(f"not registered with the broker: {', '.join(missing)}")
         return True
 
     # -- claim tokens and enrollment ---------------------------------------------------------------
@@ -400,6 +432,25 @@ class Provisioning:
         log.info("broker_files_written why=%s revoked_certificates=%d acl_changed=%s", why,
                  len(revoked), changed)
         await self.reload_broker(why)
+
+    async def renew_central(self, why: str) -> None:
+        """The broker's, the HTTPS sites' and the controller's own certificates, renewed before
+        they expire and put to use without a restart: the broker rereads its certificate on
+        SIGHUP, the sites and the MQTT link load theirs for their next handshakes."""
+        try:
+            renew_central(self.material, self.authority(), controller=self.controller_id,
+                          cert_days=self.settings.server_cert_days)
+        except (OSError, ValueError) as exc:
+            log.error("central_certificates_failed why=%s error=%s", why, exc)
+            return
+        self.enrollment.reload_certificate()
+        self.renewal.reload_certificate()
+        with contextlib.suppress(LinkError):
+            self.link.reload_certificate()
+        await self.reload_broker(f"central_certificates:{why}")
+        cert = x509.load_pem_x509_certificate(self.material.broker.cert.read_bytes())
+        log.info("central_certificates_renewed why=%s not_after=%s", why,
+                 cert.not_valid_after_utc.date().isoformat())
 
     def crl_due(self, now: dt.datetime | None = None) -> bool:
         """Re-sign when the CRL is `crl_refresh_hours` old, or half its life is gone (a

@@ -31,6 +31,7 @@ class RenewalSite:
         self.limiter = RateLimiter(settings.enroll_rate, settings.enroll_burst)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._context: ssl.SSLContext | None = None
 
     def context(self) -> ssl.SSLContext:
         material = self._provisioning.material
@@ -48,12 +49,20 @@ class RenewalSite:
         app.add_routes([web.post(protocol.RENEW_PATH, self.handle)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
+        self._context = self.context()
         site = web.TCPSite(self._runner, settings.renew_host, settings.renew_port,
-                           ssl_context=self.context())
+                           ssl_context=self._context)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         log.info("renewal_start url=https://%s:%d%s", settings.renew_host, self.port,
                  protocol.RENEW_PATH)
+
+    def reload_certificate(self) -> None:
+        """The renewed server certificate and the current trust, for handshakes from now on."""
+        if self._context is not None:
+            material = self._provisioning.material
+            self._context.load_cert_chain(material.enroll_cert, material.enroll_key)
+            self._context.load_verify_locations(cadata=material.trust_pem().decode())
 
     async def stop(self) -> None:
         if self._runner is not None:

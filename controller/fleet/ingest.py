@@ -12,8 +12,11 @@ import collections
 import logging
 from collections.abc import Callable
 
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.fleet.retained import RetainedGuard
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import Inbound, MqttLink
 
@@ -38,11 +41,17 @@ class Ingest:
         ]
         self.rejected = 0
         self.received: collections.Counter[str] = collections.Counter()
+        self.retained = RetainedGuard(link)
 
     @property
     def filters(self) -> list[str]:
         """What the controller subscribes to: only what boxes publish, never its own output."""
         return list(self._filters)
+
+    @property
+    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """`filters` at QoS 1, with the retain flag as the box set it (see RetainedGuard)."""
+        return [(f, SubscribeOptions(qos=1, retainAsPublished=True)) for f in self._filters]
 
     def route(self, kind: str, handler: Route, suffix: str | None = None) -> None:
         """Other parts (sessions, uploads, jobs) take the device topics of their kind."""
@@ -53,6 +62,7 @@ class Ingest:
         try:
             self.received[message.topic.split("/", 5)[4] if message.topic.count("/") >= 4
                           else "other"] += 1
+            self.retained.check(message)
             self._dispatch(message)
         except protocol.ProtocolError as exc:
             self.rejected += 1

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tiepdan.errors import Unavailable
 from tiepdan.firmware.core.backoff import Backoff
@@ -287,10 +288,13 @@ class MqttLink:
             self._pending[info.mid] = future
         return future
 
-    async def subscribe(self, *filters: tuple[str, int]) -> list[int]:
-        """Subscribe and wait for SUBACK; returns the granted QoS (or reason codes >= 0x80)."""
+    async def subscribe(self, *filters: tuple[str, int | SubscribeOptions]) -> list[int]:
+        """Subscribe and wait for SUBACK; returns the granted QoS (or reason codes >= 0x80).
+        A filter comes with its QoS, or with MQTT 5 subscription options."""
         loop = self._loop or asyncio.get_running_loop()
-        result, mid = self._client.subscribe(list(filters))
+        options = [(topic, how if isinstance(how, SubscribeOptions) else SubscribeOptions(how))
+                   for topic, how in filters]
+        result, mid = self._client.subscribe(options)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise LinkError(f"subscribe failed: {result}")
         future: asyncio.Future[list[int]] = loop.create_future()

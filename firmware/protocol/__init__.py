@@ -119,6 +119,20 @@ BOX_SUBSCRIBES: Final = (
 )
 # Outside its own subtree a box may only read the controllers' presence.
 BOX_READS_SHARED: Final = (f"{PREFIX}/ctl/+/$state",)
+# The only device topics whose messages are retained; a retained message anywhere else is
+# against the contract (Mosquitto cannot refuse it per topic: the controller clears it).
+RETAINED: Final = ("$state", "$birth", "state/desired", "state/reported", "jobs/notify")
+
+
+def retained_in_contract(topic: Topic) -> bool:
+    """May a message on this device topic be retained?"""
+    levels = (topic.kind, *topic.rest)
+    for pattern in RETAINED:
+        wanted = pattern.split("/")
+        if len(wanted) == len(levels) and all(w in ("+", got) for w, got in zip(
+                wanted, levels, strict=True)):
+            return True
+    return False
 
 
 def device_filter(device: str = "+", suffix: str = "#") -> str:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import SecureBroker, TlsClient, eventually
+from tests.provisioning.support import provision
+from tests.support import SecureBroker, TlsClient, eventually, running_controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.mqtt import LinkError
+from tiepdan.firmware.firstboot.enroll import enroll
+from tiepdan.provisioning import dynsec
 
 OWNER, OTHER, CONTROLLER = "xa-a", "xa-b", "controller-central"
 UNLISTED = "secret/+"  # in a box's subtree, but in neither direction of the table
@@ -46,7 +50,8 @@ def topic_classes() -> list[TopicClass]:
 
 
 def expected(actor: str, cls: TopicClass) -> dict[str, bool]:
-    """The contract: what `actor` may do with `cls` (retain: the message is kept)."""
+    """The contract: what `actor` may do with `cls`. Retain: the broker keeps the message
+    (whether the contract retains that class is the controller's check, tested below)."""
     if actor == CONTROLLER:
         return {"publish": True, "subscribe": True, "retain": True}
     if not cls.in_subtree:  # the controllers' presence: every box reads it, none writes it
@@ -129,3 +134,69 @@ async def test_subscribe_rules_survive_a_reload(secure_broker: SecureBroker,
     async with client(secure_broker, tmp_path, OWNER) as box:
         await box.link.wait_connected(10)
         assert await box.link.subscribe(("#", 1)) == [0x87]
+
+
+async def test_the_controller_clears_retained_messages_the_contract_does_not_retain(
+        secure_broker: SecureBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto keeps a box's retained `evt/...` (the table row above says so); the running
+    controller sees the retain flag (retain-as-published) and deletes it at once, while a
+    retained birth, which the contract has, stays."""
+    await secure_broker.admit(OWNER)
+    parked = protocol.event_topic(OWNER, "parked")
+    birth = protocol.birth_topic(OWNER)
+    async with running_controller(secure_broker.controller_config()) as controller, \
+            client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        await box.link.publish(parked, b'{"parked": true}', qos=1, retain=True)
+        await box.link.publish(birth, b'{"not": "a valid birth"}', qos=1, retain=True)
+        await eventually(lambda: controller.ingest.retained.cleared >= 1, timeout=30,
+                         what="the controller clearing the retained event")
+        assert f"retained_refused device={OWNER} topic={parked}" in caplog.text
+        assert controller.ingest.retained.cleared == 1
+    async with client(secure_broker, tmp_path, CONTROLLER) as observer:
+        await observer.link.wait_connected(10)
+        await observer.link.subscribe((protocol.device_filter(OWNER, "#"), 1))
+        await eventually(lambda: observer.on(birth), what="the retained birth")
+        await asyncio.sleep(0.3)
+        assert not [m for m in observer.on(parked) if m.payload], "the parked event is gone"
+
+
+async def test_registering_again_restores_a_role_that_lost_an_acl(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """At every start the controller registers every enrolled box again: an existing role gets
+    what the protocol table says now (here: an ACL removed behind its back)."""
+    await secure_broker.admit(OWNER)
+    cn = dynsec.admin_username(CONTROLLER)
+    tls = secure_broker.issue(cn, tmp_path / "admin")
+    assert tls.cert_file is not None and tls.key_file is not None
+    admin = dynsec.Admin(secure_broker.host, secure_broker.port, tls.ca_file, tls.cert_file,
+                         tls.key_file, client_id=cn)
+    commands = protocol.device_filter(OWNER, "cmd/+")
+    answer = await asyncio.to_thread(admin.run, [{
+        "command": "removeRoleACL", "rolename": dynsec.box_role(OWNER),
+        "acltype": "subscribePattern", "topic": commands}])
+    assert not answer[0].get("error"), answer
+    async with client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        assert await box.link.subscribe((commands, 1)) == [0x87]
+        await secure_broker.admit(OWNER)
+        assert await box.link.subscribe((commands, 1)) == [1]
+        assert await box.link.subscribe(("#", 1)) == [0x87]
+
+
+async def test_a_fleet_from_before_the_plugin_gets_its_rules_in_one_file(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """Upgrading: no plugin file yet, boxes already enrolled. The controller writes the file
+    with every enrolled box at start; the broker, restarted with it, refuses at once."""
+    async with running_controller(secure_broker.controller_config()) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port, timeout=30)
+        await enroll(provision(controller, tmp_path, OWNER))
+        rules = secure_broker.material.broker.dynsec
+        rules.unlink()
+        await controller.provisioning._sync_logged("start")
+        assert OWNER in {c["username"] for c in json.loads(rules.read_text())["clients"]}
+    secure_broker.broker.restart()
+    async with client(secure_broker, tmp_path, OWNER) as box:
+        await box.link.wait_connected(10)
+        assert await box.link.subscribe(("#", 1), (protocol.desired_topic(OWNER), 1)) == \
+            [0x87, 1]

@@ -91,6 +91,14 @@ async def test_ca_init_writes_a_broker_configuration_mosquitto_accepts(tmp_path:
     assert rotated[0] != bundle[0] and rotated[1] == root
     assert list((tmp_path / "ctl/provisioning/previous").glob("*.key"))
 
+    # An upgrade rewrites only the broker configuration, the same one `ca init` wrote.
+    (tmp_path / "ctl" / "broker" / "tiepdan.conf").write_text("# an older version's\n")
+    status, out = await run(BIN / "tiepdan-provision", "--config", path, "broker-config",
+                            "--listen-host", "127.0.0.1")
+    assert status == 0, out
+    assert (tmp_path / "ctl" / "broker" / "tiepdan.conf").read_text() == conf
+    assert "plugin_opt_config_file" in conf and "max_packet_size" in conf
+
 
 async def test_a_technician_provisions_verifies_and_revokes_a_box(
         secure_broker: SecureBroker, tmp_path: Path) -> None:

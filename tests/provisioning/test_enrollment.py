@@ -44,6 +44,7 @@ from tiepdan.controller.enrollment.provisioning import NewBox, Unavailable
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.firmware.firstboot.enroll import EnrollError, Paths, enroll, make_csr, tls_key
+from tiepdan.provisioning import dynsec
 from tiepdan.provisioning.ca import CertificateAuthority
 from tiepdan.provisioning.claims import ClaimRefused
 from tiepdan.tools.broker import Mosquitto, free_port
@@ -419,3 +420,21 @@ async def test_a_box_that_misnames_itself_is_flagged(controller: Controller,
                          what="the corrected birth")
         await eventually(lambda: device.extra.get("identity_mismatch") == [],
                          what="the flag cleared")
+
+
+async def test_a_burst_of_enrollments_registers_every_box_with_the_broker(
+        controller: Controller, secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """The broker admin identity has one client id: concurrent enrollments share a connection
+    instead of taking it over from each other (and failing)."""
+    devices = [f"xa-burst-{n}" for n in range(6)]
+    requests = [request_for(provision(controller, tmp_path, d)) for d in devices]
+    answers = await asyncio.gather(*(post_enroll(controller, r) for r in requests))
+    assert [status for status, _ in answers] == [200] * len(devices)
+    cn = "controller-central-broker-admin"
+    tls = secure_broker.issue(cn, tmp_path / "admin")
+    assert tls.cert_file is not None and tls.key_file is not None
+    admin = dynsec.Admin(secure_broker.host, secure_broker.port, tls.ca_file, tls.cert_file,
+                         tls.key_file, client_id=cn)
+    listed = await asyncio.to_thread(admin.run, [{"command": "listClients", "verbose": False}])
+    clients = set(listed[0]["data"]["clients"])
+    assert set(devices) <= clients

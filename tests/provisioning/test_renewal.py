@@ -33,7 +33,7 @@ DAY = 86400.0
 @pytest.fixture
 async def controller(secure_broker: SecureBroker) -> AsyncIterator[Controller]:
     async with running_controller(secure_broker.controller_config()) as c:
-        await eventually(lambda: c.provisioning.renewal.port, what="renewal site")
+        await eventually(lambda: c.provisioning.renewal.port, timeout=30, what="renewal site")
         yield c
 
 
@@ -71,13 +71,13 @@ async def test_a_box_renews_before_expiry_and_stays_connected(
     assert lifetime.days <= 366, "a box certificate lives at most a year"
     async with running_agent(agent_config(paths)) as box:
         link, renewal = box.agent.link, box.agent.renewal
-        await eventually(lambda: renewal.checks >= 3, what="a few renewal checks")
+        await eventually(lambda: renewal.checks >= 3, timeout=30, what="a few renewal checks")
         assert renewal.renewals == 0, "a fresh certificate is not renewed"
         connects = link.connects
 
         # 300 days on: 65 of 365 days left, less than a third.
         renewal.clock = lambda: time.time() + 300 * DAY
-        await eventually(lambda: renewal.renewals >= 1, what="the renewal")
+        await eventually(lambda: renewal.renewals >= 1, timeout=30, what="the renewal")
         renewal.clock = time.time
         new = x509.load_pem_x509_certificate(paths.cert.read_bytes())
         assert new.serial_number != old.serial_number

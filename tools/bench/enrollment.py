@@ -42,7 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tiepdan.controller.cli.client import ApiClient
+from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.firmware import protocol
@@ -215,6 +215,14 @@ def run(count: int, concurrency: int) -> dict[str, Any]:
         while not token.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         api = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
+        while True:  # the token is written before the API listens
+            try:
+                api.get("/api/provisioning/boxes")
+                break
+            except ApiError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         boxes = make_boxes(count)
         started = time.perf_counter()
         for box in boxes:
