@@ -28,8 +28,8 @@ CREATE TABLE IF NOT EXISTS users (
 );
 """
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
-PROVINCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}\Z")
+PROVINCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}\Z")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256
 
