@@ -24,6 +24,7 @@ from tiepdan.tools.packaging import artifact
 pytestmark = pytest.mark.timeout(1200)
 
 DATA = "var/lib/tiepdan-controller"
+ROOT_KEY = ("--root-key", "/media/offline/root.key", "--passphrase-file", "/tmp/release/passphrase")
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def installed(server: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = unpack(root_tarball(SERVER_INCLUDE), tmp_path_factory.mktemp("server") / "root")
     shutil.copytree(server, root / "tmp/release")
+    (root / "tmp/release/passphrase").write_text("a root passphrase for the test\n")
     chroot(root, "/tmp/release/install-controller", "/tmp/release/tiepdan-1.0.0.tar",
-           "--broker-host", "mqtt.tinh.example.gov.vn", timeout=600)
+           "--broker-host", "mqtt.tinh.example.gov.vn", *ROOT_KEY, timeout=600)
+    assert (root / "media/offline/root.key").exists()  # written where the offline medium is
     return root
 
 
@@ -84,7 +87,7 @@ def test_running_it_again_upgrades_nothing_it_should_keep(installed: Path) -> No
     config.write_text(config.read_text() + "\n# the admin's own edit\n")
     ca = (installed / DATA / "provisioning").stat().st_mtime_ns
     chroot(installed, "/tmp/release/install-controller", "/tmp/release/tiepdan-1.0.0.tar",
-           "--broker-host", "mqtt.tinh.example.gov.vn", timeout=600)
+           "--broker-host", "mqtt.tinh.example.gov.vn", *ROOT_KEY, timeout=600)
     assert config.read_text().endswith("# the admin's own edit\n")
     assert (installed / DATA / "provisioning").stat().st_mtime_ns == ca
 
