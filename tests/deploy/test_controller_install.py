@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from tests.deploy.debian_root import SERVER_INCLUDE, chroot, root_tarball, unpack
@@ -106,6 +107,11 @@ def test_mosquitto_and_the_controller_run_from_the_installed_files(installed: Pa
     config = installed / "etc/tiepdan/controller.toml"
     text = config.read_text().replace("port = 8600", f"port = {http}")
     text = text.replace("port = 8883", f"port = {mqtt}")
+    text = text.replace("port = 8601", f"port = {free_port()}").replace(
+        'host = "0.0.0.0"', 'host = "127.0.0.1"')
+    # the archivist's recipient, made apart from the server as the README says
+    recipient = pyrage.x25519.Identity.generate().to_public()
+    text = text.replace('# recipients = ["age1..."]', f'recipients = ["{recipient}"]')
     config.write_text(text.replace("enroll_port = 8443", f"enroll_port = {free_port()}")
                       .replace('broker_reload = ["systemctl", "reload", "mosquitto"]',
                                "broker_reload = []"))  # no systemd in a chroot
@@ -128,9 +134,14 @@ def test_mosquitto_and_the_controller_run_from_the_installed_files(installed: Pa
         while time.monotonic() < deadline and not health.get("mqtt"):
             time.sleep(0.5)
             assert controller.poll() is None, (tmp_path / "controller.log").read_text()[-3000:]
+            token_file = installed / DATA / "admin.token"
+            if not token_file.exists():
+                continue
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http}/api/health",
+                headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/health",
-                                            timeout=2) as reply:
+                with urllib.request.urlopen(request, timeout=2) as reply:
                     health = json.loads(reply.read())
             except OSError:
                 continue
