@@ -113,6 +113,22 @@ class ArchiveSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     close_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
 
 
+class HistorySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Health history tiers: bucket widths (seconds) and how long each is kept."""
+
+    fine_step: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 10
+    fine_keep_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 30)] = 24.0
+    coarse_step: Annotated[int, msgspec.Meta(ge=2, le=86_400)] = 300
+    coarse_keep_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+    flush_interval: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    max_points: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 10_000
+
+    def __post_init__(self) -> None:
+        if self.fine_step >= self.coarse_step or self.coarse_step % self.fine_step:
+            raise ValueError("history.coarse_step must be a multiple of history.fine_step, "
+                             "and larger")
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
@@ -125,6 +141,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     provisioning: ProvisioningSection = ProvisioningSection()
     ota: OtaSection = OtaSection()
     archive: ArchiveSection = ArchiveSection()
+    history: HistorySection = HistorySection()
 
     @property
     def data_dir(self) -> Path:

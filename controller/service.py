@@ -15,8 +15,10 @@ from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.history.history import History
 from tiepdan.controller.http import archive as archive_routes
 from tiepdan.controller.http import fleet as fleet_routes
+from tiepdan.controller.http import history as history_routes
 from tiepdan.controller.http import provisioning as provisioning_routes
 from tiepdan.controller.http import sessions as session_routes
 from tiepdan.controller.http import updates as update_routes
@@ -54,6 +56,7 @@ class Controller:
         self.db = Database(config.data_dir / "controller.db")
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
+        self.history = History(self.db, config.history)
         self.signing = SigningKey(config.data_dir / "signing.key")
         self.link = MqttLink(
             link_settings(config.mqtt, f"controller-{config.controller.id}", config.tls_file,
@@ -90,6 +93,7 @@ class Controller:
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),
+            *history_routes.routes(),
             *session_routes.routes(),
             *provisioning_routes.routes(),
             *update_routes.routes(),
@@ -116,6 +120,7 @@ class Controller:
         # subscription, one delivery; an overlapping `tele/call` would deliver it twice).
         self.ingest.route("tele", self.sessions.on_tele, suffix="tele/+")
         self.registry.listen(self.sessions.on_device)
+        self.registry.listen(self.history.on_device)
         self.sessions.listen(self.closer.on_session)
         if self.bridge_recording.enabled:
             self.bridge.on_session_media(self.bridge_recording.on_media)
@@ -144,6 +149,7 @@ class Controller:
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self._flush_loop(), "registry-flush")
+        self.spawn(self.history.run(), "history")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")
@@ -171,6 +177,7 @@ class Controller:
         await self.bridge_recording.close()
         await self.sessions.close()
         self.registry.flush()
+        self.history.flush()
         if self._runner is not None:
             await self._runner.cleanup()
         self.archive.close()

@@ -186,6 +186,29 @@ CREATE TABLE IF NOT EXISTS revoked_certificates (
 );
 """
 
+# Version 2: health history per box, in fixed buckets (controller/history/history.py).
+HEALTH_HISTORY = """
+CREATE TABLE device_health (
+    device TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    cpu_sum REAL NOT NULL,
+    cpu_max REAL NOT NULL,
+    mem_sum REAL NOT NULL,
+    mem_max REAL NOT NULL,
+    load_sum REAL NOT NULL,
+    disk_free_min REAL,
+    temp_sum REAL NOT NULL DEFAULT 0,
+    temp_n INTEGER NOT NULL DEFAULT 0,
+    temp_max REAL,
+    outbox_max INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device, step, bucket)
+) WITHOUT ROWID;
+CREATE INDEX device_health_by_age ON device_health (step, bucket);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", BASELINE),
+    Migration(2, "device_health", HEALTH_HISTORY),
 ]
