@@ -19,12 +19,14 @@ from tiepdan.controller.history.history import History
 from tiepdan.controller.http import archive as archive_routes
 from tiepdan.controller.http import fleet as fleet_routes
 from tiepdan.controller.http import history as history_routes
+from tiepdan.controller.http import metrics as metrics_routes
 from tiepdan.controller.http import provisioning as provisioning_routes
 from tiepdan.controller.http import sessions as session_routes
 from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.metrics.metrics import Metrics
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
 from tiepdan.controller.sessions.closing import Closer
@@ -90,10 +92,14 @@ class Controller:
             tick=config.ota.tick)
         self.updates = Updates(config.ota, config.ota_repository_path, config.data_dir,
                                self.campaigns)
+        self.metrics = Metrics(self.registry, self.db.conn,
+                               lambda: (dict(self.ingest.received), self.ingest.rejected),
+                               self.archive.stored_by_recorder, self.archive.closed_count)
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),
             *history_routes.routes(),
+            *metrics_routes.routes(),
             *session_routes.routes(),
             *provisioning_routes.routes(),
             *update_routes.routes(),
@@ -121,6 +127,7 @@ class Controller:
         self.ingest.route("tele", self.sessions.on_tele, suffix="tele/+")
         self.registry.listen(self.sessions.on_device)
         self.registry.listen(self.history.on_device)
+        self.rpc.observe(self.metrics.on_command)
         self.sessions.listen(self.closer.on_session)
         if self.bridge_recording.enabled:
             self.bridge.on_session_media(self.bridge_recording.on_media)

@@ -253,6 +253,18 @@ class Archive:
             return None
         return Ed25519PublicKey.from_public_bytes(identity.sign_key)
 
+    def stored_by_recorder(self) -> dict[str, tuple[int, int]]:
+        """{recorder: (segments, ciphertext bytes)} archived so far; the archive never deletes,
+        so these only grow (metrics expose them as counters)."""
+        with self._lock:
+            rows = self._db.execute("SELECT recorder, count(*), coalesce(sum(ct_size), 0) "
+                                    "FROM segments GROUP BY recorder").fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def closed_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM closed").fetchone()[0])
+
     def freeze(self, recorder: str, reason: str) -> dict[str, int]:
         """At revocation: end each of `recorder`'s recordings where the archive's copy ends.
 
