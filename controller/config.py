@@ -129,6 +129,20 @@ class HistorySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                              "and larger")
 
 
+class AlertsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The controller's own alert rules and where their notices go."""
+
+    enabled: bool = True
+    interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    webhook_url: str = ""
+    webhook_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    kept_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
+            raise ValueError("alerts.webhook_url must be an http:// or https:// URL")
+
+
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
     mqtt: MqttSection = MqttSection()
@@ -142,6 +156,7 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ota: OtaSection = OtaSection()
     archive: ArchiveSection = ArchiveSection()
     history: HistorySection = HistorySection()
+    alerts: AlertsSection = AlertsSection()
 
     @property
     def data_dir(self) -> Path:

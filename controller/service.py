@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
+from tiepdan.controller.alerts.alerts import Alerts
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.enrollment.provisioning import Provisioning
@@ -16,6 +17,7 @@ from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
 from tiepdan.controller.history.history import History
+from tiepdan.controller.http import alerts as alert_routes
 from tiepdan.controller.http import archive as archive_routes
 from tiepdan.controller.http import fleet as fleet_routes
 from tiepdan.controller.http import history as history_routes
@@ -95,11 +97,13 @@ class Controller:
         self.metrics = Metrics(self.registry, self.db.conn,
                                lambda: (dict(self.ingest.received), self.ingest.rejected),
                                self.archive.stored_by_recorder, self.archive.closed_count)
+        self.alerts = Alerts(self.db, config.alerts, self.metrics.collect, self.id)
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),
             *history_routes.routes(),
             *metrics_routes.routes(),
+            *alert_routes.routes(),
             *session_routes.routes(),
             *provisioning_routes.routes(),
             *update_routes.routes(),
@@ -157,6 +161,8 @@ class Controller:
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self._flush_loop(), "registry-flush")
         self.spawn(self.history.run(), "history")
+        if self.config.alerts.enabled:
+            self.spawn(self.alerts.run(), "alerts")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.provisioning.run(), "provisioning")

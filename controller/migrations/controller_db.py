@@ -208,7 +208,27 @@ CREATE TABLE device_health (
 CREATE INDEX device_health_by_age ON device_health (step, bucket);
 """
 
+# Version 3: alerts the controller raised itself (controller/alerts/alerts.py); one active row
+# per rule and label set.
+ALERTS = """
+CREATE TABLE alerts (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    started REAL NOT NULL,
+    resolved REAL,
+    sent_firing REAL,
+    sent_resolved REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX alerts_active ON alerts (rule, labels) WHERE resolved IS NULL;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", BASELINE),
     Migration(2, "device_health", HEALTH_HISTORY),
+    Migration(3, "alerts", ALERTS),
 ]
