@@ -97,7 +97,8 @@ class Controller:
         self.metrics = Metrics(self.registry, self.db.conn,
                                lambda: (dict(self.ingest.received), self.ingest.rejected),
                                self.archive.stored_by_recorder, self.archive.closed_count)
-        self.alerts = Alerts(self.db, config.alerts, self.metrics.collect, self.id)
+        self.alerts = Alerts(self.db, config.alerts, self.metrics.collect, self.id,
+                             gather=self.metrics.families)
         self._connect()
         self.app = build_app(self, self.token, [
             *fleet_routes.routes(),

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,31 +46,37 @@ def _iso(ts: float | None) -> str:
 class Alerts:
     def __init__(self, db: Database, config: AlertsSection,
                  collect: Callable[[], Iterable[Metric]], controller_id: str,
+                 gather: Callable[[], Awaitable[list[Metric]]] | None = None,
                  rules: tuple[Rule, ...] = RULES) -> None:
         self._db = db
         self.config = config
         self._collect = collect
+        self._gather = gather  # off-loop collection for the running controller
         self._controller = controller_id
         self._rules = rules
         self._pending: dict[Key, float] = {}
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    def _holding(self, now: float) -> Iterator[tuple[Rule, dict[str, str]]]:
+    def _holding(self, now: float, families: Iterable[Metric]
+                 ) -> Iterator[tuple[Rule, dict[str, str]]]:
         by_metric: dict[str, list[Rule]] = {}
         for rule in self._rules:
             by_metric.setdefault(rule.metric, []).append(rule)
-        for family in self._collect():
+        for family in families:
             for sample in family.samples:
                 for rule in by_metric.get(sample.name, ()):
                     if rule.holds(sample.labels, sample.value, now):
                         yield rule, dict(sample.labels)
 
-    def evaluate(self, now: float | None = None) -> tuple[int, int]:
-        """One round; returns (alerts that started firing, alerts resolved)."""
+    def evaluate(self, now: float | None = None,
+                 families: Iterable[Metric] | None = None) -> tuple[int, int]:
+        """One round over `families` (default: collected now); returns (alerts that started
+        firing, alerts resolved)."""
         now = time.time() if now is None else now
         holding: dict[Key, tuple[Rule, dict[str, str]]] = {}
-        for rule, labels in self._holding(now):
+        for rule, labels in self._holding(now, self._collect() if families is None
+                                          else families):
             holding[(rule.name, tuple(sorted(labels.items())))] = (rule, labels)
         self._pending = {key: self._pending.get(key, now) for key in holding}
         active = {(row["rule"], tuple(sorted(json.loads(row["labels"]).items()))): row["n"]
@@ -177,7 +183,8 @@ class Alerts:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
                 try:
-                    self.evaluate()
+                    families = await self._gather() if self._gather is not None else None
+                    self.evaluate(families=families)
                     await self.deliver(http)
                     rounds += 1
                     if rounds % 1000 == 1:

@@ -14,7 +14,7 @@ def routes() -> list[web.RouteDef]:
 
 @allow("admin")
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[CONTROLLER_KEY].metrics.render()
+    body, content_type = await request.app[CONTROLLER_KEY].metrics.render_async()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

@@ -13,10 +13,12 @@ box that left stops its series rather than repeating its last reading.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -51,8 +53,55 @@ class Metrics:
         return generate_latest(self.prometheus), CONTENT_TYPE_LATEST
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric family now (what the controller's own alert rules read)."""
+        """Every metric family now, all on the calling thread."""
         return iter(self.prometheus.collect())
+
+    async def families(self) -> list[Metric]:
+        """Every metric family, the event loop held only for the snapshot: for 10,000 boxes
+        building the families takes seconds (BENCHMARKS.md), which the loop must not wait."""
+        snap = self._collector.snapshot()
+        return await asyncio.to_thread(
+            lambda: [*self._collector.families(snap), *self.commands.collect()])
+
+    async def render_async(self) -> tuple[bytes, str]:
+        """`/metrics`: families and the text built in a worker thread."""
+        families = await self.families()
+
+        def text() -> bytes:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Fixed(families))
+            return generate_latest(registry)
+        return await asyncio.to_thread(text), CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class _Box:
+    id: str
+    province: str
+    state: str
+    since: float
+    online: bool
+    health: dict[str, Any] | None  # replaced whole on each report, never mutated
+    call: dict[str, Any] | None
+    qos: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    devices: list[_Box]
+    received: dict[str, int]
+    rejected: int
+    campaigns: list[tuple[Any, ...]]
+    campaign_boxes: list[tuple[Any, ...]]
+    provisioned: list[tuple[Any, ...]]
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 class _State(Collector):
@@ -67,14 +116,39 @@ class _State(Collector):
         self._closed = closed
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._boxes()
-        yield from self._telemetry()
-        yield from self._archive()
-        yield from self._campaigns()
-        yield from self._enrollments()
+        return self.families(self.snapshot())
 
-    def _boxes(self) -> Iterator[Metric]:
-        devices = self._registry.devices()
+    def snapshot(self) -> _Snapshot:
+        """What lives on the event loop (the registry, the shared database connection), read
+        there; the families are built from it in a worker thread when scraped."""
+        devices = [_Box(d.id, d.province or "unknown", d.state, d.since, d.online, d.health,
+                        d.extra.get("call"), d.extra.get("call_qos"))
+                   for d in self._registry.devices()]
+        received, rejected = self._received()
+        marks = ",".join("?" for _ in CAMPAIGN_STATES)
+        campaigns = self._db.execute(
+            f"SELECT id, state FROM ota_campaigns WHERE state IN ({marks})",
+            CAMPAIGN_STATES).fetchall()
+        campaign_boxes = self._db.execute(
+            f"SELECT b.campaign, b.state, count(*) FROM ota_boxes b JOIN ota_campaigns c "
+            f"ON c.id = b.campaign WHERE c.state IN ({marks}) GROUP BY b.campaign, b.state",
+            CAMPAIGN_STATES).fetchall()
+        provisioned = self._db.execute(
+            "SELECT device, enrolled_at, revoked_at, token_expires, cert_not_after "
+            "FROM provisioned_boxes").fetchall()
+        return _Snapshot(devices, dict(received), rejected, [tuple(r) for r in campaigns],
+                         [tuple(r) for r in campaign_boxes], [tuple(r) for r in provisioned])
+
+    def families(self, snap: _Snapshot) -> Iterator[Metric]:
+        """Build every family from a snapshot; the archive index is read here (it has its own
+        connection and lock, so this may run in a worker thread)."""
+        yield from self._boxes(snap.devices)
+        yield from self._telemetry(snap.received, snap.rejected)
+        yield from self._archive()
+        yield from self._campaigns(snap.campaigns, snap.campaign_boxes)
+        yield from self._enrollments(snap.provisioned)
+
+    def _boxes(self, devices: list[_Box]) -> Iterator[Metric]:
         by_province: Counter[tuple[str, str]] = Counter()
         state = GaugeMetricFamily("tiepdan_box_state", "1 for the box's current presence state "
                                   "(init, ready, disconnected, lost, unknown)",
@@ -114,16 +188,15 @@ class _State(Collector):
                                       labels=["device", "session", "direction"]),
         }
         for d in devices:
-            province = d.province or "unknown"
+            province = d.province
             by_province[(province, d.state)] += 1
             state.add_metric([d.id, province, d.state], 1)
             since.add_metric([d.id], d.since)
             if d.online and d.health:
                 _health(gauges, d.id, d.health)
-            live = d.extra.get("call") or {}
-            qos = d.extra.get("call_qos")
-            if d.online and qos and live.get("state") in ("live", "reconnecting"):
-                _quality(call, d.id, str(live.get("session", "")), qos)
+            live = d.call or {}
+            if d.online and d.qos and live.get("state") in ("live", "reconnecting"):
+                _quality(call, d.id, str(live.get("session", "")), d.qos)
         boxes = GaugeMetricFamily("tiepdan_boxes", "Boxes per province and presence state",
                                   labels=["province", "state"])
         for (province, name), count in sorted(by_province.items()):
@@ -134,8 +207,7 @@ class _State(Collector):
         yield from gauges.values()
         yield from call.values()
 
-    def _telemetry(self) -> Iterator[Metric]:
-        received, rejected = self._received()
+    def _telemetry(self, received: dict[str, int], rejected: int) -> Iterator[Metric]:
         family = CounterMetricFamily("tiepdan_mqtt_messages_received",
                                      "MQTT messages from boxes, per kind (tele, evt, ...)",
                                      labels=["kind"])
@@ -163,36 +235,27 @@ class _State(Collector):
         yield CounterMetricFamily("tiepdan_sessions_closed", "Session records closed and signed",
                                   value=self._closed())
 
-    def _campaigns(self) -> Iterator[Metric]:
-        marks = ",".join("?" for _ in CAMPAIGN_STATES)
+    def _campaigns(self, campaigns: list[tuple[Any, ...]], rows: list[tuple[Any, ...]]
+                   ) -> Iterator[Metric]:
         state = GaugeMetricFamily("tiepdan_campaign_state", "1 for an unfinished campaign's "
                                   "state (running, paused, halted)",
                                   labels=["campaign", "state"])
         boxes = GaugeMetricFamily("tiepdan_campaign_boxes", "Boxes of an unfinished campaign "
                                   "per job state", labels=["campaign", "state"])
-        campaigns = self._db.execute(
-            f"SELECT id, state FROM ota_campaigns WHERE state IN ({marks})",
-            CAMPAIGN_STATES).fetchall()
         for campaign, name in campaigns:
             state.add_metric([campaign, name], 1)
-        rows = self._db.execute(
-            f"SELECT b.campaign, b.state, count(*) FROM ota_boxes b JOIN ota_campaigns c "
-            f"ON c.id = b.campaign WHERE c.state IN ({marks}) GROUP BY b.campaign, b.state",
-            CAMPAIGN_STATES).fetchall()
         for campaign, name, count in rows:
             boxes.add_metric([campaign, name], count)
         yield state
         yield boxes
 
-    def _enrollments(self) -> Iterator[Metric]:
+    def _enrollments(self, provisioned: list[tuple[Any, ...]]) -> Iterator[Metric]:
         now = time.time()
         counts: Counter[str] = Counter()
         expiry = GaugeMetricFamily("tiepdan_box_certificate_not_after_seconds",
                                    "Unix time an enrolled box's certificate expires",
                                    labels=["device"])
-        for device, enrolled, revoked, token_expires, not_after in self._db.execute(
-                "SELECT device, enrolled_at, revoked_at, token_expires, cert_not_after "
-                "FROM provisioned_boxes"):
+        for device, enrolled, revoked, token_expires, not_after in provisioned:
             if revoked is not None:
                 counts["revoked"] += 1
             elif enrolled is not None:
