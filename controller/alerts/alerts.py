@@ -172,10 +172,14 @@ class Alerts:
         return out
 
     def prune(self, now: float | None = None) -> int:
+        """Forget resolved alerts older than `kept_days`."""
         now = time.time() if now is None else now
+        # Without a webhook nothing is ever sent; with one, a notice not yet sent is kept.
+        unsent_ok = "" if self.config.webhook_url else " OR 1"
         return int(self._db.conn.execute(
             "DELETE FROM alerts WHERE resolved IS NOT NULL AND resolved < ? AND "
-            "sent_resolved IS NOT NULL", (now - self.config.kept_days * 86400,)).rowcount)
+            f"(sent_resolved IS NOT NULL{unsent_ok})",
+            (now - self.config.kept_days * 86400,)).rowcount)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.webhook_timeout)

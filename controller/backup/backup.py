@@ -224,7 +224,8 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
                 raise Corrupt(f"unexpected file in backup: {name}")
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             shutil.copyfile(file, target)
-            os.chmod(target, file.stat().st_mode & 0o755 if not _private(name) else 0o600)
+            mode = file.stat().st_mode & 0o755  # as backed up (less any write for others)
+            os.chmod(target, mode & 0o700 if _private(name) else mode)
             written += 1
     log.info("backup_restored path=%s files=%d controller=%s", path, written,
              header.get("controller"))
@@ -241,6 +242,8 @@ def _target(places: dict[str, Source], name: str) -> Path | None:
 
 
 def _private(name: str) -> bool:
-    """Keys, tokens, databases and the ACL are 0600 whatever the archive says; the rest keeps
-    the mode it was backed up with (certificates and metadata may be world-readable)."""
-    return not name.endswith((".pem", ".json")) or name.startswith("ota/keys")
+    """Keys, tokens, databases and the broker's dynamic-security file are owner-only whatever
+    the backup says; the rest keeps the mode it was backed up with."""
+    base = name.rsplit("/", 1)[-1]
+    return (name.startswith(("db/", "ota/keys/")) or base.endswith((".key", ".token"))
+            or base in ("identity.txt", "dynamic-security.json") or "dynsec" in base)

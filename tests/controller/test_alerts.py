@@ -154,6 +154,9 @@ async def test_a_lost_box_waits_its_ten_minutes_and_office_hours(tmp_path: Path)
     assert row["started"] == OFFICE + 86400
     registry.on_birth("xa-gone", birth(seq=4))
     assert alerts.evaluate(OFFICE + 86400 + 700) == (0, 1)
+    assert alerts.prune(OFFICE + 86400 + 89 * 86400) == 0
+    assert alerts.prune(OFFICE + 86400 + 91 * 86400) == 1  # no webhook: nothing to wait for
+    assert alerts.list(active_only=False) == []
     db.close()
 
 
