@@ -28,7 +28,7 @@ from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
-from tiepdan.controller.metrics.metrics import Metrics
+from tiepdan.controller.metrics.metrics import Metrics, central_certificates
 from tiepdan.controller.sessions.bridge import build_bridge
 from tiepdan.controller.sessions.bridge_recording import BridgeRecording
 from tiepdan.controller.sessions.closing import Closer
@@ -96,7 +96,8 @@ class Controller:
                                self.campaigns)
         self.metrics = Metrics(self.registry, self.db.conn,
                                lambda: (dict(self.ingest.received), self.ingest.rejected),
-                               self.archive.stored_by_recorder, self.archive.closed_count)
+                               self.archive.stored_by_recorder, self.archive.closed_count,
+                               central_certificates(config))
         self.alerts = Alerts(self.db, config.alerts, self.metrics.collect, self.id,
                              gather=self.metrics.families)
         self._connect()

@@ -59,6 +59,10 @@ RULES: tuple[Rule, ...] = (
          lambda v, now: v - now < 30 * 86400,
          "Chứng chỉ của hộp {device} hết hạn trong 30 ngày / box {device}'s certificate "
          "expires within 30 days"),
+    Rule("CentralCertificateExpiring", "critical", "tiepdan_certificate_not_after_seconds",
+         lambda v, now: v - now < 30 * 86400,
+         "Chứng chỉ trung tâm {name} hết hạn trong 30 ngày / central certificate {name} "
+         "expires within 30 days"),
     Rule("ClockNotSynchronised", "warning", "tiepdan_box_clock_synced", lambda v, now: v == 0,
          "Đồng hồ của hộp {device} chưa đồng bộ / box {device}'s clock is not synchronised",
          for_s=300),

@@ -17,14 +17,18 @@ import asyncio
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.fleet.registry import Registry
 
 # Campaign states worth a series (finished campaigns drop out).
@@ -32,17 +36,26 @@ CAMPAIGN_STATES = ("running", "paused", "halted")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+def central_certificates(config: ControllerConfig) -> dict[str, Path]:
+    """The central certificates whose expiry `/metrics` shows, by name."""
+    material = material_for(config)
+    return {"provisioning-ca": material.ca_cert, "broker": material.broker.cert,
+            "enrollment": material.enroll_cert, "controller": material.controller_cert}
+
+
 class Metrics:
     def __init__(self, registry: Registry, db: sqlite3.Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
-                 closed: Callable[[], int]) -> None:
+                 closed: Callable[[], int],
+                 certificates: Mapping[str, Path] | None = None) -> None:
         self.prometheus = CollectorRegistry(auto_describe=False)
         self.commands = Histogram(
             "tiepdan_command_duration_seconds",
             "Seconds from sending a command to a box until its answer (or the timeout)",
             ["command", "outcome"], buckets=LATENCY_BUCKETS, registry=self.prometheus)
-        self._collector = _State(registry, db, received, archived, closed)
+        self._collector = _State(registry, db, received, archived, closed,
+                                 dict(certificates or {}))
         self.prometheus.register(self._collector)
 
     def on_command(self, command: str, seconds: float, outcome: str) -> None:
@@ -108,12 +121,13 @@ class _State(Collector):
     def __init__(self, registry: Registry, db: sqlite3.Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
-                 closed: Callable[[], int]) -> None:
+                 closed: Callable[[], int], certificates: dict[str, Path]) -> None:
         self._registry = registry
         self._db = db
         self._received = received
         self._archived = archived
         self._closed = closed
+        self._certificates = certificates
 
     def collect(self) -> Iterable[Metric]:
         return self.families(self.snapshot())
@@ -147,6 +161,20 @@ class _State(Collector):
         yield from self._archive()
         yield from self._campaigns(snap.campaigns, snap.campaign_boxes)
         yield from self._enrollments(snap.provisioned)
+        yield self._central_certificates()
+
+    def _central_certificates(self) -> Metric:
+        """The fleet hangs on these: a lapsed CA or broker certificate locks every box out."""
+        family = GaugeMetricFamily("tiepdan_certificate_not_after_seconds",
+                                   "Unix time a central certificate expires (provisioning CA, "
+                                   "broker, enrollment site, controller)", labels=["name"])
+        for name, path in sorted(self._certificates.items()):
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # not made yet (no `ca init`), or unreadable: no series
+            family.add_metric([name], cert.not_valid_after_utc.timestamp())
+        return family
 
     def _boxes(self, devices: list[_Box]) -> Iterator[Metric]:
         by_province: Counter[tuple[str, str]] = Counter()

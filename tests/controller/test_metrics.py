@@ -9,9 +9,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
@@ -40,8 +45,19 @@ def parse(text: str) -> Samples:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def value(samples: Samples, metric: str, **labels: str) -> float | None:
+    return samples.get((metric, frozenset(labels.items())))
+
+
+def self_signed(not_after: float) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(datetime.fromtimestamp(not_after - 86400 * 30, UTC))
+            .not_valid_after(datetime.fromtimestamp(not_after, UTC))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def scrape(url: str, token: str | None) -> str:
@@ -116,8 +132,11 @@ def test_campaigns_enrollments_and_certificates_come_from_the_database(tmp_path:
     registry.on_birth("xa-1", protocol.Birth(
         seq=0, ts=0, firmware="1", board="sim", boot_id="b", keepalive=10,
         point=protocol.Point(kind="commune", name="UBND", province="nghe-an", commune="x")))
+    broker_cert = tmp_path / "broker.pem"
+    broker_cert.write_bytes(self_signed(now + 5 * 86400))
     metrics = Metrics(registry, db.conn, lambda: ({"tele": 3}, 1),
-                      lambda: {"xa-1": (2, 1000), "controller-central": (1, 500)}, lambda: 4)
+                      lambda: {"xa-1": (2, 1000), "controller-central": (1, 500)}, lambda: 4,
+                      {"broker": broker_cert, "enrollment": tmp_path / "not-made-yet.pem"})
     samples = parse(metrics.render()[0].decode())
     assert value(samples, "tiepdan_campaign_state", campaign="c-halt", state="halted") == 1
     assert value(samples, "tiepdan_campaign_state", campaign="c-run", state="running") == 1
@@ -135,6 +154,9 @@ def test_campaigns_enrollments_and_certificates_come_from_the_database(tmp_path:
     assert value(samples, "tiepdan_archive_uploaded_bytes_total", recorder="xa-1") == 1000
     assert value(samples, "tiepdan_sessions_closed_total") == 4
     assert value(samples, "tiepdan_mqtt_messages_rejected_total") == 1
+    assert value(samples, "tiepdan_certificate_not_after_seconds",
+                 name="broker") == pytest.approx(int(now + 5 * 86400), abs=1)
+    assert value(samples, "tiepdan_certificate_not_after_seconds", name="enrollment") is None
     db.close()
 
 
@@ -144,7 +166,7 @@ def test_the_alert_rules_pass_promtool() -> None:
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                            check=False, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "6 rules found" in check.stdout
+    assert "7 rules found" in check.stdout
     # And they fire when they should (office hours included): promtool's own rule tests.
     tests = subprocess.run([promtool, "test", "rules", "rules_test.yml"], capture_output=True,
                            check=False, text=True, timeout=60, cwd=FIXTURES)
