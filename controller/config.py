@@ -137,6 +137,34 @@ class ConsoleSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     https_port: Port = 8643
     cert_file: str = ""
     key_file: str = ""
+class HistorySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Health history tiers: bucket widths (seconds) and how long each is kept."""
+
+    fine_step: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 10
+    fine_keep_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 30)] = 24.0
+    coarse_step: Annotated[int, msgspec.Meta(ge=2, le=86_400)] = 300
+    coarse_keep_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+    flush_interval: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    max_points: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 10_000
+
+    def __post_init__(self) -> None:
+        if self.fine_step >= self.coarse_step or self.coarse_step % self.fine_step:
+            raise ValueError("history.coarse_step must be a multiple of history.fine_step, "
+                             "and larger")
+
+
+class AlertsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The controller's own alert rules and where their notices go."""
+
+    enabled: bool = True
+    interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    webhook_url: str = ""
+    webhook_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    kept_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
+            raise ValueError("alerts.webhook_url must be an http:// or https:// URL")
 
 
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +180,8 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ota: OtaSection = OtaSection()
     archive: ArchiveSection = ArchiveSection()
     console: ConsoleSection = ConsoleSection()
+    history: HistorySection = HistorySection()
+    alerts: AlertsSection = AlertsSection()
 
     @property
     def data_dir(self) -> Path:

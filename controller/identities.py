@@ -12,17 +12,7 @@ from dataclasses import dataclass
 
 from tiepdan.controller.store import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS device_identities (
-    device TEXT PRIMARY KEY,
-    sign_key BLOB NOT NULL,
-    cert_serial TEXT,
-    cert_fingerprint TEXT,
-    enrolled_at REAL NOT NULL,
-    revoked_at REAL,
-    revoked_reason TEXT
-);
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 
 @dataclass(frozen=True)
@@ -43,7 +33,6 @@ class DeviceIdentity:
 class Identities:
     def __init__(self, db: Database) -> None:
         self._db = db
-        db.ensure(SCHEMA)
 
     def bind(self, device: str, sign_key: bytes, *, cert_serial: str | None = None,
              cert_fingerprint: str | None = None) -> DeviceIdentity:

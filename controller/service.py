@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
+from tiepdan.controller.alerts.alerts import Alerts
 from tiepdan.controller.archive.store import Archive
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.console.https import start_https
@@ -17,14 +18,19 @@ from tiepdan.controller.enrollment.provisioning import Provisioning
 from tiepdan.controller.fleet.commands import CommandClient
 from tiepdan.controller.fleet.ingest import Ingest
 from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.history.history import History
+from tiepdan.controller.http import alerts as alert_routes
 from tiepdan.controller.http import archive as archive_routes
 from tiepdan.controller.http import fleet as fleet_routes
+from tiepdan.controller.http import history as history_routes
+from tiepdan.controller.http import metrics as metrics_routes
 from tiepdan.controller.http import provisioning as provisioning_routes
 from tiepdan.controller.http import sessions as session_routes
 from tiepdan.controller.http import updates as update_routes
 from tiepdan.controller.http.app import admin_token, build_app
 from tiepdan.controller.http.boxes import BoxListener
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.metrics.metrics import Metrics, central_certificates
 from tiepdan.controller.people.people import People
 from tiepdan.controller.sessions.announce import NextSessions
 from tiepdan.controller.sessions.bridge import build_bridge
@@ -58,6 +64,7 @@ class Controller:
         self.db = Database(config.data_dir / "controller.db")
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
+        self.history = History(self.db, config.history)
         self.signing = SigningKey(config.data_dir / "signing.key")
         self.link = MqttLink(
             link_settings(config.mqtt, f"controller-{config.controller.id}", config.tls_file,
@@ -93,9 +100,18 @@ class Controller:
             tick=config.ota.tick)
         self.updates = Updates(config.ota, config.ota_repository_path, config.data_dir,
                                self.campaigns)
+        self.metrics = Metrics(self.registry, self.db.conn,
+                               lambda: (dict(self.ingest.received), self.ingest.rejected),
+                               self.archive.stored_by_recorder, self.archive.closed_count,
+                               central_certificates(config))
+        self.alerts = Alerts(self.db, config.alerts, self.metrics.collect, self.id,
+                             gather=self.metrics.families)
         self._connect()
         self.app = build_app(self, self.people, [
             *fleet_routes.routes(),
+            *history_routes.routes(),
+            *metrics_routes.routes(),
+            *alert_routes.routes(),
             *session_routes.routes(),
             *provisioning_routes.routes(),
             *update_routes.routes(),
@@ -125,6 +141,8 @@ class Controller:
         # subscription, one delivery; an overlapping `tele/call` would deliver it twice).
         self.ingest.route("tele", self.sessions.on_tele, suffix="tele/+")
         self.registry.listen(self.sessions.on_device)
+        self.registry.listen(self.history.on_device)
+        self.rpc.observe(self.metrics.on_command)
         self.sessions.listen(self.closer.on_session)
         self.sessions.listen(self.next_sessions.on_session)
         if self.bridge_recording.enabled:
@@ -155,6 +173,9 @@ class Controller:
                  self.http_port)
         self.spawn(self.link.run(), "mqtt")
         self.spawn(self._flush_loop(), "registry-flush")
+        self.spawn(self.history.run(), "history")
+        if self.config.alerts.enabled:
+            self.spawn(self.alerts.run(), "alerts")
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.next_sessions.run(), "next-sessions")
@@ -183,6 +204,7 @@ class Controller:
         await self.bridge_recording.close()
         await self.sessions.close()
         self.registry.flush()
+        self.history.flush()
         if self._runner is not None:
             await self._runner.cleanup()
         self.archive.close()

@@ -1,7 +1,8 @@
 """The controller's SQLite database.
 
-One file, WAL mode so the CLI can read while the controller writes. Each part of the controller
-owns its tables and declares them with `ensure()`; nothing else shares a schema. Databases are
+One file, WAL mode so the CLI can read while the controller writes. Its tables are created and
+changed only by the versioned migrations in `controller/migrations/controller_db.py`, run each
+time the file is opened. Databases are
 created (and kept) mode 0600: they hold claim tokens' hashes, identities and the fleet's state;
 SQLite gives its -wal and -shm files the database's mode.
 """
@@ -13,6 +14,8 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+
+from tiepdan.controller.migrations import controller_db, migrate
 
 
 def private_file(path: Path, mode: int = 0o600) -> Path:
@@ -37,9 +40,8 @@ class Database:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA busy_timeout=5000")
-
-    def ensure(self, schema: str) -> None:
-        self.conn.executescript(schema)
+        self.migrated_from = migrate(self.conn, controller_db.MIGRATIONS, label="controller",
+                                     path=path)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -22,41 +22,7 @@ from typing import Any
 
 from tiepdan.errors import Forbidden
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS provisioned_boxes (
-    device TEXT PRIMARY KEY,
-    commune TEXT NOT NULL,
-    hall TEXT NOT NULL,
-    province TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL DEFAULT 'commune',
-    token_hash TEXT NOT NULL UNIQUE,
-    token_expires REAL NOT NULL,
-    created_at REAL NOT NULL,
-    enrolled_at REAL,
-    enrolled_from TEXT,
-    tls_key TEXT,
-    sign_key BLOB,
-    cert_pem TEXT,
-    cert_serial TEXT,
-    cert_not_after REAL,
-    revoked_at REAL,
-    revoked_reason TEXT
-);
-CREATE TABLE IF NOT EXISTS device_certificates (
-    serial TEXT PRIMARY KEY,
-    device TEXT NOT NULL,
-    not_after REAL NOT NULL,
-    issued_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS device_certificates_device ON device_certificates (device);
-CREATE TABLE IF NOT EXISTS revoked_certificates (
-    serial TEXT PRIMARY KEY,
-    device TEXT NOT NULL,
-    not_after REAL NOT NULL,
-    revoked_at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 _COLUMNS = ("device, commune, hall, province, kind, token_expires, created_at, enrolled_at, "
             "enrolled_from, tls_key, sign_key, cert_pem, cert_serial, cert_not_after, revoked_at, "
@@ -124,7 +90,6 @@ class ClaimStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        conn.executescript(SCHEMA)
 
     def issue(self, device: str, *, commune: str, hall: str, province: str = "",
               kind: str = "commune", ttl: float, at: float | None = None) -> tuple[str, Box]:

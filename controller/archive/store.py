@@ -53,6 +53,7 @@ from tiepdan.controller.archive.closed import (
 from tiepdan.controller.archive.upload import Upload, append_durably, sha256_of
 from tiepdan.controller.config import ArchiveSection
 from tiepdan.controller.identities import Identities
+from tiepdan.controller.migrations import archive_db, migrate
 from tiepdan.controller.store import private_file
 from tiepdan.errors import (
     BadInput,
@@ -92,53 +93,7 @@ LIFECYCLE = ("start", "segment", "stop", "recovered")
 ENDS = ("stop", "recovered")
 BOOKKEEPING = ("uploaded", "deleted")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS recordings (
-    session TEXT NOT NULL,
-    recorder TEXT NOT NULL,
-    next_seq INTEGER NOT NULL,
-    last_hash TEXT NOT NULL,
-    manifest_bytes INTEGER NOT NULL,
-    last_kind TEXT NOT NULL DEFAULT '',
-    updated_utc_ms INTEGER NOT NULL,
-    PRIMARY KEY (session, recorder)
-);
-CREATE TABLE IF NOT EXISTS records (
-    session TEXT NOT NULL,
-    recorder TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    utc_ms INTEGER NOT NULL,
-    PRIMARY KEY (session, recorder, seq)
-);
-CREATE TABLE IF NOT EXISTS segments (
-    session TEXT NOT NULL,
-    recorder TEXT NOT NULL,
-    name TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    ct_sha256 TEXT NOT NULL,
-    ct_size INTEGER NOT NULL,
-    pt_sha256 TEXT NOT NULL,
-    record_seq INTEGER NOT NULL,
-    receipt TEXT,
-    PRIMARY KEY (session, recorder, name)
-);
-CREATE TABLE IF NOT EXISTS frozen (
-    session TEXT NOT NULL,
-    recorder TEXT NOT NULL,
-    next_seq INTEGER NOT NULL,
-    frozen_utc_ms INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    PRIMARY KEY (session, recorder)
-);
-CREATE TABLE IF NOT EXISTS closed (
-    session TEXT PRIMARY KEY,
-    closed_utc_ms INTEGER NOT NULL,
-    closed_by TEXT NOT NULL,
-    document BLOB NOT NULL
-);
-"""
+# The index's tables: controller/migrations/archive_db.py.
 
 
 
@@ -196,10 +151,7 @@ class Archive:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
-        if "received_utc_ms" not in columns:  # archives from before issue 15
-            self._db.execute("ALTER TABLE records ADD COLUMN received_utc_ms INTEGER")
+        migrate(self._db, archive_db.MIGRATIONS, label="archive", path=self.dir / "archive.db")
         self.recipients = self._recipients()
         self.recipients_document = sign_document(self.recipients, signing)
         self._reconcile()
@@ -263,6 +215,18 @@ class Archive:
         if received_utc_ms is not None and not identity.trusted_at(received_utc_ms / 1000):
             return None
         return Ed25519PublicKey.from_public_bytes(identity.sign_key)
+
+    def stored_by_recorder(self) -> dict[str, tuple[int, int]]:
+        """{recorder: (segments, ciphertext bytes)} archived so far; the archive never deletes,
+        so these only grow (metrics expose them as counters)."""
+        with self._lock:
+            rows = self._db.execute("SELECT recorder, count(*), coalesce(sum(ct_size), 0) "
+                                    "FROM segments GROUP BY recorder").fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def closed_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM closed").fetchone()[0])
 
     def freeze(self, recorder: str, reason: str) -> dict[str, int]:
         """At revocation: end each of `recorder`'s recordings where the archive's copy ends.

@@ -22,6 +22,7 @@ from tiepdan import __version__
 from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.cli.fleet_table import fleet_table
 from tiepdan.controller.config import ControllerConfig, config_path, load_config
+from tiepdan.errors import TiepdanError
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
 
@@ -123,6 +124,20 @@ def _user(config: ControllerConfig, args: argparse.Namespace, console: Console) 
     from tiepdan.controller.cli.users import user_command
 
     return user_command(config, args, console)
+def _backup(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
+    from tiepdan.controller.backup.backup import backup
+
+    header = backup(config, args.out, args.recipient)
+    console.print_json(data=header)
+    return 0
+
+
+def _restore(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
+    from tiepdan.controller.backup.backup import restore
+
+    console.print_json(data=restore(config, args.file, args.identity, args.signer,
+                                    replace=args.replace))
+    return 0
 
 
 COMMANDS = {
@@ -134,6 +149,8 @@ COMMANDS = {
     "set-config": _set_config,
     "session": _session,
     "user": _user,
+    "backup": _backup,
+    "restore": _restore,
 }
 
 
@@ -163,6 +180,18 @@ def parser() -> argparse.ArgumentParser:
                     help="telemetry_interval, log_level, tags, maintenance_window, auto_join")
     sc.add_argument("--wait", type=float, default=15.0,
                     help="seconds to wait for the box to report (0: do not wait)")
+    b = sub.add_parser("backup", help="write an encrypted, signed backup of the central side")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--recipient", action="append", default=[], metavar="AGE1...",
+                   help="age X25519 recipient (repeat for several); keep the identity offline")
+    r = sub.add_parser("restore", help="restore a backup onto this (fresh) machine")
+    r.add_argument("file", type=Path)
+    r.add_argument("--identity", type=Path, required=True, help="age identity file")
+    r.add_argument("--signer", required=True,
+                   help="the controller's public key (base64), as `backup` printed it and "
+                        "every box pins it (identity/controller.pub)")
+    r.add_argument("--replace", action="store_true",
+                   help="overwrite an existing controller database")
     from tiepdan.controller.cli.sessions import add_session_parser
 
     add_session_parser(sub)
@@ -184,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](config, args, console)
-    except ApiError as exc:
+    except (ApiError, TiepdanError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tiepdan.firmware import protocol
@@ -23,6 +25,12 @@ class CommandClient:
         self._link = link
         self._controller = controller_id
         self._waiting: dict[bytes, asyncio.Future[protocol.Response]] = {}
+        self._observers: list[Callable[[str, float, str], None]] = []
+
+    def observe(self, observer: Callable[[str, float, str], None]) -> None:
+        """`observer(command, seconds, outcome)` after each request; outcome is `ok`, the
+        error code the box answered, or `timeout` (metrics listen here)."""
+        self._observers.append(observer)
 
     @property
     def response_filter(self) -> str:
@@ -34,6 +42,7 @@ class CommandClient:
         correlation = command.id.encode()
         future: asyncio.Future[protocol.Response] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
+        started, outcome = time.monotonic(), "timeout"
         try:
             self._link.publish(
                 protocol.command_topic(device, name), protocol.encode(command), qos=1,
@@ -41,7 +50,9 @@ class CommandClient:
                 correlation_data=correlation, expiry=max(1, math.ceil(timeout)),
             )
             log.info("command_sent device=%s command=%s id=%s", device, name, command.id)
-            return await asyncio.wait_for(future, timeout)
+            response = await asyncio.wait_for(future, timeout)
+            outcome = "ok" if response.ok else (response.error.code if response.error else "error")
+            return response
         except TimeoutError:
             log.warning("command_timeout device=%s command=%s id=%s", device, name, command.id)
             return protocol.error_response(
@@ -49,6 +60,9 @@ class CommandClient:
             )
         finally:
             self._waiting.pop(correlation, None)
+            elapsed = time.monotonic() - started
+            for observer in self._observers:
+                observer(name, elapsed, outcome)
 
     def on_response(self, device: str, message: Inbound) -> None:
         correlation = message.correlation_data

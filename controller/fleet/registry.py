@@ -20,39 +20,7 @@ from tiepdan.firmware import protocol
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL DEFAULT '',
-    name TEXT NOT NULL DEFAULT '',
-    province TEXT NOT NULL DEFAULT '',
-    commune TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL DEFAULT 'unknown',
-    seq INTEGER NOT NULL DEFAULT -1,
-    firmware TEXT NOT NULL DEFAULT '',
-    board TEXT NOT NULL DEFAULT '',
-    boot_id TEXT NOT NULL DEFAULT '',
-    capabilities TEXT NOT NULL DEFAULT '[]',
-    since REAL NOT NULL DEFAULT 0,
-    last_seen REAL NOT NULL DEFAULT 0,
-    health TEXT,
-    reported TEXT,
-    desired TEXT,
-    desired_version INTEGER NOT NULL DEFAULT 0,
-    extra TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS events (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    received REAL NOT NULL,
-    data TEXT NOT NULL,
-    UNIQUE (device, event_id)
-);
-CREATE INDEX IF NOT EXISTS events_by_device ON events (device, n);
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 ONLINE = {"init", "ready"}
 
@@ -96,7 +64,6 @@ Listener = Callable[[Device, str], None]
 class Registry:
     def __init__(self, db: Database) -> None:
         self._db = db
-        db.ensure(SCHEMA)
         self._devices: dict[str, Device] = {}
         self._dirty: set[str] = set()
         self._listeners: list[Listener] = []

@@ -16,21 +16,6 @@ from tiepdan.controller.store import Database
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    user TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
-
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -45,7 +30,6 @@ class AuditEntry:
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
-        db.ensure(SCHEMA)
 
     def record(self, user: str, action: str, target: str, **detail: Any) -> None:
         self._db.conn.execute(

@@ -14,16 +14,6 @@ from dataclasses import dataclass
 
 from tiepdan.controller.store import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS logins (
-    digest TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    csrf TEXT NOT NULL,
-    created REAL NOT NULL,
-    seen REAL NOT NULL
-);
-"""
-
 
 @dataclass(frozen=True)
 class Login:
@@ -41,7 +31,6 @@ class Logins:
         self._db = db
         self.idle = idle
         self.lifetime = lifetime
-        db.ensure(SCHEMA)
 
     def start(self, user: str) -> tuple[str, Login]:
         """A new session for `user`: (the cookie value, the session)."""

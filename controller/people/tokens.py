@@ -13,16 +13,6 @@ from dataclasses import dataclass
 
 from tiepdan.controller.store import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    digest TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    label TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    last_used REAL
-);
-"""
-
 PREFIX = "tdu_"
 
 
@@ -41,7 +31,6 @@ def _digest(token: str) -> str:
 class ApiTokens:
     def __init__(self, db: Database) -> None:
         self._db = db
-        db.ensure(SCHEMA)
 
     def issue(self, user: str, label: str = "") -> tuple[str, ApiToken]:
         """A new token for `user`: (the secret, shown once; its record)."""

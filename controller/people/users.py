@@ -17,17 +17,6 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from tiepdan.controller.people.roles import check_role
 from tiepdan.controller.store import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    province TEXT NOT NULL DEFAULT '',
-    password TEXT NOT NULL,
-    created REAL NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0
-);
-"""
-
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}\Z")
 PROVINCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}\Z")
 MIN_PASSWORD = 10
@@ -55,7 +44,6 @@ class Users:
     def __init__(self, db: Database, hasher: PasswordHasher | None = None) -> None:
         self._db = db
         self._hasher = hasher or PasswordHasher()
-        db.ensure(SCHEMA)
         self._dummy = self._hasher.hash("not a password of anyone")
 
     def add(self, name: str, role: str, password: str, province: str = "") -> User:

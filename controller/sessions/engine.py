@@ -39,45 +39,7 @@ from tiepdan.firmware.core.mqtt import Inbound, MqttLink
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL DEFAULT '',
-    host TEXT NOT NULL,
-    state TEXT NOT NULL,
-    auto_join INTEGER NOT NULL DEFAULT 0,
-    schedule TEXT,
-    starts_at REAL,
-    created REAL NOT NULL,
-    started REAL,
-    ended REAL,
-    end_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
-CREATE TABLE IF NOT EXISTS session_points (
-    session TEXT NOT NULL REFERENCES sessions (id),
-    device TEXT NOT NULL,
-    role TEXT NOT NULL,
-    call TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    invited_at REAL,
-    joined_at REAL,
-    left_at REAL,
-    detail TEXT NOT NULL DEFAULT '',
-    answer TEXT,
-    PRIMARY KEY (session, device)
-);
-CREATE TABLE IF NOT EXISTS session_log (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    session TEXT NOT NULL,
-    ts REAL NOT NULL,
-    device TEXT,
-    what TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS session_log_by_session ON session_log (session, n);
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 SessionState = Literal["scheduled", "inviting", "live", "ended", "closed"]
 ACTIVE = ("inviting", "live")
@@ -146,7 +108,6 @@ class Sessions:
         self._rpc = rpc
         self._link = link
         self.bridge = bridge
-        self._db.ensure(SCHEMA)
         self._listeners: list[Listener] = []
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Future[None]] = set()

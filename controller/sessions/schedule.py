@@ -32,20 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schedules (
-    id TEXT PRIMARY KEY,
-    every TEXT NOT NULL,
-    timezone TEXT NOT NULL,
-    host TEXT NOT NULL,
-    invite TEXT NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    auto_join INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    active INTEGER NOT NULL DEFAULT 1,
-    next_session TEXT
-);
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 DAYS = {"MON": rrule.MO, "TUE": rrule.TU, "WED": rrule.WE, "THU": rrule.TH, "FRI": rrule.FR,
         "SAT": rrule.SA, "SUN": rrule.SU}
@@ -128,7 +115,6 @@ class Schedules:
         self._db = db
         self._timezone = timezone
         self._sessions = sessions
-        self._db.ensure(SCHEMA)
         zone(self._timezone)
 
     def all(self) -> list[Schedule]:

@@ -45,56 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ota_campaigns (
-    id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    spec TEXT NOT NULL,
-    wave INTEGER NOT NULL DEFAULT 0,
-    wave_started REAL NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ota_boxes (
-    campaign TEXT NOT NULL REFERENCES ota_campaigns(id),
-    device TEXT NOT NULL,
-    wave INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    step TEXT NOT NULL DEFAULT '',
-    progress REAL,
-    reason TEXT NOT NULL DEFAULT '',
-    running TEXT NOT NULL DEFAULT '',
-    seq INTEGER NOT NULL DEFAULT -1,
-    notified REAL NOT NULL DEFAULT 0,
-    updated REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign, device)
-);
-CREATE INDEX IF NOT EXISTS ota_boxes_by_state ON ota_boxes (campaign, wave, state);
-CREATE TABLE IF NOT EXISTS ota_history (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    device TEXT NOT NULL,
-    campaign TEXT NOT NULL,
-    status TEXT NOT NULL,
-    step TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '',
-    running TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS ota_history_by_device ON ota_history (device, n);
-CREATE TABLE IF NOT EXISTS ota_audit (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    campaign TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE TRIGGER IF NOT EXISTS ota_audit_no_update BEFORE UPDATE ON ota_audit
-BEGIN SELECT RAISE(ABORT, 'ota_audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS ota_audit_no_delete BEFORE DELETE ON ota_audit
-BEGIN SELECT RAISE(ABORT, 'ota_audit is append-only'); END;
-"""
+# Its tables are created and changed only by controller/migrations/controller_db.py.
 
 ACTIVE = ("notified", "queued", "in_progress")
 FAILURES = ("failed", "rejected", "rolled_back")
@@ -214,7 +165,6 @@ class Campaigns:
         self._db = db
         self._registry = registry
         self._link = link
-        self._db.ensure(SCHEMA)
         self._public_url = public_url
         self.tick = tick
         self._bucket = _Bucket(rate=1.0, at=time.monotonic())

@@ -102,7 +102,9 @@ class Agent:
         self.shadow = Shadow(self.store)
         self.indicators = Indicators(self.panel)
         self.telemetry = Telemetry(self.device, self.sensors.read, self.link,
-                                   lambda: len(self.outbox), config.telemetry.interval)
+                                   lambda: len(self.outbox), config.telemetry.interval,
+                                   # late-bound: the uploader is built below
+                                   backlog=lambda: self.uploader.backlog_seconds())  # noqa: PLW0108
         self.capabilities: list[str] = ["commands", "shadow", "telemetry", "buttons"]
         self.seq = -1
         self.boot_id = _boot_id()

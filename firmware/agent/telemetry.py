@@ -20,11 +20,13 @@ log = logging.getLogger(__name__)
 
 class Telemetry:
     def __init__(self, device: str, sensors: Callable[[], Readings], link: MqttLink,
-                 outbox_len: Callable[[], int], interval: float) -> None:
+                 outbox_len: Callable[[], int], interval: float,
+                 backlog: Callable[[], float | None] | None = None) -> None:
         self._device = device
         self._sensors = sensors
         self._link = link
         self._outbox_len = outbox_len
+        self._backlog = backlog
         self.interval = interval
         self.latest: protocol.Health | None = None
         self._wake = asyncio.Event()
@@ -35,6 +37,12 @@ class Telemetry:
 
     async def read(self) -> protocol.Health:
         h = await asyncio.to_thread(self._sensors)
+        backlog = None
+        if self._backlog is not None:
+            try:
+                backlog = await asyncio.to_thread(self._backlog)
+            except Exception:
+                log.exception("telemetry_backlog_failed device=%s", self._device)
         self.latest = protocol.Health(
             ts=protocol.now_ms(),
             uptime_s=h.uptime_s,
@@ -48,6 +56,7 @@ class Telemetry:
             throttled=h.throttled,
             under_voltage=h.under_voltage,
             clock_synced=h.clock_synced,
+            recording_backlog_s=backlog,
         )
         return self.latest
 

@@ -231,6 +231,8 @@ class Health(msgspec.Struct, frozen=True, omit_defaults=True):
     throttled: Annotated[int, msgspec.Meta(ge=0)] | None = None
     under_voltage: bool | None = None
     clock_synced: bool | None = None
+    # Age of the oldest recording segment the box holds without the archive's receipt.
+    recording_backlog_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 ButtonName = Literal["call", "mute", "end"]

@@ -171,6 +171,30 @@ class Uploader:
                 "pending": None if last is None else last.pending,
                 "last_error": None if last is None or not last.errors else last.errors[0]}
 
+    def backlog_seconds(self, now_ms: int | None = None) -> float | None:
+        """Age of the oldest segment this box recorded that the archive has not receipted yet
+        (0 with none): what `tele/health` reports as `recording_backlog_s`. Reads the files the
+        upload pass writes, tolerating a line being written; meant for a worker thread."""
+        now_ms = protocol.now_ms() if now_ms is None else now_ms
+        oldest: int | None = None
+        if not self.dir.is_dir():
+            return 0.0
+        for directory in self.dir.glob("*/"):
+            manifest = directory / FILENAME
+            if not manifest.exists() or self._complete.get(directory.name) == \
+                    manifest.stat().st_size:
+                continue
+            try:
+                _, records = _read(manifest)
+            except OSError:
+                continue
+            held = _held(directory / RECEIPTS)
+            for record in records:
+                if record.kind == "segment" and record.segment and \
+                        record.segment.name not in held:
+                    oldest = record.utc_ms if oldest is None else min(oldest, record.utc_ms)
+        return 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
+
     async def sync(self) -> UploadReport:
         """One pass over every session directory."""
         report = UploadReport()

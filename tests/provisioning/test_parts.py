@@ -20,6 +20,7 @@ from cryptography import x509
 from PIL import Image
 
 from tiepdan.controller.enrollment.enrollment import RateLimiter
+from tiepdan.controller.migrations import controller_db, migrate
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.config import DeviceSection
 from tiepdan.firmware.firstboot.enroll import (
@@ -52,7 +53,9 @@ SIGN = b"s" * 32
 
 @pytest.fixture
 def claims() -> ClaimStore:
-    return ClaimStore(sqlite3.connect(":memory:", isolation_level=None))
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn, controller_db.MIGRATIONS, label="controller")
+    return ClaimStore(conn)
 
 
 def test_a_token_is_stored_only_as_its_hash(claims: ClaimStore) -> None:

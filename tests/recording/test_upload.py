@@ -21,6 +21,7 @@ from tests.recording.arc_support import (
 from tests.support import eventually, make_agent_config, running_agent, running_controller
 from tiepdan.controller.archive.closed import ClosedSession
 from tiepdan.controller.service import Controller
+from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
 from tiepdan.firmware.core.mqtt import client_context
 from tiepdan.tools.broker import Mosquitto, free_port
@@ -60,10 +61,15 @@ async def test_uploads_everything_then_deletes(tmp_path: Path, broker: Mosquitto
         async with running_agent(_agent_config(tmp_path, broker, "")) as box:
             assert (await box.agent.uploader.sync()).records_sent == 0
             assert c.archive.next_seq(session, BOX) == 0
+            # Three segments without receipts: health reports how old the oldest is.
+            later = protocol.now_ms() + 60_000
+            assert box.agent.uploader.backlog_seconds(later) >= 60
+            assert ((await box.agent.telemetry.read()).recording_backlog_s or 0) > 0
         async with running_agent(_agent_config(tmp_path, broker, c.boxes.url)) as box:
             await eventually(lambda: _complete(c, session, directory, 3), timeout=20,
                              what="every segment archived and deleted")
             assert box.agent.recipients.current() == c.archive.recipients
+            assert box.agent.uploader.backlog_seconds() == 0
         kinds = _kinds(directory)
         assert kinds.count("uploaded") == 3 and kinds[-1] == "deleted"
         for record in manifest_records(directory / "manifest.jsonl"):

@@ -1,0 +1,1 @@
+"""Alerts without Prometheus: the rules of `controller/metrics/rules.yml`, evaluated here."""

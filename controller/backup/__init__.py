@@ -1,0 +1,1 @@
+"""Backup and restore of what rebuilds the central side (see `backup.py`)."""

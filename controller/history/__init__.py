@@ -1,0 +1,1 @@
+"""Health history per box, downsampled into fixed buckets (see `history.History`)."""

@@ -1,0 +1,1 @@
+"""Prometheus metrics of the controller and, through telemetry, of every box; alert rules."""

@@ -1,0 +1,140 @@
+"""Schema migrations: a database written by the release before migrations existed (52e25eb),
+full of data, upgrades in place with nothing lost; a failing step leaves the file as it was; a
+file from a newer release is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tiepdan.controller.fleet.registry import Registry
+from tiepdan.controller.identities import Identities
+from tiepdan.controller.migrations import (
+    Migration,
+    SchemaTooNew,
+    archive_db,
+    controller_db,
+    migrate,
+)
+from tiepdan.controller.migrations import version as schema_version
+from tiepdan.controller.store import Database
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load(sql: str, path: Path) -> None:
+    """Make the old file from its dump (made from 52e25eb's SCHEMA strings, every table filled)."""
+    conn = sqlite3.connect(path)
+    conn.executescript((FIXTURES / sql).read_text())
+    conn.close()
+
+
+def snapshot(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        return {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+                for t in tables}
+    finally:
+        conn.close()
+
+
+def test_a_controller_db_from_before_migrations_upgrades_with_nothing_lost(tmp_path: Path) -> None:
+    path = tmp_path / "controller.db"
+    load("controller-52e25eb.sql", path)
+    before = snapshot(path)
+    assert len(before) == 14 and all(len(rows) == 3 for rows in before.values())
+
+    db = Database(path)
+    assert db.migrated_from == 0
+    assert schema_version(db.conn) == len(controller_db.MIGRATIONS)
+    db.close()
+
+    after = snapshot(path)
+    for table, rows in before.items():
+        assert after[table] == rows, table
+    # The copy taken before the upgrade is the old file, untouched.
+    assert snapshot(tmp_path / "controller.db.v0.bak") == before
+    assert (tmp_path / "controller.db.v0.bak").stat().st_mode & 0o077 == 0
+
+    # The stores read the upgraded rows and the append-only trigger still holds.
+    db = Database(path)
+    assert db.migrated_from == len(controller_db.MIGRATIONS)
+    assert Registry(db).get("devices-id-1") is not None
+    assert Identities(db).get("device_identities-device-2") is not None
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.conn.execute("DELETE FROM ota_audit")
+    db.close()
+
+
+def test_an_archive_index_from_before_migrations_upgrades_with_nothing_lost(
+        tmp_path: Path) -> None:
+    path = tmp_path / "archive.db"
+    load("archive-52e25eb.sql", path)
+    before = snapshot(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, archive_db.MIGRATIONS, label="archive", path=path) == 0
+    conn.close()
+    assert snapshot(path) == before
+
+
+def test_an_index_from_before_issue_15_gains_its_column(tmp_path: Path) -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(archive_db.BASELINE)
+    conn.execute("INSERT INTO records VALUES ('s', 'r', 0, 'h', 'segment', 5)")
+    migrate(conn, archive_db.MIGRATIONS, label="archive")
+    row = conn.execute("SELECT seq, received_utc_ms FROM records").fetchone()
+    assert row == (0, None)
+
+
+def test_a_new_database_gets_every_table(tmp_path: Path) -> None:
+    db = Database(tmp_path / "controller.db")
+    names = {r[0] for r in db.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"devices", "sessions", "ota_campaigns", "provisioned_boxes"} <= names
+    assert not (tmp_path / "controller.db.v0.bak").exists()  # nothing to keep
+    db.close()
+
+
+def test_a_failing_step_rolls_back_its_version_and_its_changes(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+
+    def boom(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t VALUES (2, 'lost')")
+        raise RuntimeError("injected")
+
+    steps = [Migration(1, "t", "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);"),
+             Migration(2, "add", "ALTER TABLE t ADD COLUMN y TEXT; UPDATE t SET y = 'kept';"),
+             Migration(3, "boom", boom)]
+    with pytest.raises(RuntimeError, match="injected"):
+        migrate(conn, steps, label="x", path=path)
+    assert schema_version(conn) == 2
+    assert conn.execute("SELECT x, y FROM t").fetchall() == [(1, "kept")]
+    # Fixed in the next release: the run resumes at step 3 only.
+    steps[2] = Migration(3, "fixed", "INSERT INTO t VALUES (3, 'new');")
+    assert migrate(conn, steps, label="x", path=path) == 2
+    assert conn.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (3,)]
+    conn.close()
+
+
+def test_a_file_from_a_newer_release_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "controller.db"
+    Database(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {len(controller_db.MIGRATIONS) + 1}")
+    conn.close()
+    before = snapshot(path)
+    with pytest.raises(SchemaTooNew, match="newer release"):
+        Database(path)
+    assert snapshot(path) == before
+
+
+def test_migrations_are_numbered_without_gaps() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    with pytest.raises(ValueError, match="numbered"):
+        migrate(conn, [Migration(2, "x", "SELECT 1;")], label="x")
+
+
