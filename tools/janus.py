@@ -104,7 +104,7 @@ class Janus:
             "\tsession_timeout = 60\n"
             "\thide_dependencies = true\n"
             "}\n"
-            f"media: {{\n{media}\tno_media_timer = 2\n\tdtls_timeout = 500\n}}\n"
+            f"media: {{\n{media}\tno_media_timer = 1\n\tdtls_timeout = 500\n}}\n"
             f'nat: {{\n\tice_enforce_list = "{self.ice_interface}"\n{nat}'
             "\tnice_debug = false\n}\n"
             "plugins: {\n\tdisable = \"" + ",".join(

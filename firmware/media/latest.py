@@ -9,6 +9,10 @@ seconds late. Two bounds, on the box and on the bridge alike:
   the backlog is thrown away and frames are skipped up to the next key frame (decoding from
   anything else shows garbage); the receiver then asks the sender for one (PLI), as it does
   after a decode error. Audio keeps its newest `MAX_AUDIO_BACKLOG` packets.
+- `bound_decoder(pc)` also bounds aiortc's video jitter buffer by time: it holds up to 512
+  packets waiting for a lost one (seconds of video at a box's bitrate) before giving up. A
+  gap older than `MAX_GAP_S` is skipped with the frame after it and a PLI asks for a key frame;
+  decoding goes on meanwhile (concealed) rather than freeze the picture.
 - `latest_frames(track)`: iterates a track's decoded frames skipping all but the newest
   waiting one, so a consumer slower than the sender sees fewer frames, not older ones.
 - `bound_socket_age(pc)`: an event loop short of CPU reads its UDP sockets late and the
@@ -39,8 +43,10 @@ log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 3  # encoded video frames (200 ms at 15 fps) waiting for the decoder
 MAX_AUDIO_BACKLOG = 10  # 20 ms Opus packets
+MAX_GAP_S = 0.2  # a lost video packet (NACK round trips included) waited for this long at most
 MAX_SOCKET_AGE_S = 0.25  # an RTP packet older than this in the kernel's buffer is dropped
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
+_JITTER = "_RTCRtpReceiver__jitter_buffer"
 _ERROR = "_RTCRtpReceiver__decoder_error"
 
 
@@ -143,7 +149,69 @@ def bound_decoder(pc: RTCPeerConnection, tap: EncodedTap | None = None) -> Dropp
         setattr(receiver, _QUEUE, bounded)
         if transceiver.kind == "video":
             video = bounded
+            jitter = getattr(receiver, _JITTER, None)
+            if jitter is not None and hasattr(jitter, "add"):
+                jitter.add = _gap_bounded(jitter)
     return video
+
+
+def _gap_bounded(jitter: Any) -> Any:
+    """The jitter buffer's `add`, giving up on a lost packet after MAX_GAP_S without a frame."""
+    original = jitter.add
+    progress: list[float | None] = [None]  # when the buffer last gave out a frame
+
+    def add(packet: Any) -> tuple[bool, Any]:
+        pli, frame = original(packet)
+        now = time.monotonic()
+        if frame is not None or progress[0] is None or jitter._origin is None:
+            progress[0] = now
+            return pli, frame
+        if now - progress[0] < MAX_GAP_S or not _has_hole(jitter, packet.sequence_number):
+            return pli, frame  # in time, or a large frame still arriving whole
+        progress[0] = now
+        _skip_gap(jitter, packet.sequence_number)
+        # Decoding goes on (concealed until the key frame the PLI brings): waiting for a key
+        # frame instead would freeze the picture whenever key frames are the ones lost.
+        log.warning("jitter_gap_skipped after_s=%.2f", MAX_GAP_S)
+        return True, jitter._remove_frame(packet.sequence_number)
+
+    return add
+
+
+def _has_hole(jitter: Any, newest: int) -> bool:
+    span = (newest - jitter._origin) & 0xFFFF
+    if span >= jitter._capacity:
+        return False
+    return any(jitter._packets[(jitter._origin + i) % jitter._capacity] is None
+               for i in range(span + 1))
+
+
+def _skip_gap(jitter: Any, newest: int) -> None:
+    """Move the buffer's head past the incomplete frame, the missing packets and the frame
+    after them (it may lack its start), never past the newest packet received."""
+    capacity = jitter._capacity
+    packets = jitter._packets
+
+    def head() -> Any:
+        return packets[jitter._origin % capacity]
+
+    def advance() -> bool:
+        if jitter._origin == (newest + 1) & 0xFFFF:
+            return False
+        packets[jitter._origin % capacity] = None
+        jitter._origin = (jitter._origin + 1) & 0xFFFF
+        return True
+
+    while head() is not None:  # the frame the hole is in
+        if not advance():
+            return
+    while head() is None:  # the hole
+        if not advance():
+            return
+    timestamp = head().timestamp
+    while head() is None or head().timestamp == timestamp:  # the frame after it
+        if not advance():
+            return
 
 
 def dropped(pc: RTCPeerConnection) -> int:

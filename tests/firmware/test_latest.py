@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
+
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.latest import (
     MAX_BACKLOG,
@@ -100,3 +102,36 @@ def test_packet_kinds() -> None:
     dtls = bytes([22, 254]) + bytes(11)
     assert is_rtp_media(rtp)
     assert not any(is_rtp_media(p) for p in (rtcp_rr, stun, dtls))
+
+
+def test_a_lost_packet_stalls_the_jitter_buffer_for_max_gap_not_for_its_capacity(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtp import RtpPacket
+
+    from tiepdan.firmware.media import latest
+
+    clock = [100.0]
+    monkeypatch.setattr(latest.time, "monotonic", lambda: clock[0])
+    jitter = JitterBuffer(capacity=512, is_video=True)
+    jitter.add = latest._gap_bounded(jitter)  # type: ignore[method-assign]
+
+    def packet(seq: int) -> RtpPacket:
+        rtp = RtpPacket(payload_type=96, sequence_number=seq, timestamp=3000 * (seq // 2))
+        rtp._data = IDR if seq % 10 == 0 else P_FRAME  # type: ignore[attr-defined]
+        return rtp
+
+    out = []
+    for seq in range(0, 40):
+        if seq == 5:
+            continue  # lost: the frame of packets 4-5 never completes
+        clock[0] += 0.01
+        _, frame = jitter.add(packet(seq))
+        if frame is not None:
+            out.append(frame.timestamp // 3000)
+    # Frames 0 and 1 came out; then nothing until MAX_GAP_S (0.2 s = 20 packets here) had
+    # passed, then the incomplete frame and the one after the hole were skipped...
+    assert out[:2] == [0, 1]
+    assert 2 not in out and out[2] > 3
+    # ...and frames flow again well before the buffer's 512-packet capacity.
+    assert out[-1] >= 18

@@ -92,3 +92,23 @@ def test_the_board_wires_exactly_the_buttons_the_wire_names() -> None:
 
     assert tuple(BUTTONS) == protocol.BUTTON_NAMES
     assert all(protocol.is_button(b) for b in BUTTONS) and not protocol.is_button("reset")
+def test_split_plan_fields_are_additions_an_older_peer_can_ignore() -> None:
+    old_offer = b'{"type":"offer","session":"s-1","attempt":1,"sdp":"v=0","ts":1}'
+    offer = protocol.decode_call_up(old_offer)
+    assert isinstance(offer, protocol.CallOffer) and offer.leg == "main"
+    view = protocol.decode_call_down(protocol.encode(protocol.CallOffer(
+        session="s-1", attempt=2, sdp="v=0", ts=1, leg="view")))
+    assert isinstance(view, protocol.CallOffer) and view.leg == "view"
+    answer = protocol.decode_call_up(protocol.encode(protocol.CallAnswer(
+        session="s-1", attempt=2, sdp="v=0", ts=1, leg="view")))
+    assert isinstance(answer, protocol.CallAnswer) and answer.leg == "view"
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode_call_up(b'{"type":"offer","session":"s-1","attempt":1,"sdp":"v=0",'
+                                b'"ts":1,"leg":"sideways"}')
+    invite = protocol.convert({"session": "s-1", "call": "c-1", "role": "guest", "host": "h",
+                               "host_name": "H", "expires": 1}, protocol.SessionInvite)
+    assert invite.plan == "single" and invite.ice_servers == []
+    with pytest.raises(protocol.ProtocolError):
+        protocol.convert({"session": "s-1", "call": "c-1", "role": "guest", "host": "h",
+                          "host_name": "H", "expires": 1, "ice_servers": [{"urls": []}]},
+                         protocol.SessionInvite)

@@ -12,9 +12,10 @@ feed; one `MixTap` joins the AudioBridge muted and receives the full mix. Both f
 bridge's recording as the aiortc bridge does (`composed_video`, `mixed_audio`).
 
 Janus's WebSocket API (`bridge.janus_url`, `bridge.janus_api_secret`) is driven from asyncio.
-A point goes live with its first picture at the compositor and is lost when that stops for
-`bridge.media_timeout`, when Janus hangs its publisher up, or when it never connects within
-`bridge.connect_timeout`.
+A point goes live when Janus receives its video (or the compositor decodes a picture of it),
+and is lost when Janus has received no video from it for `bridge.media_timeout` (Janus's own
+`media` events, so a compositor short of CPU never drops a healthy point), when Janus hangs
+its publisher up, or when it never connects within `bridge.connect_timeout`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 from av.stream import Stream
@@ -62,6 +65,8 @@ class JanusPoint:
     publisher: JanusHandle | None = None
     audio: JanusHandle | None = None
     view: JanusHandle | None = None
+    # Janus's own view of the point's video (its `media` events): when it stopped arriving.
+    silent_since: float | None = None
 
     def handles(self) -> list[JanusHandle]:
         return [h for h in (self.publisher, self.audio, self.view) if h is not None]
@@ -85,8 +90,9 @@ class JanusSession(BridgeSession):
         self.mixed_audio: Fanout[av.AudioFrame] = self.tap.mixed_audio
         self._control: JanusHandle | None = None
         self._audio_control: JanusHandle | None = None
-        self._tasks: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
         self._layout: protocol.CallLayout | None = None
+        self._counted: dict[str, tuple[int, float]] = {}  # device -> (frames, when), for stats
 
     @property
     def frames_composed(self) -> int:
@@ -107,7 +113,7 @@ class JanusSession(BridgeSession):
             "audio_active_packets": 25, "audio_level_average": 40})
         await self.compositor.start()
         await self.tap.start()
-        self._tasks.append(asyncio.ensure_future(self._watch_loop()))
+        self._spawn(self._watch_loop())
         log.info("janus_session_start session=%s room=%d", self.id, self.room)
 
     # -- legs ------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ class JanusSession(BridgeSession):
                       device, attempt, exc)
             raise BridgeError("bad_request", f"offer not usable: {exc}") from None
         answer = _answer(jsep)
-        self._tasks.append(asyncio.ensure_future(self._offer_view(point, attempt)))
+        self._spawn(self._offer_view(point, attempt))
         self._publish_layout()
         log.info("bridge_join session=%s device=%s attempt=%d feed=%d members=%d", self.id,
                  device, attempt, point.feed, len(self.points))
@@ -208,11 +214,15 @@ class JanusSession(BridgeSession):
             return
         kind = event.get("janus")
         if kind == "webrtcup":
-            task = asyncio.ensure_future(self._subscribe(point, attempt))
-            self._tasks.append(task)
+            self._spawn(self._subscribe(point, attempt))
+        elif kind == "media" and event.get("type") == "video":
+            if event.get("receiving"):
+                point.silent_since = None
+                self._went_live(point)
+            elif point.silent_since is None:
+                point.silent_since = time.monotonic()
         elif kind == "hangup" and point.state != "lost":
-            self._tasks.append(asyncio.ensure_future(
-                self._lose(point, f"janus hung up: {event.get('reason', '')}"[:200])))
+            self._spawn(self._lose(point, f"janus hung up: {event.get('reason', '')}"[:200]))
 
     async def _subscribe(self, point: JanusPoint, attempt: int) -> None:
         try:
@@ -224,8 +234,14 @@ class JanusSession(BridgeSession):
 
     def _on_frame(self, device: str, frames: int) -> None:
         point = self.points.get(device)
-        if point is None or point.state != "connecting":
+        if point is not None:
+            self._went_live(point)
+
+    def _went_live(self, point: JanusPoint) -> None:
+        """Janus receives the point's video, or the compositor decoded a picture of it."""
+        if point.state != "connecting" or point.publisher is None:
             return
+        device = point.device
         point.state = "live"
         log.info("bridge_peer_live session=%s device=%s attempt=%d after_s=%.2f", self.id,
                  device, point.attempt, time.monotonic() - point.since)
@@ -244,10 +260,12 @@ class JanusSession(BridgeSession):
             for point in list(self.points.values()):
                 if point.publisher is None:
                     continue
-                feed = self.compositor.feeds.get(point.device)
-                last = feed.last_media if feed is not None else 0.0
-                if point.state == "live" and now - last > self.config.media_timeout:
-                    detail = f"no media for {now - last:.1f}s"
+                # Janus's word, not the compositor's pictures: a compositor short of CPU
+                # decodes late, which is no reason to drop the point.
+                silent = point.silent_since
+                if point.state == "live" and silent is not None and \
+                        now - silent > self.config.media_timeout:
+                    detail = f"janus received no video for {now - silent:.1f}s"
                 elif point.state == "connecting" and \
                         now - point.since > self.config.connect_timeout:
                     detail = f"not connected after {self.config.connect_timeout:g}s"
@@ -285,8 +303,13 @@ class JanusSession(BridgeSession):
         log.info("bridge_leave session=%s device=%s members=%d", self.id, device,
                  len(self.points))
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for point in list(self.points.values()):
@@ -316,10 +339,16 @@ class JanusSession(BridgeSession):
         self._bridge._layout_changed(self.id, layout)
 
     async def stats(self) -> dict[str, protocol.CallQos]:
-        """What the compositor receives of each point (Janus's own counters stay in Janus)."""
+        """Pictures per second the compositor decodes of each point since the last call
+        (Janus's own counters stay in Janus)."""
         result = {}
+        now = time.monotonic()
         for device, feed in self.compositor.feeds.items():
-            result[device] = protocol.CallQos(fps_received=float(feed.frames))
+            frames, since = self._counted.get(device, (0, now))
+            self._counted[device] = (feed.frames, now)
+            if now > since and feed.frames >= frames:
+                result[device] = protocol.CallQos(
+                    fps_received=round((feed.frames - frames) / (now - since), 1))
         return result
 
 
