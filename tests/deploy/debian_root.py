@@ -16,13 +16,15 @@ SUITE = "bookworm"
 # What Raspberry Pi OS Lite has that the package relies on; the package pulls nothing else.
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 INCLUDE = ("python3", "systemd", "adduser", "init-system-helpers", "ca-certificates")
+# The central server's: what README's "Deploying the central server" has the admin install.
+SERVER_INCLUDE = (*INCLUDE, "python3-venv", "mosquitto")
 
 
-def root_tarball() -> Path:
+def root_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
     """The cached root, made on first use (mmdebstrap reaches Debian's archive, as CI can)."""
     if os.geteuid() != 0:
         pytest.skip("making and entering a Debian root needs root (chroot, dpkg)")
-    key = hashlib.sha256(f"{SUITE}:{','.join(INCLUDE)}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{SUITE}:{','.join(include)}".encode()).hexdigest()[:12]
     tarball = CACHE / f"{SUITE}-minbase-{key}.tar"
     if tarball.exists():
         return tarball
@@ -32,7 +34,7 @@ def root_tarball() -> Path:
     tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}")
     result = subprocess.run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet",
-         f"--include={','.join(INCLUDE)}", SUITE, str(tmp)],
+         f"--include={','.join(include)}", SUITE, str(tmp)],
         capture_output=True, text=True, timeout=1200, check=False)
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -44,6 +46,9 @@ def root_tarball() -> Path:
 def unpack(tarball: Path, root: Path) -> Path:
     root.mkdir(parents=True)
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True, timeout=600)
+    hosts = root / "etc/hosts"  # what an installed system has and a bare root lacks
+    if not hosts.exists():
+        hosts.write_text("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
     return root
 
 

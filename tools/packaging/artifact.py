@@ -10,6 +10,11 @@ Debian package as slot A and is published to the TUF repository as the OTA targe
     python -m tiepdan.tools.packaging.artifact --target linux_aarch64 --version 1.2.0
     # offline, from this environment's installed distributions (CI, tests): x86_64 only
     python -m tiepdan.tools.packaging.artifact --target linux_x86_64 --version 1.2.0 --offline
+    # the central server's: the whole tiepdan wheel and the `controller` extra
+    python -m tiepdan.tools.packaging.artifact --role controller --version 1.2.0
+
+A controller artifact has the same format (dist/controller-<target>/tiepdan-<version>.tar) and
+is installed by tools/packaging/server/install-controller into a venv, hashes checked by pip.
 """
 
 from __future__ import annotations
@@ -24,15 +29,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tiepdan.firmware.core import logs
-from tiepdan.ota.bundle import BOX_PARTS, BundleError, build_bundle, build_wheel, read_bundle
+from tiepdan.ota.bundle import (
+    BOX_PARTS,
+    SERVER_PARTS,
+    BundleError,
+    build_bundle,
+    build_wheel,
+    read_bundle,
+)
 from tiepdan.tools.packaging import wheelhouse
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE.parents[1]
+SERVER_FILES = ("install-controller", "tiepdan-controller.service", "tiepdan-controller.rules")
 # The box's Python environment: the core and the `box` extra. Audio and camera bindings come
 # from the OS on Raspberry Pi OS (the slot launcher keeps the system packages importable).
-REQUIREMENT = "box"
+ROLES = {"box": ("box", BOX_PARTS), "controller": ("controller", SERVER_PARTS)}
 CACHE = Path.home() / ".cache" / "tiepdan" / "wheelhouse"
 
 
@@ -65,6 +79,10 @@ TARGETS = {
 }
 
 
+# The central server runs Debian bookworm; Mosquitto and the venv module come from apt.
+SERVER_SYSTEM = ("python3 (>= 3.11)", "python3 (<< 3.12)", "python3-venv", "mosquitto")
+
+
 def host_target() -> Target:
     for target in TARGETS.values():
         if target.machine == platform.machine():
@@ -73,29 +91,35 @@ def host_target() -> Target:
 
 
 def build(target: Target, version: str, out: Path, *, offline: bool,
-          source: Path = SOURCE, cache: Path = CACHE) -> Path:
-    """Build `out/<target>/tiepdan-<version>.tar` and its `requirements.lock`."""
-    dest = out / target.name
+          source: Path = SOURCE, cache: Path = CACHE, role: str = "box") -> Path:
+    """Build `out/<target>/tiepdan-<version>.tar` (a box's; `out/controller-<target>/` for the
+    controller's) and its `requirements-<version>.lock`."""
+    extra, parts = ROLES[role]
+    dest = out / (target.name if role == "box" else f"{role}-{target.name}")
     dest.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     work = dest / f".build-{version}"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        wheel = build_wheel(source, version, work, BOX_PARTS)
+        wheel = build_wheel(source, version, work, parts)
         if offline:
             if target.machine != platform.machine() or sys.version_info[:2] != (3, 11):
                 raise BundleError(f"--offline packs this environment ({platform.machine()}, "
                                   f"Python {sys.version_info[0]}.{sys.version_info[1]}): "
                                   f"it cannot make {target.name} for Python {PYTHON}")
-            wheels = wheelhouse.from_installed(f"tiepdan[{REQUIREMENT}]", cache / target.name,
+            wheels = wheelhouse.from_installed(f"tiepdan[{extra}]", cache / target.name,
                                                exclude=["tiepdan"])
         else:
             wheels = [w for w in wheelhouse.download(
-                f"{wheel}[{REQUIREMENT}]", work / "wheels", platforms=target.platforms,
+                f"{wheel}[{extra}]", work / "wheels", platforms=target.platforms,
                 python_version=PYTHON, abi=ABI) if not w.name.startswith("tiepdan-")]
-        bundle = build_bundle(wheel, dest, wheels, target=target.name, system=target.system)
+        system = target.system if role == "box" else SERVER_SYSTEM
+        bundle = build_bundle(wheel, dest, wheels, target=target.name, system=system)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if role == "controller":
+        for name in SERVER_FILES:  # the server's release: artifact, installer, unit, rule
+            shutil.copy2(HERE / "server" / name, dest / name)
     manifest, _ = read_bundle(bundle)
     lock = "".join(f"{d.name}=={d.version} --hash=sha256:{d.sha256}\n"
                    for d in manifest.dependencies)
@@ -113,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=sorted(TARGETS), default=None,
                         help="default: this machine's")
+    parser.add_argument("--role", choices=sorted(ROLES), default="box",
+                        help="a box's artifact (default) or the central server's")
     parser.add_argument("--version", required=True, help="PEP 440 version of this build")
     parser.add_argument("--out", type=Path, default=Path("dist"))
     parser.add_argument("--offline", action="store_true",
@@ -123,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup()
     target = TARGETS[args.target] if args.target else host_target()
     try:
-        bundle = build(target, args.version, args.out, offline=args.offline, cache=args.cache)
+        bundle = build(target, args.version, args.out, offline=args.offline, cache=args.cache,
+                       role=args.role)
     except (BundleError, wheelhouse.WheelhouseError) as exc:
         log.error("artifact_failed target=%s error=%s", target.name, exc)
         return 1
