@@ -105,6 +105,10 @@ def install(root: Path, bundle: Path, *, slot: str | None = None,
         raise InstallError(f"no slot named {target!r}")
     if target == boot.current_slot(root):
         raise InstallError(f"slot {target} is the running slot")
+    running = boot.current_slot(root)
+    if running is not None and not manifest.dependencies and _dependencies(root, running):
+        raise InstallError(f"{manifest.version} carries no dependency wheels but slot {running} "
+                           "runs on its own: build it with tools/packaging/artifact.py")
     building = root / "slots" / f".{target}.new"
     shutil.rmtree(building, ignore_errors=True)
     checkpoint("prepared")
@@ -157,6 +161,15 @@ def install_image(root: Path, bundle: Path, python: str = sys.executable) -> Slo
         boot.write_state(root, {"committed": "a", "trial": None, "outcome": None})
         boot.point_current(root, "a")
     return installed
+
+
+def _dependencies(root: Path, slot: str) -> dict[str, str]:
+    try:
+        info = json.loads((root / "slots" / slot / "slot.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    found = info.get("dependencies") if isinstance(info, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def _unpack(wheel: bytes, dest: Path) -> None:

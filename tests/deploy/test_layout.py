@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import ROOT
 from tiepdan.firmware.update import slots
-from tiepdan.ota.bundle import read_bundle
+from tiepdan.ota.bundle import build_bundle, read_bundle
 
 UNITS = sorted((ROOT / "firmware/systemd").glob("*.service"))
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -92,3 +92,16 @@ def test_the_artifact_is_box_only_and_pinned(box_artifact: Path) -> None:
     for dependency in manifest.dependencies:
         assert f"{dependency.name}=={dependency.version} --hash=sha256:{dependency.sha256}" \
             in lock
+
+
+def test_an_update_without_its_dependencies_is_refused_on_a_box_that_has_them(
+        installed: Path, box_artifact: Path, tmp_path: Path) -> None:
+    """An app-only bundle (`tiepdan-ota build`) would run on the system interpreter's packages,
+    which a packaged box does not have: refused before anything is written."""
+    manifest, wheel = read_bundle(box_artifact)
+    app = tmp_path / manifest.wheel.replace("1.0.0", "1.0.1")
+    app.write_bytes(wheel)
+    bundle = build_bundle(app, tmp_path / "dist")
+    with pytest.raises(slots.InstallError, match="carries no dependency wheels"):
+        slots.install(installed, bundle)
+    assert sorted(p.name for p in (installed / "slots").iterdir()) == ["a"]
