@@ -49,7 +49,8 @@ def test_config_builds_lite_bookworm_with_ssh_off_and_the_tiepdan_stage() -> Non
     assert "FIRST_USER_PASS" not in config  # never in the repository: build.sh asks for it
     assert (STAGE / "EXPORT_IMAGE").is_file() and (STAGE / "prerun.sh").is_file()
     packages = (STAGE / "00-tiepdan/00-packages").read_text().split()
-    assert set(packages) <= {"python3-picamera2", "python3-lgpio", "python3-pyaudio"}
+    assert set(packages) <= {"python3-picamera2", "python3-lgpio", "python3-pyaudio",
+                             "unattended-upgrades"}
 
 
 def test_build_script_puts_the_package_deb_py_builds_into_the_stage() -> None:
@@ -88,5 +89,8 @@ def test_the_stage_installs_the_ci_package_and_hardens_the_root(
     assert "RuntimeWatchdogSec=15s" in (
         root / "etc/systemd/system.conf.d/tiepdan-watchdog.conf").read_text()
     assert "dtparam=watchdog=on" in (root / "boot/firmware/config.txt").read_text()
+    upgrades = (root / "etc/apt/apt.conf.d/52tiepdan-unattended-upgrades").read_text()
+    assert "label=Debian-Security" in upgrades and 'Automatic-Reboot "true"' in upgrades
+    assert "${distro_codename}" in upgrades  # left for unattended-upgrades, not the shell
     assert (root / "etc/systemd/system/multi-user.target.wants/tiepdan-firstboot.service"
             ).is_symlink()
