@@ -242,3 +242,74 @@ def test_purge_removes_what_it_created_but_never_unarchived_recordings(
     chroot(installed, "dpkg", "--purge", "tiepdan-box")
     assert not (installed / "var/lib/tiepdan").exists()
     assert chroot(installed, "getent", "passwd", "tiepdan", check=False).returncode == 2
+
+
+def _container_init(nspawn: subprocess.Popen[bytes]) -> int | None:
+    """The container's PID 1 (systemd), as seen from here: nspawn's child."""
+    try:
+        children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _show(init: int, unit: str) -> dict[str, str]:
+    result = subprocess.run(
+        ["nsenter", "-t", str(init), "-m", "-u", "-i", "-p", "systemctl", "show", unit,
+         "-p", "ActiveState,SubState,Result,WatchdogUSec,User,MainPID,NRestarts"],
+        capture_output=True, text=True, timeout=30, check=False)
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
+        package: Path, secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """The root booted by systemd (systemd-nspawn, sharing this host's network): the enabled
+    first-boot unit enrolls, the agent unit starts as its user and only becomes active once it
+    sent READY=1, with its watchdog armed. Skipped where systemd-nspawn cannot boot."""
+    nspawn_bin = shutil.which("systemd-nspawn")
+    if nspawn_bin is None or shutil.which("nsenter") is None:
+        pytest.skip("systemd-nspawn (systemd-container) is not installed")
+    root = unpack(root_tarball(), tmp_path / "root")
+    shutil.copy(package, root / "tmp" / package.name)
+    chroot(root, "dpkg", "-i", f"/tmp/{package.name}")
+    # The only addition: the board is simulated (no camera, GPIO or sound card here).
+    dropin = root / "etc/systemd/system/tiepdan-agent.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "simulated-board.conf").write_text("[Service]\nEnvironment=TIEPDAN_BOARD=sim\n")
+    config = secure_broker.controller_config()
+    async with running_controller(config) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port, what="enrollment")
+        token, box = controller.provisioning.new_box(
+            NewBox(commune="hung-nguyen", hall="UBND xã Hưng Nguyên", device=DEVICE))
+        write_boot_folder(root / "boot/firmware", controller.provisioning.provision_file(box),
+                          controller.provisioning.authority().pem, token)
+        log = (tmp_path / "nspawn.log").open("wb")
+        nspawn = await asyncio.to_thread(
+            subprocess.Popen, [nspawn_bin, "-q", "-D", str(root), "--boot", "--keep-unit",
+                               "--register=no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            try:
+                await eventually(lambda: (d := controller.registry.get(DEVICE)) and d.online,
+                                 120, what="the box online after a systemd boot")
+            except AssertionError:
+                output = (tmp_path / "nspawn.log").read_text(errors="replace")
+                if "multi-user.target" not in output:
+                    pytest.skip(f"systemd-nspawn cannot boot here: {output[-1500:]}")
+                raise
+            init = _container_init(nspawn)
+            assert init is not None
+            firstboot = _show(init, "tiepdan-firstboot.service")
+            agent = _show(init, "tiepdan-agent.service")
+            assert firstboot["Result"] == "success", firstboot
+            assert (agent["ActiveState"], agent["SubState"]) == ("active", "running"), agent
+            assert agent["User"] == "tiepdan" and agent["WatchdogUSec"] == "30s", agent
+            assert agent["NRestarts"] == "0", agent
+        finally:
+            nspawn.terminate()  # the container halts as on a power button
+            try:
+                await asyncio.to_thread(nspawn.wait, 60)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+                await asyncio.to_thread(nspawn.wait)
+            log.close()
