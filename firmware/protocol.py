@@ -283,6 +283,9 @@ class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     tags: Annotated[list[Tag], msgspec.Meta(max_length=32)] | None = None
     maintenance_window: Window | None = None
     auto_join: bool | None = None
+    # Issue 12: where recordings go, if the archive moves after enrollment set it.
+    archive_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$",
+                                             max_length=500)] | None = None
 
 
 class Desired(msgspec.Struct, frozen=True):
