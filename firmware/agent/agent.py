@@ -202,7 +202,10 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self._stop.set()
-        self.notifier.stopping()
+        if self._exit == Exit.RESTART:
+            self.notifier.reloading()
+        else:
+            self.notifier.stopping()
         log.info("agent_stop device=%s exit=%s", self.device, self._exit.name)
         await self.commands.drain(timeout=2.0)
         if self.link.connected:
