@@ -34,7 +34,7 @@ from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.config import ControllerConfig, config_path, load_config
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
-from tiepdan.ota.bundle import BundleError, build_bundle, build_wheel, read_bundle
+from tiepdan.ota.bundle import BOX_PARTS, BundleError, build_bundle, build_wheel, read_bundle
 from tiepdan.ota.keys import KeyFileError
 from tiepdan.ota.repository import Keyring, RepositoryError, UpdateRepository
 
@@ -114,13 +114,22 @@ def _build(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out)
     if not args.wheel and not args.version:
         raise ValueError("build needs --version (or --wheel)")
+    dependencies = sorted(Path(args.wheels).glob("*.whl")) if args.wheels else []
+    if dependencies and args.target == "any":
+        raise ValueError("--wheels needs --target (the platform the wheels are for)")
     with console.status(f"building tiepdan {args.version or ''} ..."):
+        # A box's bundle carries only what a box runs (board, firmware, ota).
         wheel = Path(args.wheel) if args.wheel else build_wheel(Path(args.source), args.version,
-                                                                out)
-        bundle = build_bundle(wheel, out)
+                                                                out, BOX_PARTS)
+        bundle = build_bundle(wheel, out, dependencies, target=args.target)
     manifest, _ = read_bundle(bundle)
     console.print(f"[green]bundle[/green] {bundle} ({bundle.stat().st_size:,} bytes, "
-                  f"version {manifest.version})")
+                  f"version {manifest.version}, {len(manifest.dependencies)} dependency "
+                  f"wheel(s) for {manifest.target})")
+    if not dependencies:
+        console.print("[yellow]no dependency wheels: only a box whose slot runs on its "
+                      "interpreter's packages accepts this bundle; for the fleet build the "
+                      "artifact (python -m tiepdan.tools.packaging.artifact)[/yellow]")
     return 0
 
 
@@ -370,6 +379,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--source", default=".", help="source tree (default: .)")
     build.add_argument("--wheel", help="bundle this wheel instead of building one")
     build.add_argument("--out", default="dist")
+    build.add_argument("--wheels", help="folder of dependency wheels to carry (pinned by hash)")
+    build.add_argument("--target", default="any",
+                       help="platform of those wheels, e.g. linux_aarch64 (default: any)")
     build.set_defaults(func=_build)
 
     sign = sub.add_parser("sign", help="re-sign a role (new version, fresh expiry)")

@@ -261,7 +261,10 @@ class Agent:
             return
         self._closed = True
         self._stop.set()
-        self.notifier.stopping()
+        if self._exit == Exit.RESTART:
+            self.notifier.reloading()
+        else:
+            self.notifier.stopping()
         log.info("agent_stop device=%s exit=%s", self.device, self._exit.name)
         await self.commands.drain(timeout=2.0)
         if self.link.connected:

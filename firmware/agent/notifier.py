@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ class Notifier:
 
     def stopping(self) -> None:
         self._send("STOPPING=1")
+
+    def reloading(self) -> None:
+        """Before re-executing in place (same PID): systemd waits for the new code's READY=1.
+        STOPPING=1 here would have it stop the unit that is about to come back (found by
+        booting the package under systemd, tests/deploy)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def _send(self, message: str) -> None:
         if self._address is None:

@@ -320,6 +320,9 @@ class RemoteConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     volume: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     office_hours: Window | None = None
     next_session: NextSession | None = None
+    # Issue 12: where recordings go, if the archive moves after enrollment set it.
+    archive_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+\Z",
+                                             max_length=500)] | None = None
 
 
 class Desired(msgspec.Struct, frozen=True):

@@ -128,7 +128,9 @@ class Uploader:
 
     @property
     def archive_url(self) -> str:
-        return self.config.archive_url.rstrip("/")
+        """The controller's remote configuration wins over the local (enrollment's) setting."""
+        remote = self.agent.shadow.config.archive_url
+        return (remote or self.config.archive_url).rstrip("/")
 
     async def run(self) -> None:
         idle = min(5.0, self.config.upload_retry_max)

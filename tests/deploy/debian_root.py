@@ -20,12 +20,19 @@ INCLUDE = ("python3", "systemd", "adduser", "init-system-helpers", "ca-certifica
 SERVER_INCLUDE = (*INCLUDE, "python3-venv", "mosquitto")
 
 
-def root_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
-    """The cached root, made on first use (mmdebstrap reaches Debian's archive, as CI can)."""
+# Raspberry Pi OS's interpreter, arm64, only unpacked (nothing runs at build time: no binfmt
+# needed); qemu-user-static runs it.
+ARM64_INCLUDE = ("python3.11-minimal", "libpython3.11-stdlib", "python3.11", "libgcc-s1",
+                 "libstdc++6")
+
+
+def root_tarball(include: tuple[str, ...] = INCLUDE, arch: str = "") -> Path:
+    """The cached root, made on first use (mmdebstrap reaches Debian's archive, as CI can).
+    With `arch`, a foreign root whose packages are only extracted."""
     if os.geteuid() != 0:
         pytest.skip("making and entering a Debian root needs root (chroot, dpkg)")
-    key = hashlib.sha256(f"{SUITE}:{','.join(include)}".encode()).hexdigest()[:12]
-    tarball = CACHE / f"{SUITE}-minbase-{key}.tar"
+    key = hashlib.sha256(f"{SUITE}:{arch}:{','.join(include)}".encode()).hexdigest()[:12]
+    tarball = CACHE / f"{SUITE}-{arch or 'minbase'}-{key}.tar"
     if tarball.exists():
         return tarball
     if shutil.which("mmdebstrap") is None:
@@ -33,7 +40,8 @@ def root_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}")
     result = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet",
+        ["mmdebstrap", f"--variant={'extract' if arch else 'minbase'}", "--mode=root",
+         "--format=tar", "--quiet", *([f"--arch={arch}"] if arch else []),
          f"--include={','.join(include)}", SUITE, str(tmp)],
         capture_output=True, text=True, timeout=1200, check=False)
     if result.returncode != 0:

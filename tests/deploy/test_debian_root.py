@@ -21,10 +21,12 @@ from tests.provisioning.support import provision
 from tests.support import AgentProcess, SecureBroker, eventually, running_controller
 from tiepdan.controller.enrollment.provisioning import NewBox
 from tiepdan.controller.service import Controller
+from tiepdan.firmware import protocol
 from tiepdan.firmware.firstboot.enroll import enroll
+from tiepdan.firmware.update.boot import slot_version
 from tiepdan.ota.repository import Keyring, UpdateRepository
 from tiepdan.provisioning.boot import write_boot_folder
-from tiepdan.tools.packaging import deb
+from tiepdan.tools.packaging import artifact, deb
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -242,3 +244,122 @@ def test_purge_removes_what_it_created_but_never_unarchived_recordings(
     chroot(installed, "dpkg", "--purge", "tiepdan-box")
     assert not (installed / "var/lib/tiepdan").exists()
     assert chroot(installed, "getent", "passwd", "tiepdan", check=False).returncode == 2
+
+
+def _committed(root: Path) -> tuple[str, str | None]:
+    try:
+        state = json.loads((root / "opt/tiepdan/boot.json").read_text())
+    except (OSError, ValueError):
+        return "", None
+    committed = str(state.get("committed"))
+    return committed, slot_version(root / "opt/tiepdan", committed)
+
+
+def _container_init(nspawn: subprocess.Popen[bytes]) -> int | None:
+    """The container's PID 1 (systemd), as seen from here: nspawn's child."""
+    try:
+        children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _show(init: int, unit: str) -> dict[str, str]:
+    result = subprocess.run(
+        ["nsenter", "-t", str(init), "-m", "-u", "-i", "-p", "systemctl", "show", unit,
+         "-p", "ActiveState,SubState,Result,WatchdogUSec,User,MainPID,NRestarts"],
+        capture_output=True, text=True, timeout=30, check=False)
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
+        package: Path, secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """The root booted by systemd (systemd-nspawn, sharing this host's network): the enabled
+    first-boot unit enrolls, the agent unit starts as its user and only becomes active once it
+    sent READY=1, with its watchdog armed; then the box takes an update of its whole
+    environment from the repository and root enrollment gave it, systemd restarts it into the
+    new slot and it commits. Skipped where systemd-nspawn cannot boot."""
+    nspawn_bin = shutil.which("systemd-nspawn")
+    if nspawn_bin is None or shutil.which("nsenter") is None:
+        pytest.skip("systemd-nspawn (systemd-container) is not installed")
+    root = unpack(root_tarball(), tmp_path / "root")
+    shutil.copy(package, root / "tmp" / package.name)
+    chroot(root, "dpkg", "-i", f"/tmp/{package.name}")
+    # The only addition: the board is simulated (no camera, GPIO or sound card here).
+    dropin = root / "etc/systemd/system/tiepdan-agent.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "simulated-board.conf").write_text("[Service]\nEnvironment=TIEPDAN_BOARD=sim\n")
+    config = secure_broker.controller_config()
+    repository = UpdateRepository(config.ota_repository_path, Keyring())
+    repository.initialise(tmp_path / "keys", [tmp_path / "offline-1", tmp_path / "offline-2"],
+                          root_keys=3, root_threshold=2)
+    update = await asyncio.to_thread(artifact.build, artifact.host_target(), "1.0.1",
+                                     tmp_path / "dist", offline=True)
+    async with running_controller(config) as controller:
+        await eventually(lambda: controller.provisioning.enrollment.port, what="enrollment")
+        token, box = controller.provisioning.new_box(
+            NewBox(commune="hung-nguyen", hall="UBND xã Hưng Nguyên", device=DEVICE))
+        write_boot_folder(root / "boot/firmware", controller.provisioning.provision_file(box),
+                          controller.provisioning.authority().pem, token)
+        log = (tmp_path / "nspawn.log").open("wb")
+        nspawn = await asyncio.to_thread(
+            subprocess.Popen, [nspawn_bin, "-q", "-D", str(root), "--boot", "--keep-unit",
+                               "--register=no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            try:
+                await eventually(lambda: (d := controller.registry.get(DEVICE)) and d.online,
+                                 120, what="the box online after a systemd boot")
+            except AssertionError:
+                output = (tmp_path / "nspawn.log").read_text(errors="replace")
+                if "multi-user.target" not in output:
+                    pytest.skip(f"systemd-nspawn cannot boot here: {output[-1500:]}")
+                raise
+            init = _container_init(nspawn)
+            assert init is not None
+            firstboot = _show(init, "tiepdan-firstboot.service")
+            agent = _show(init, "tiepdan-agent.service")
+            assert firstboot["Result"] == "success", firstboot
+            assert (agent["ActiveState"], agent["SubState"]) == ("active", "running"), agent
+            assert agent["User"] == "tiepdan" and agent["WatchdogUSec"] == "30s", agent
+            assert agent["NRestarts"] == "0", agent
+
+            # An update of the whole environment, as a campaign would notify it. The box has no
+            # timesyncd in this root: say the clock is synchronised, as timesyncd would.
+            await asyncio.to_thread(repository.add_bundle, update)
+            await asyncio.to_thread(
+                subprocess.run, ["nsenter", "-t", str(init), "-m", "sh", "-c",
+                                 "mkdir -p /run/systemd/timesync && "
+                                 "touch /run/systemd/timesync/synchronized"],
+                check=True, timeout=30)
+            document = protocol.JobDocument(job="j1", target="tiepdan-1.0.1.tar",
+                                            version="1.0.1", repository=f"{controller.boxes.url}/ota")
+            await controller.link.publish(
+                protocol.job_notify_topic(DEVICE),
+                protocol.encode(protocol.JobNotify(ts=protocol.now_ms(), job=document)),
+                qos=1, retain=True)
+            await eventually(lambda: _committed(root) == ("b", "1.0.1"), 400,
+                             what="slot b committed on 1.0.1 after systemd restarted the agent")
+            await eventually(lambda: (d := controller.registry.get(DEVICE)) and
+                             d.firmware == "1.0.1" and d.online, 60,
+                             what="the box back online on 1.0.1")
+            agent = _show(init, "tiepdan-agent.service")
+            journal = await asyncio.to_thread(
+                subprocess.run, ["nsenter", "-t", str(init), "-m", "-p", "journalctl", "-b",
+                                 "-o", "short-monotonic", "--no-pager", "-n", "80"],
+                capture_output=True, text=True, timeout=30, check=False)
+            # Re-executed in place (same PID, no restart), and active again: READY=1 from the
+            # new code ended the reload its old code announced.
+            assert (agent["ActiveState"], agent["SubState"]) == ("active", "running"), \
+                (agent, journal.stdout[-6000:])
+            assert agent["NRestarts"] == "0", agent
+            assert json.loads((root / "opt/tiepdan/slots/b/slot.json").read_text())[
+                "dependencies"], "the update carried its dependencies"
+        finally:
+            nspawn.terminate()  # the container halts as on a power button
+            try:
+                await asyncio.to_thread(nspawn.wait, 60)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+                await asyncio.to_thread(nspawn.wait)
+            log.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import zipfile
 from importlib import metadata
@@ -111,3 +112,21 @@ async def test_a_changed_dependency_that_breaks_the_agent_rolls_back(
 
 async def notify_job(obs: Observer, server: RepoServer) -> None:
     await notify(obs, DEVICE, job("j1", "tiepdan-1.1.0.tar", "1.1.0", server.url))
+
+
+def test_the_admin_cli_builds_a_box_only_bundle_with_dependency_wheels(tmp_path: Path) -> None:
+    from tests.support import ROOT
+    from tiepdan.controller.cli.ota import main
+
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "tinydb", NEW, tinydb_files(broken=False))
+    assert main(["build", "--version", "1.5.0", "--source", str(ROOT), "--out",
+                 str(tmp_path / "dist"), "--wheels", str(wheels), "--target", "any-test"]) == 0
+    manifest, wheel = read_bundle(tmp_path / "dist" / "tiepdan-1.5.0.tar")
+    assert [(d.name, d.version) for d in manifest.dependencies] == [("tinydb", NEW)]
+    assert manifest.target == "any-test"
+    names = zipfile.ZipFile(io.BytesIO(wheel)).namelist()
+    assert not any(n.startswith(("tiepdan/controller/", "tiepdan/provisioning/",
+                                 "tiepdan/tools/")) for n in names)
+    assert main(["build", "--version", "1.5.1", "--source", str(ROOT), "--out",
+                 str(tmp_path / "dist"), "--wheels", str(wheels)]) != 0  # which platform?

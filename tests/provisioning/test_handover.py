@@ -13,8 +13,9 @@ import pytest
 import tomli_w
 
 from tests.provisioning.support import agent_config, provision
-from tests.support import SecureBroker, eventually, running_controller
+from tests.support import SecureBroker, eventually, running_agent, running_controller
 from tiepdan.controller.service import Controller
+from tiepdan.firmware import protocol
 from tiepdan.firmware.firstboot.enroll import EnrollError, enroll
 from tiepdan.ota.repository import Keyring, UpdateRepository
 
@@ -79,3 +80,19 @@ async def test_without_a_repository_the_box_still_gets_the_archive(
     settings = agent_config(paths)
     assert settings.recording.archive_url == box_url
     assert not paths.ota_root.exists()
+
+
+async def test_remote_configuration_moves_the_archive_after_enrollment(
+        controller: Controller, tmp_path: Path) -> None:
+    paths = provision(controller, tmp_path, "xa-yen-thanh")
+    await enroll(paths)
+    async with running_agent(agent_config(paths)) as box:
+        assert box.agent.uploader.archive_url == "https://central.example:8600"
+        await eventually(lambda: (d := controller.registry.get("xa-yen-thanh")) and d.online,
+                         what="the box online")
+        await controller.set_desired("xa-yen-thanh", protocol.RemoteConfig(
+            archive_url="https://archive.tinh.example:8600/"))
+        await eventually(lambda: box.agent.uploader.archive_url ==
+                         "https://archive.tinh.example:8600", what="the new archive address")
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(b'{"archive_url": "file:///etc/passwd"}', protocol.RemoteConfig)
