@@ -145,7 +145,7 @@ class HistorySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coarse_step: Annotated[int, msgspec.Meta(ge=2, le=86_400)] = 300
     coarse_keep_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
     flush_interval: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
-    max_points: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 10_000
+    max_points: Annotated[int, msgspec.Meta(ge=10, le=1_000_000)] = 30_000
 
     def __post_init__(self) -> None:
         if self.fine_step >= self.coarse_step or self.coarse_step % self.fine_step:

@@ -102,6 +102,9 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, label:
         log.info("db_backup_before_migration db=%s from=%d file=%s", label, current, backup)
     for migration in migrations[current:]:
         conn.execute("BEGIN IMMEDIATE")
+        if version(conn) >= migration.version:  # another process (a CLI) got here first
+            conn.execute("COMMIT")
+            continue
         try:
             if isinstance(migration.step, str):
                 for statement in statements(migration.step):

@@ -1,8 +1,8 @@
 """Backup and restore end to end: a controller with a CA, an enrolled box and a session is
 backed up while running, its data folder wiped and restored from the encrypted, signed file;
 the restored controller takes the box's recording over mutual TLS with the box's old
-certificate and pinned controller key, without re-provisioning. Forged, altered or misdirected
-restores write nothing."""
+certificate and pinned controller key, without re-provisioning, and closes the session.
+Forged, altered or misdirected restores write nothing."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def cli(config_file: Path, *args: str) -> int:
 
 async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                                                           broker: Mosquitto) -> None:
-    config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2},
+    config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2,
+                                                                 "record_bridge": False},
                                     boxes={"host": "127.0.0.1", "port": free_port()})
     init_ca(config)
     config_file = tmp_path / "controller.toml"
@@ -48,7 +49,7 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
     box_dir = tmp_path / BOX
 
     async with running_controller(config) as c:
-        session = await ended_session(c, BOX, "xa-other")
+        session = await ended_session(c, BOX, "xa-other", joined=(BOX,))
         key = enroll(c, box_dir, BOX)
         signer = base64.b64encode(c.signing.public_raw()).decode()
         recipients = list(c.archive.recipients)
@@ -94,5 +95,7 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                              what="the box's segments archived by the restored controller")
             await eventually(lambda: getattr(c.registry.get(BOX), "online", False),
                              timeout=30, what="the box back online")
+            await eventually(lambda: getattr(c.sessions.get(session), "state", "") == "closed",
+                             timeout=30, what="the session closed by the restored controller")
         kinds = [r.kind for r in manifest_records(directory / "manifest.jsonl")]
         assert kinds.count("uploaded") == 2  # receipts checked with the pinned key

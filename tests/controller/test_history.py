@@ -64,6 +64,7 @@ def test_the_window_picks_the_tier(history: History) -> None:
     assert history.query("xa-a", now - 2 * 86400, now, at=now)["step"] == 300
     with pytest.raises(BadInput, match="narrow"):
         history.query("xa-a", now - 30 * 86400, now, step=10, at=now)
+    assert history.query("xa-a", now - 90 * 86400, now, at=now)["step"] == 300  # all it keeps
     with pytest.raises(BadInput, match="step"):
         history.query("xa-a", now - 60, now, step=7, at=now)
     with pytest.raises(BadInput, match="before"):

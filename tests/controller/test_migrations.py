@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,26 @@ def test_migrations_are_numbered_without_gaps() -> None:
         migrate(conn, [Migration(2, "x", "SELECT 1;")], label="x")
 
 
+
+
+class StaleFirstRead(sqlite3.Connection):
+    """Reads version 0 once, as a process does that looked just before another committed."""
+
+    stale = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "PRAGMA user_version" and self.stale:
+            self.stale = False
+            return super().execute("SELECT 0")
+        return super().execute(sql, *args)
+
+
+def test_two_processes_opening_at_once_migrate_once(tmp_path: Path) -> None:
+    """A CLI opening while the controller starts: the second opener skips the steps the first
+    applied in the meantime instead of failing on them."""
+    path = tmp_path / "controller.db"
+    Database(path).close()
+    late = sqlite3.connect(path, isolation_level=None, factory=StaleFirstRead)
+    assert migrate(late, controller_db.MIGRATIONS, label="controller") == 0  # it read 0
+    assert schema_version(late) == len(controller_db.MIGRATIONS)
+    late.close()
