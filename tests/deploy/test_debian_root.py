@@ -332,8 +332,8 @@ async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
                                  "mkdir -p /run/systemd/timesync && "
                                  "touch /run/systemd/timesync/synchronized"],
                 check=True, timeout=30)
-            document = protocol.JobDocument(job="j1", target="tiepdan-1.0.1.tar",
-                                            version="1.0.1", repository=f"{controller.boxes.url}/ota")
+            document = protocol.JobDocument(job="j1", target="tiepdan-1.0.1.tar", version="1.0.1",
+                                            repository=f"{controller.boxes.url}/ota")
             await controller.link.publish(
                 protocol.job_notify_topic(DEVICE),
                 protocol.encode(protocol.JobNotify(ts=protocol.now_ms(), job=document)),
