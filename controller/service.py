@@ -179,6 +179,7 @@ class Controller:
         self.spawn(self.sessions.run(), "sessions")
         self.spawn(self.schedules.run(), "schedules")
         self.spawn(self.next_sessions.run(), "next-sessions")
+        await self.provisioning.start()
         self.spawn(self.provisioning.run(), "provisioning")
         self.spawn(self.boxes.run(), "boxes")
         self.spawn(self.closer.run(), "closer")
@@ -201,6 +202,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.provisioning.stop()
         await self.bridge_recording.close()
         await self.sessions.close()
         self.registry.flush()

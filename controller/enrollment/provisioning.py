@@ -164,6 +164,7 @@ class Provisioning:
         self._admit_pending: set[str] = set()
         self._admitted: set[str] = set()  # registered with the broker by this process
         self._lock = asyncio.Lock()
+        self._sites_started = False
 
     def check_birth(self, device: Device, what: str) -> None:
         """A box may only speak in its own subtree, but it chooses what it calls itself: flag a
@@ -214,6 +215,32 @@ class Provisioning:
         port = self.renewal.port or self.settings.renew_port
         return f"https://{host}:{port}{protocol.RENEW_PATH}"
 
+    async def start(self) -> None:
+        """The broker's files, then the enrollment and renewal sites, once the CA exists.
+
+        Awaited by the controller's own start, so a controller closed right after it started
+        never leaves a site half-bound behind it (a cancelled bind can leak the socket).
+        A second call does nothing.
+        """
+        if self._sites_started or not self.material.exists():
+            return
+        self._sites_started = True
+        await self._sync_logged("start")
+        try:
+            await self.enrollment.start()
+        except OSError as exc:
+            # Revocation and the CRL still matter without it; say so and carry on.
+            log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port, exc)
+        try:
+            await self.renewal.start()
+        except OSError as exc:
+            log.error("renewal_unavailable port=%s error=%s", self.settings.renew_port, exc)
+
+    async def stop(self) -> None:
+        """Close the sites; idempotent."""
+        await self.enrollment.stop()
+        await self.renewal.stop()
+
     async def run(self) -> None:
         """Serve enrollment and keep the broker's CRL fresh until cancelled."""
         if not self.material.exists():
@@ -223,18 +250,8 @@ class Provisioning:
                 await asyncio.sleep(CA_WAIT_S)
                 if self.material.exists():
                     break
-        await self._sync_logged("start")
         try:
-            try:
-                await self.enrollment.start()
-            except OSError as exc:
-                # Revocation and the CRL still matter without it; say so and carry on.
-                log.error("enrollment_unavailable port=%s error=%s", self.settings.enroll_port,
-                          exc)
-            try:
-                await self.renewal.start()
-            except OSError as exc:
-                log.error("renewal_unavailable port=%s error=%s", self.settings.renew_port, exc)
+            await self.start()
             while True:
                 await asyncio.sleep(CRL_CHECK_S)
                 if self.crl_due():
@@ -242,8 +259,7 @@ class Provisioning:
                 if central_due(self.material, dt.datetime.now(dt.UTC)):
                     await self.renew_central("expiring")
         finally:
-            await self.enrollment.stop()
-            await self.renewal.stop()
+            await self.stop()
 
     async def _sync_logged(self, why: str) -> None:
         try:

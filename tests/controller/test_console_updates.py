@@ -10,6 +10,7 @@ import pytest
 
 from tests.controller.console_support import Browser, announce_all, console_controller
 from tests.ota.harness import build_variants, make_repository
+from tests.support import eventually
 from tiepdan.firmware import protocol
 from tiepdan.tools.broker import Mosquitto
 
@@ -59,9 +60,12 @@ async def test_admin_starts_steers_and_is_refused_bad_campaigns(
             assert "Đợt 1 (34%)" in page and "Tiến độ theo đợt" in page
             cid = campaign["id"]
             # live: a box's job update over MQTT reaches a viewer of the campaign's page
-            notified = [b["device"] for b in c.updates.campaigns.summary(cid, boxes=True)["boxes"]
+            def first_wave() -> list[str]:
+                return [b["device"] for b in c.updates.campaigns.summary(cid, boxes=True)["boxes"]
                         if b["state"] == "notified"]
-            assert notified, "the first wave was not notified"
+            # the engine notifies on its own tick, not inside the request
+            await eventually(first_wave, 10, what="the first wave notified")
+            notified = first_wave()
             async with b2.http.get(f"/live?topics=updates,campaign:{cid}") as stream:
                 await asyncio.sleep(0.3)
                 update = protocol.JobUpdate(job=cid, status="in_progress", ts=protocol.now_ms(),
