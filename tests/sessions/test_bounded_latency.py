@@ -27,7 +27,8 @@ from tiepdan.tools.broker import Mosquitto
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 DEVICES = ["bl-host", "bl-1", "bl-2"]
 LATENCY_BOUND_MS = 3000  # generous (a shared machine): unbounded queues reached 9-11 s here
-STARVED_SHARE = 0.4  # of one core, for controller and boxes together
+STARVED_SHARE = 0.5  # of one core, for controller and boxes together (0.4 left too few
+# pictures to measure on some runs: one late picture of three was the whole p95)
 
 
 def _cgroup_usable() -> bool:
