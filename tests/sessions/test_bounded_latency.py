@@ -27,8 +27,9 @@ from tiepdan.tools.broker import Mosquitto
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 DEVICES = ["bl-host", "bl-1", "bl-2"]
 LATENCY_BOUND_MS = 3000  # generous (a shared machine): unbounded queues reached 9-11 s here
-STARVED_SHARE = 0.5  # of one core, for controller and boxes together (0.4 left too few
-# pictures to measure on some runs: one late picture of three was the whole p95)
+# Of one core, for controller and boxes together, loosest first: the first cap that makes the
+# frame rate fall is the one judged (0.4 bit too hard on one machine, 0.5 not at all on another).
+STARVED_SHARES = (0.55, 0.45, 0.35, 0.25)
 
 
 def _cgroup_usable() -> bool:
@@ -118,17 +119,23 @@ async def test_latency_stays_bounded_while_fps_falls_under_cpu_shortage(
             start = time.time()
             await asyncio.sleep(4.0)
             fps_free, ages_free = probe.window(start, time.time())
-            with cpu_cgroup() as group, starved(group, STARVED_SHARE):
-                await asyncio.sleep(4.0)  # let whatever can pile up pile up
-                start = time.time()
-                await asyncio.sleep(6.0)
-                # On a loaded machine pictures may be rare: wait for a few to measure.
-                for _ in range(28):
-                    if len(probe.window(start, time.time())[1]) >= 3:
-                        break
-                    await asyncio.sleep(0.5)
-                end = time.time()
-            fps_starved, ages_starved = probe.window(start, end)
+            # How much CPU the session needs depends on the machine: tighten the cap until
+            # the frame rate falls, and judge the latency at that cap.
+            for share in STARVED_SHARES:
+                with cpu_cgroup() as group, starved(group, share):
+                    await asyncio.sleep(4.0)  # let whatever can pile up pile up
+                    start = time.time()
+                    await asyncio.sleep(6.0)
+                    # On a loaded machine pictures may be rare: wait for a few to measure.
+                    for _ in range(28):
+                        if len(probe.window(start, time.time())[1]) >= 3:
+                            break
+                        await asyncio.sleep(0.5)
+                    end = time.time()
+                fps_starved, ages_starved = probe.window(start, end)
+                if fps_starved < 0.8 * fps_free:
+                    break
+                await asyncio.sleep(2.0)  # back to free before the next, tighter cap
         finally:
             task.cancel()
         assert ages_free and ages_starved, (ages_free, ages_starved)
