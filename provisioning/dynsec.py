@@ -37,6 +37,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from tiepdan.errors import Unavailable
 from tiepdan.firmware import protocol
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ BATCH = 50  # boxes per command message: ~1.5 KiB each
 _IDEMPOTENT = ("createClient", "createRole")
 
 
-class DynsecError(RuntimeError):
+class DynsecError(Unavailable, RuntimeError):
     """The broker refused a dynamic-security command, or could not be asked."""
 
 

@@ -12,10 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tiepdan.errors import Unavailable
+from tiepdan.tools.server_process import kill_process, log_tail, stop_process, wait_listening
 
 log = logging.getLogger(__name__)
 
@@ -87,36 +87,24 @@ class Mosquitto:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise BrokerError(f"mosquitto exited with {self.process.returncode}: {err} "
-                                  f"{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    log.info("broker_up port=%d pid=%d", self.port, self.process.pid)
-                    return
-            except OSError:
-                time.sleep(0.05)
+        state = wait_listening(self.process, self.host, self.port, timeout)
+        if state == "up":
+            log.info("broker_up port=%d pid=%d", self.port, self.process.pid)
+            return
+        if state == "exited":
+            err = self.process.stderr.read().decode() if self.process.stderr else ""
+            raise BrokerError(f"mosquitto exited with {self.process.returncode}: {err} "
+                              f"{self.log_tail()}")
         self.kill()
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: mosquitto saves its persistence file and closes every connection."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_process(self.process, timeout)
         self._close()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
         self._close()
 
     def restart(self) -> None:
@@ -137,10 +125,7 @@ class Mosquitto:
             self.process.stderr.close()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.logfile, lines)
 
     def __enter__(self) -> Mosquitto:
         self.start()

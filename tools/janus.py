@@ -15,14 +15,14 @@ import logging
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
-import time
 from pathlib import Path
 
+from tiepdan.errors import Unavailable
 from tiepdan.tools.broker import free_port
 from tiepdan.tools.netns import Netns
+from tiepdan.tools.server_process import kill_process, log_tail, stop_process, wait_listening
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ PLUGINS = ("libjanus_videoroom.so", "libjanus_audiobridge.so")
 TRANSPORTS = ("libjanus_websockets.so",)
 
 
-class JanusError(RuntimeError):
+class JanusError(Unavailable, RuntimeError):
     pass
 
 
@@ -137,39 +137,23 @@ class Janus:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise JanusError(f"janus exited with {self.process.returncode}: "
-                                 f"{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    log.info("janus_up port=%d pid=%d", self.port, self.process.pid)
-                    return
-            except OSError:
-                time.sleep(0.05)
+        state = wait_listening(self.process, self.host, self.port, timeout)
+        if state == "up":
+            log.info("janus_up port=%d pid=%d", self.port, self.process.pid)
+            return
+        if state == "exited":
+            raise JanusError(f"janus exited with {self.process.returncode}: {self.log_tail()}")
         self.kill()
         raise JanusError(f"janus did not listen on {self.host}:{self.port} in {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)  # janus's own clean shutdown
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_process(self.process, timeout, signal.SIGINT)  # janus's own clean shutdown
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.logfile, lines)
 
     def __enter__(self) -> Janus:
         self.start()

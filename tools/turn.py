@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
+from tiepdan.errors import Unavailable
 from tiepdan.tools.broker import free_port
+from tiepdan.tools.server_process import log_tail, stop_process, wait_listening
 
 log = logging.getLogger(__name__)
 
 
-class TurnError(RuntimeError):
+class TurnError(Unavailable, RuntimeError):
     pass
 
 
@@ -77,35 +76,22 @@ class Coturn:
         self.process = subprocess.Popen(
             [turnserver_binary(), "-c", str(self.conf)], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TurnError(f"turnserver exited with {self.process.returncode}: "
-                                f"{self.log_tail()}")
-            try:  # the TCP listener comes up with the UDP one
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    log.info("turn_up url=%s pid=%d", self.url, self.process.pid)
-                    return
-            except OSError:
-                time.sleep(0.05)
+        # the TCP listener comes up with the UDP one
+        state = wait_listening(self.process, self.host, self.port, timeout)
+        if state == "up":
+            log.info("turn_up url=%s pid=%d", self.url, self.process.pid)
+            return
+        if state == "exited":
+            raise TurnError(f"turnserver exited with {self.process.returncode}: "
+                            f"{self.log_tail()}")
         self.stop()
         raise TurnError(f"turnserver did not listen on {self.host}:{self.port}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.logfile, lines)
 
     def __enter__(self) -> Coturn:
         self.start()

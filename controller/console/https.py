@@ -10,11 +10,12 @@ import ssl
 from aiohttp import web
 
 from tiepdan.controller.config import ConsoleSection
+from tiepdan.errors import BadInput
 
 log = logging.getLogger(__name__)
 
 
-class HttpsError(ValueError):
+class HttpsError(BadInput):
     """The certificate or key cannot be used (named in the message)."""
 
 

@@ -13,11 +13,12 @@ from typing import Any
 import av
 
 from tiepdan.controller.sessions.bridge import BridgeSession
+from tiepdan.errors import NotFound
 
 WIDTH = 640
 
 
-class NoPicture(Exception):
+class NoPicture(NotFound):
     """No key frame arrived in time (the session is not composing)."""
 
 

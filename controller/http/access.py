@@ -91,7 +91,7 @@ def box_of(request: web.Request) -> str:
     return found
 
 
-class UndeclaredRoute(RuntimeError):
+class UndeclaredRoute(TiepdanError, RuntimeError):
     """The app has a route whose handler does not say who may call it."""
 
 

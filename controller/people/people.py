@@ -17,11 +17,12 @@ from tiepdan.controller.people.logins import Login, Logins
 from tiepdan.controller.people.tokens import ApiTokens
 from tiepdan.controller.people.users import Users
 from tiepdan.controller.store import Database
+from tiepdan.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 
 
-class LoginRefused(Exception):
+class LoginRefused(Unauthorized):
     """Wrong name or password (`retry_after` 0), or too many failures (seconds to wait)."""
 
     def __init__(self, retry_after: float = 0.0) -> None:

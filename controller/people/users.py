@@ -16,6 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from tiepdan.controller.people.roles import check_role
 from tiepdan.controller.store import Database
+from tiepdan.errors import BadInput
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}\Z")
 PROVINCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}\Z")
@@ -23,7 +24,7 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 256
 
 
-class UserError(ValueError):
+class UserError(BadInput):
     """Bad input for a user; `code` is stable for the API, the message says what to fix."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tiepdan.errors import Unavailable
 from tiepdan.firmware import protocol
 from tiepdan.firmware.core.durable import write_atomic
 from tiepdan.firmware.core.mqtt import LinkError
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class RenewalFailed(RuntimeError):
+class RenewalFailed(Unavailable, RuntimeError):
     """This attempt did not renew; `refused` when the controller said no (not the network)."""
 
     def __init__(self, message: str, *, refused: bool = False,

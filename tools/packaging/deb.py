@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tiepdan.errors import TiepdanError
 from tiepdan.firmware.core import logs
 from tiepdan.ota.bundle import BundleError, read_bundle
 from tiepdan.tools.packaging.artifact import TARGETS
@@ -36,7 +37,7 @@ MAINTAINER = "tiepdan maintainers <tiepdan@localhost>"
 BASE_DEPENDS = ("adduser", "systemd", "init-system-helpers")
 
 
-class PackageError(RuntimeError):
+class PackageError(TiepdanError, RuntimeError):
     """The package cannot be built; the message says why."""
 
 
