@@ -97,12 +97,17 @@ class Chromium:
         """Sign in with the keyboard, as a person would: type, Tab, type, Enter."""
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
 
         await self.get(f"{base}/login")
 
         def type_in() -> None:
             field = self.driver.find_element(By.ID, "name")
             field.send_keys(name, Keys.TAB, password, Keys.ENTER)
+            # Enter only starts the form's navigation: wait until it has left the sign-in page,
+            # or the next `get` races the redirect and the page that loads last wins.
+            WebDriverWait(self.driver, 15).until(
+                lambda driver: "/login" not in driver.execute_script("return location.pathname;"))
         await asyncio.to_thread(type_in)
 
     async def click(self, element_id: str) -> None:
