@@ -197,7 +197,8 @@ class Controller:
             done = self.link.publish(protocol.controller_state_topic(self.id),
                                      protocol.encode(state), retain=True)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(done, 2.0)
+                async with asyncio.timeout(2.0):
+                    await done
         await self.link.stop()
         for task in self._tasks:
             task.cancel()

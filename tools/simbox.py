@@ -63,7 +63,8 @@ class SimBox:
                 break
 
     async def wait_started(self, timeout: float = 10.0) -> Agent:
-        await asyncio.wait_for(self._started.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._started.wait()
         assert self.agent is not None
         await self.agent.link.wait_connected(timeout)
         return self.agent
@@ -78,4 +79,5 @@ async def stop_all(boxes: list[SimBox], tasks: list[asyncio.Task[None]]) -> None
     for box in boxes:
         box.stop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        async with asyncio.timeout(30):
+            await asyncio.gather(*tasks, return_exceptions=True)

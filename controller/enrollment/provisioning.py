@@ -493,7 +493,8 @@ class Provisioning:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT)
-            output, _ = await asyncio.wait_for(process.communicate(), 30)
+            async with asyncio.timeout(30):
+                output, _ = await process.communicate()
         except (OSError, TimeoutError) as exc:
             log.error("broker_reload_failed why=%s command=%s error=%s", why, " ".join(argv),
                       exc)
@@ -559,8 +560,9 @@ class Provisioning:
         lost = protocol.DeviceState(state="lost", seq=known.seq, ts=protocol.now_ms())
         registry.on_state(device, lost)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.link.publish(
-                protocol.state_topic(device), protocol.encode(lost), retain=True), 5)
+            async with asyncio.timeout(5):
+                await self.link.publish(
+                    protocol.state_topic(device), protocol.encode(lost), retain=True)
 
     def _revoke_ephemeral(self, cert: x509.Certificate, device: str, reason: str,
                           at: float) -> None:

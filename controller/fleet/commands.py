@@ -50,7 +50,8 @@ class CommandClient:
                 correlation_data=correlation, expiry=max(1, math.ceil(timeout)),
             )
             log.info("command_sent device=%s command=%s id=%s", device, name, command.id)
-            response = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                response = await future
             outcome = "ok" if response.ok else (response.error.code if response.error else "error")
             return response
         except TimeoutError:

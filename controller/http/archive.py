@@ -200,7 +200,8 @@ async def _receive(request: web.Request, upload: Upload) -> Receipt | None:
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(request.content.readany(), read_timeout)
+                    async with asyncio.timeout(read_timeout):
+                        chunk = await request.content.readany()
                 except TimeoutError:
                     raise TimedOut(code="read_timeout",
                                    message=f"no bytes for {read_timeout:g} s; the upload was "

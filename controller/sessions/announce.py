@@ -55,7 +55,8 @@ class NextSessions:
             except Exception:  # the next change or tick tries again
                 log.exception("next_sessions_failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), INTERVAL_S)
+                async with asyncio.timeout(INTERVAL_S):
+                    await self._changed.wait()
 
     def upcoming(self) -> dict[str, protocol.NextSession]:
         """Device -> the earliest scheduled session it hosts or is invited to."""

@@ -48,7 +48,8 @@ class Closer:
                 except Exception:
                     log.exception("session_close_failed session=%s", session.id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def close(self, session_id: str, closed_by: str) -> ClosedSession | Problems:

@@ -360,7 +360,8 @@ class Campaigns:
                 log.exception("ota_engine_failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick)
+                async with asyncio.timeout(self.tick):
+                    await self._wake.wait()
 
     def step(self) -> None:
         """One pass over running campaigns: thresholds, wave advance, notifications."""

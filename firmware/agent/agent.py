@@ -272,7 +272,8 @@ class Agent:
             done = self.link.publish(protocol.state_topic(self.device), protocol.encode(state),
                                      qos=1, retain=True)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(done, 2.0)
+                async with asyncio.timeout(2.0):
+                    await done
         await self.link.stop()
         for task in self._tasks:
             task.cancel()

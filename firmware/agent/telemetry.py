@@ -73,4 +73,5 @@ class Telemetry:
                                        expiry=max(2, int(2 * self.interval)))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()

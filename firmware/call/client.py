@@ -445,7 +445,8 @@ class CallClient:
             self._offer_leg(invite, audio, "audio")
             await self._take_answer(audio, answer_due["audio"], ("audio",))
             try:
-                offer = await asyncio.wait_for(view_due, self._config.join_timeout)
+                async with asyncio.timeout(self._config.join_timeout):
+                    offer = await view_due
                 check_sdp(offer.sdp, "offer", kinds=("video",))
                 await view.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
                 self._received_queue = bound_decoder(view, self._tap_received)
@@ -493,7 +494,8 @@ class CallClient:
                            due: asyncio.Future[protocol.CallAnswer],
                            kinds: tuple[str, ...]) -> None:
         try:
-            answer = await asyncio.wait_for(due, self._config.join_timeout)
+            async with asyncio.timeout(self._config.join_timeout):
+                answer = await due
         except TimeoutError:
             raise AttemptFailed("no answer from the bridge") from None
         try:
@@ -621,7 +623,8 @@ class CallClient:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 5)
+                    async with asyncio.timeout(5):
+                        await task
 
 
 async def _frames(track: MediaStreamTrack) -> Any:

@@ -153,7 +153,8 @@ class MqttLink:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect with jittered backoff; returns after `stop()`."""
@@ -175,7 +176,8 @@ class MqttLink:
                 log.info("mqtt_reconnect_wait client=%s seconds=%.2f",
                          self.settings.client_id, pause)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_event.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await self._stop_event.wait()
         finally:
             misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,7 +191,8 @@ class MqttLink:
         if self.connected:
             self._client.disconnect()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._session_over.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._session_over.wait()
         self._session_over.set()
 
     async def _attempt(self) -> bool:
@@ -228,7 +231,8 @@ class MqttLink:
             self._drop_socket()
             return False
         try:
-            await asyncio.wait_for(self._wait_connack(), s.connect_timeout)
+            async with asyncio.timeout(s.connect_timeout):
+                await self._wait_connack()
         except TimeoutError:
             log.warning("mqtt_connack_timeout client=%s", s.client_id)
             self._drop_socket()
@@ -299,7 +303,8 @@ class MqttLink:
             raise LinkError(f"subscribe failed: {result}")
         future: asyncio.Future[list[int]] = loop.create_future()
         self._subscribing[mid] = future
-        return await asyncio.wait_for(future, self.settings.connect_timeout)
+        async with asyncio.timeout(self.settings.connect_timeout):
+            return await future
 
     def reload_certificate(self) -> None:
         """Use the certificate and key files as they are now from the next connection on (a

@@ -203,7 +203,8 @@ class QosMeter:
 async def close_quietly(pc: RTCPeerConnection, timeout: float = 5.0) -> None:
     """Close a peer connection without letting a wedged transport hold the caller."""
     try:
-        await asyncio.wait_for(pc.close(), timeout)
+        async with asyncio.timeout(timeout):
+            await pc.close()
     except Exception as exc:  # closing is best effort; the connection is abandoned anyway
         log.warning("peer_close_failed error=%s", f"{type(exc).__name__}: {exc}"[:200])
 

@@ -276,7 +276,8 @@ class BoxRecording:
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._stop("agent stopping"), 5)
+                async with asyncio.timeout(5):
+                    await self._stop("agent stopping")
 
 
 def recover_sessions(directory: Path, fs: FileSystem, *, device: str, key: Ed25519PrivateKey,

@@ -87,7 +87,8 @@ class Cec:
                 process = await asyncio.create_subprocess_exec(
                     executable, "-d", self.device, *step, stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE)
-                _, stderr = await asyncio.wait_for(process.communicate(), CEC_TIMEOUT_S)
+                async with asyncio.timeout(CEC_TIMEOUT_S):
+                    _, stderr = await process.communicate()
             except (OSError, TimeoutError) as exc:
                 return self._failed(f"{self.program} {' '.join(step)}: {exc!r}")
             if process.returncode != 0:

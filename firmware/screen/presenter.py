@@ -209,7 +209,8 @@ class Presenter:
             self._self_view = call.self_view.subscribe("screen", capacity=2)
             self._last_picture = self._last_self = None
         try:
-            picture = await asyncio.wait_for(self._picture.latest(), TICK_S * 2)
+            async with asyncio.timeout(TICK_S * 2):
+                picture = await self._picture.latest()
         except TimeoutError:
             picture = None
         if self._self_view is not None:

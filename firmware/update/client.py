@@ -234,7 +234,8 @@ class OtaClient:
         while not ready():
             self._still(job)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL)
+                async with asyncio.timeout(POLL):
+                    await self._wake.wait()
         self._waiting_for = ""
 
     def _clock_ok(self) -> bool:
@@ -290,7 +291,8 @@ class OtaClient:
             raise self._finish(job.job, "failed", f"switch failed: {exc}") from None
         sent = self._report(job.job, "in_progress", step="restarting")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(sent, 5.0)
+            async with asyncio.timeout(5.0):
+                await sent
         log.info("ota_switched device=%s slot=%s version=%s", self.agent.device,
                  installed.name, target.custom["version"])
         self.agent.request_stop(restart=True)

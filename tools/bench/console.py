@@ -282,7 +282,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             c.request_stop()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 20)
+                async with asyncio.timeout(20):
+                    await task
 
 
 def main(argv: list[str] | None = None) -> int:

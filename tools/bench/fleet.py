@@ -152,7 +152,8 @@ async def raw_round_trips(port: int, count: int) -> list[float]:
         waiting[key] = loop.create_future()
         start = time.perf_counter()
         links[0].publish("bench/req", key, qos=1)
-        samples.append(await asyncio.wait_for(waiting[key], 10) - start)
+        async with asyncio.timeout(10):
+            samples.append(await waiting[key] - start)
     for link in links:
         await link.stop()
     await asyncio.gather(*tasks)

@@ -136,7 +136,8 @@ async def bench(segments: int, size: int, workdir: Path) -> dict[str, Any]:
         ready = asyncio.Event()
         task = asyncio.create_task(controller.run(ready))
         await ready.wait()
-        await asyncio.wait_for(controller.boxes.started.wait(), 30)
+        async with asyncio.timeout(30):
+            await controller.boxes.started.wait()
         try:
             controller.registry.on_birth(BOX, protocol.Birth(
                 seq=1, ts=protocol.now_ms(), firmware="bench", board="sim", boot_id="b",

@@ -38,7 +38,8 @@ async def live(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 2000\n\n")
         while not hub.closed.is_set():
             try:
-                event, data = await asyncio.wait_for(viewer.queue.get(), HEARTBEAT)
+                async with asyncio.timeout(HEARTBEAT):
+                    event, data = await viewer.queue.get()
             except TimeoutError:
                 event, data = "", ""
             if cookie and not people.logins.alive(cookie):

@@ -77,8 +77,8 @@ class JanusConnection:
     async def close(self) -> None:
         if self._ws is not None and not self._ws.closed and self.session_id:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send({"janus": "destroy",
-                                                   "session_id": self.session_id}), 3)
+                async with asyncio.timeout(3):
+                    await self._send({"janus": "destroy", "session_id": self.session_id})
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -105,7 +105,8 @@ class JanusConnection:
         message = {**message, "transaction": transaction, "apisecret": self._secret}
         try:
             await self._ws.send_str(json.dumps(message))
-            return await asyncio.wait_for(done, timeout)
+            async with asyncio.timeout(timeout):
+                return await done
         except TimeoutError:
             raise JanusApiError(f"janus did not answer {message.get('janus')} "
                                 f"{message.get('body', {}).get('request', '')} in {timeout}s")\

@@ -182,8 +182,8 @@ class JanusSession(BridgeSession):
     async def _offer_view(self, point: JanusPoint, attempt: int) -> None:
         """Offer the point its view leg: a subscription to the composed feed."""
         try:
-            await asyncio.wait_for(self.compositor.published.wait(),
-                                   self.config.connect_timeout)
+            async with asyncio.timeout(self.config.connect_timeout):
+                await self.compositor.published.wait()
             if point.view is not None:
                 await point.view.detach()
             handle = point.view = await self._connection.attach(VIDEOROOM)
