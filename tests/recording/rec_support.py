@@ -85,8 +85,13 @@ class Archive:
 class Sources:
     """The four fanouts of a box's call, fed from a virtual clock (or real time if None)."""
 
-    def __init__(self, clock: VirtualClock | None, *, keyframe_interval: float = 4.0) -> None:
+    def __init__(self, clock: VirtualClock | None, *, keyframe_interval: float = 4.0,
+                 received_burst: int = 1) -> None:
         self.clock = clock or VirtualClock()
+        # The far end's pictures can come in bursts (a jittery link): each waits for the
+        # burst, so it arrives up to `received_burst - 1` frames after its own time.
+        self.received_burst = received_burst
+        self._held: list[av.VideoFrame] = []
         self.realtime = clock is None
         # Key requests reach this encoder only through its own fanout; a call's fanout asks
         # the (idle) camera encoder instead, so there a short interval stands in.
@@ -141,7 +146,11 @@ class Sources:
                 if packet.is_keyframe:
                     self.key_times.append(self.clock.now)
                 self.sent_video.publish(packet)
-            self.received_video.publish(self._picture(self._tick + 1000))
+            self._held.append(self._picture(self._tick + 1000))
+            if self._tick == 0 or len(self._held) >= self.received_burst:
+                for held in self._held:
+                    self.received_video.publish(held)
+                self._held = []
             self._tick += 1
             target = self._tick * 90000 // FPS * AUDIO_RATE // 90000
             while self._audio < target:

@@ -48,9 +48,9 @@ def make(directory: Path, archive: Archive, key: Ed25519PrivateKey, clock: Virtu
 
 
 async def record(directory: Path, archive: Archive, key: Ed25519PrivateKey,
-                 seconds: float, **kwargs: object) -> SegmentRecorder:
+                 seconds: float, received_burst: int = 1, **kwargs: object) -> SegmentRecorder:
     clock = VirtualClock()
-    sources = Sources(clock)
+    sources = Sources(clock, received_burst=received_burst)
     recorder = make(directory, archive, key, clock, sources, **kwargs)
     await recorder.start()
     await sources.play(seconds)
@@ -63,9 +63,15 @@ def segments(records: list[Record]) -> list[Segment]:
     return [r.segment for r in records if r.segment is not None]
 
 
-async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive) -> None:
+@pytest.mark.parametrize("received_burst", [1, 9], ids=["steady", "late-far-end"])
+async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive,
+                                               received_burst: int) -> None:
+    """Segments tile the timeline and every track of each plays from the segment's start,
+    also when the far end's pictures come in bursts, up to 600 ms after their time: each
+    late one joins the segment its time falls in."""
     key = Ed25519PrivateKey.generate()
-    recorder = await record(tmp_path / SESSION, archive, key, 7.0)
+    recorder = await record(tmp_path / SESSION, archive, key, 7.0,
+                            received_burst=received_burst)
     records = verified_records(tmp_path / SESSION, DEVICE, SESSION, key)
     kinds = [r.kind for r in records]
     assert kinds[0] == "start" and kinds[-1] == "stop" and kinds.count("segment") >= 3
