@@ -61,7 +61,7 @@ class Controller:
         self.config = config
         self.id = config.controller.id
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(config.data_dir / "controller.db")
+        self.db = Database(config.controller_db)
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
         self.history = History(self.db, config.history)

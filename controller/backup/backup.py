@@ -13,7 +13,9 @@ ciphertext's SHA-256; `restore` checks it against the public key the operator na
 every box pins), and that the signing key inside is that key, before anything is written.
 Databases are copied with SQLite's online backup, so a backup of a running controller is
 consistent. `restore` refuses a data folder that already holds a database unless told to
-replace it.
+replace it. A controller on PostgreSQL (`database.url`) is refused by both, with a clear error,
+rather than backed up without its database: that database is dumped with `pg_dump` where it
+runs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.connection import redacted
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.signing import SigningKey
 from tiepdan.errors import BadInput, Conflict, Corrupt
@@ -105,6 +108,14 @@ def _snapshot_db(path: Path, target: Path) -> None:
         src.close()
 
 
+def _refuse_postgresql(config: ControllerConfig, what: str) -> None:
+    if config.database.url:
+        raise BadInput(
+            f"{what} covers the SQLite database only, and this controller's database is "
+            f"PostgreSQL ({redacted(config.database.url)}): back that database up with pg_dump "
+            f"on its server (and restore it with pg_restore); nothing was written")
+
+
 def _header_bytes(header: dict[str, object]) -> bytes:
     return json.dumps({k: v for k, v in header.items() if k != "signature"},
                       sort_keys=True, separators=(",", ":")).encode()
@@ -112,6 +123,7 @@ def _header_bytes(header: dict[str, object]) -> bytes:
 
 def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[str, object]:
     """Write the backup to `out` (mode 0600); returns its header."""
+    _refuse_postgresql(config, "backup")
     if not recipients:
         raise BadInput("backup needs at least one age recipient (age1...): the archivist's or "
                        "the admins' offline identity")
@@ -190,6 +202,7 @@ def read_verified(path: Path, signer: str) -> tuple[dict[str, object], bytes]:
 def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             replace: bool = False) -> dict[str, object]:
     """Check, decrypt and put every part back where `config` says it lives."""
+    _refuse_postgresql(config, "restore")
     header, ciphertext = read_verified(path, signer)
     if (config.data_dir / "controller.db").exists() and not replace:
         raise Conflict(f"{config.data_dir} already holds a controller database; restore onto "

@@ -140,8 +140,8 @@ class Registry:
         d = self._device(device_id)
         d.last_seen = time.time()
         cur = self._db.conn.execute(
-            "INSERT OR IGNORE INTO events (device, event_id, kind, ts, received, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (device, event_id, kind, ts, received, data) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (device_id, event.id, protocol.event_kind(event.data), event.ts, time.time(),
              protocol.encode(event.data).decode()),
         )
@@ -204,12 +204,12 @@ class Registry:
         for key in _JSON_FIELDS:
             values[key] = json.dumps(values[key]) if values[key] is not None else None
         columns = ", ".join(values)
-        marks = ", ".join(f":{k}" for k in values)
+        marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{k}=excluded.{k}" for k in values if k != "id")
         conn.execute(
             f"INSERT INTO devices ({columns}) VALUES ({marks}) "
             f"ON CONFLICT(id) DO UPDATE SET {updates}",
-            values,
+            tuple(values.values()),
         )
 
     def _notify(self, device: Device, what: str) -> None:

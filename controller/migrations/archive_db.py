@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
+from tiepdan.controller.connection import Connection
 from tiepdan.controller.migrations import Migration
 
 # Version 1: the index as release 52e25eb created it.
@@ -56,7 +55,7 @@ CREATE TABLE IF NOT EXISTS closed (
 """
 
 
-def _received_column(conn: sqlite3.Connection) -> None:
+def _received_column(conn: Connection) -> None:
     """Archives made before issue 15 lack `records.received_utc_ms`; later ones added it by hand
     at open, so it may already be there."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}

@@ -1,0 +1,247 @@
+"""One connection API over SQLite and PostgreSQL, so every store writes its SQL once.
+
+Stores write `?` placeholders and SQL both engines read (`INSERT ... ON CONFLICT`, `RETURNING`,
+no `rowid`), and read rows by name or position; what still differs sits here: placeholders
+(`%s` for psycopg), transactions (`BEGIN IMMEDIATE` against psycopg's transaction block), the
+two-argument extremes (`max(a, b)` against `GREATEST`), the driver's integrity error and the
+SQLite PRAGMAs. Not an ORM: the SQL stays the stores' own, in plain sight.
+
+PostgreSQL goes through psycopg 3 (PyPI `psycopg[binary]`, the `postgresql` extra), imported
+only when a `postgresql://` URL is opened, so a controller on SQLite needs nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from tiepdan.errors import BadInput, Unavailable
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+Dialect = Literal["sqlite", "postgresql"]
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Cursor(Protocol):
+    """What `execute` returns: sqlite3's cursor, or psycopg's with `Row`s."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Row(tuple[Any, ...]):
+    """A PostgreSQL row that reads like `sqlite3.Row`: by position, by column name, `keys()`,
+    `dict(row)`, and unpacking into a dataclass."""
+
+    _names: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def is_postgresql(target: Path | str) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRESQL_SCHEMES)
+
+
+def check_url(url: str) -> str:
+    """`database.url`: empty (the SQLite file in data_dir) or a libpq `postgresql://` URL."""
+    if url and not url.startswith(POSTGRESQL_SCHEMES):
+        raise ValueError("database.url must be empty (SQLite in controller.data_dir) or a "
+                         "postgresql:// URL")
+    return url
+
+
+def redacted(url: str) -> str:
+    """The URL for logs and messages, without its password."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, place = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{scheme}{sep}{auth.split(':', 1)[0]}:***@{place}"
+
+
+class Connection:
+    """The calls every store makes; `SqliteConnection` and `PostgresConnection` implement it."""
+
+    dialect: Dialect
+    greatest: str  # the two-argument maximum: SQLite's max(a, b), PostgreSQL's GREATEST
+    least: str
+    IntegrityError: type[Exception]  # what a broken constraint or append-only trigger raises
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteConnection(Connection):
+    dialect: Dialect = "sqlite"
+    greatest = "max"
+    least = "min"
+    IntegrityError = sqlite3.IntegrityError
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> SqliteConnection:
+        """Autocommit (explicit transactions only), WAL so readers never wait for the writer."""
+        if readonly:
+            raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        raw.row_factory = sqlite3.Row
+        conn = cls(raw)
+        if readonly:
+            return conn
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                       "busy_timeout=5000"):
+            conn.raw.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.raw.execute(sql, params)
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        self.raw.executemany(sql, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """`BEGIN IMMEDIATE`: take the write lock at once, so two writers never deadlock."""
+        self.raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.raw.execute("ROLLBACK")
+            raise
+        self.raw.execute("COMMIT")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def postgresql_sql(sql: str) -> str:
+    """`?` placeholders to psycopg's `%s` (and a literal `%` to `%%`), outside quoted text."""
+    out: list[str] = []
+    quote = ""
+    for char in sql:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "?":
+            out.append("%s")
+            continue
+        if char == "%":
+            out.append("%%")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Row]:
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, names)
+
+
+class PostgresConnection(Connection):
+    dialect: Dialect = "postgresql"
+    greatest = "GREATEST"
+    least = "LEAST"
+
+    def __init__(self, raw: psycopg.Connection[Row], url: str) -> None:
+        import psycopg
+
+        self.raw = raw
+        self.url = url
+        self.IntegrityError = psycopg.IntegrityError
+        self._translated: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool = False, connect_timeout: float = 10.0
+             ) -> PostgresConnection:
+        """Autocommit like the SQLite side; statements repeated often are prepared by psycopg."""
+        try:
+            import psycopg
+        except ImportError:
+            raise Unavailable("database.url names PostgreSQL but psycopg is not installed "
+                              "(pip install 'tiepdan[postgresql]')") from None
+        options = "-c default_transaction_read_only=on" if readonly else None
+        try:
+            raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory,
+                                  connect_timeout=max(1, int(connect_timeout)),
+                                  options=options)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"cannot connect to PostgreSQL at {redacted(url)}: "
+                              f"{str(exc).strip()}") from None
+        except psycopg.ProgrammingError as exc:
+            raise BadInput(f"database.url {redacted(url)}: {exc}") from None
+        return cls(raw, url)
+
+    def _sql(self, sql: str) -> str:
+        found = self._translated.get(sql)
+        if found is None:
+            found = self._translated[sql] = postgresql_sql(sql)
+        return found
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if not params:  # without parameters psycopg sends the text as it is (`%` too)
+            return self.raw.execute(sql)
+        return self.raw.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(self._sql(sql), params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.raw.transaction():
+            yield self
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """What either driver raises for a database problem, for code that reads both."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def connect(target: Path | str, *, readonly: bool = False) -> Connection:
+    """A `postgresql://` URL opens PostgreSQL; a path opens (or creates) that SQLite file."""
+    if is_postgresql(target):
+        return PostgresConnection.open(str(target), readonly=readonly)
+    return SqliteConnection.open(Path(target), readonly=readonly)
