@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,10 @@ FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "c.db")
+def db(database: Path | str) -> Iterator[Database]:
+    opened = Database(database)
+    yield opened
+    opened.close()
 
 
 def test_password_is_stored_as_argon2_and_checked(db: Database) -> None:
@@ -74,9 +76,9 @@ def test_disabled_user_cannot_sign_in(db: Database) -> None:
 def test_audit_log_is_append_only(db: Database) -> None:
     audit = AuditLog(db)
     audit.record("lan", "archive.export", "s1/box-1", out="x.mp4")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.conn.execute("UPDATE audit SET user='someone else'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(db.conn.IntegrityError, match="append-only"):
+        db.conn.execute("UPDATE audit SET \"user\"='someone else'")
+    with pytest.raises(db.conn.IntegrityError, match="append-only"):
         db.conn.execute("DELETE FROM audit")
     [entry] = audit.recent()
     assert (entry.user, entry.action, entry.target) == ("lan", "archive.export", "s1/box-1")
