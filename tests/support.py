@@ -81,6 +81,12 @@ def write_agent_config(tmp_path: Path, broker: Mosquitto, device_id: str,
     return path
 
 
+def database_settings(database: Path | str) -> dict[str, str]:
+    """The `[database]` section for the `database` fixture's target: a PostgreSQL URL as it
+    is; for SQLite the default (the file in data_dir)."""
+    return {"url": database if isinstance(database, str) else ""}
+
+
 def make_controller_config(tmp_path: Path, broker: Mosquitto,
                            **sections: Any) -> ControllerConfig:
     settings: dict[str, Any] = {
