@@ -158,7 +158,7 @@ def admit_box(target: Controller | ControllerConfig, device: str, state_dir: Pat
     if isinstance(target, Controller):
         target.identities.bind(device, sign_key, cert_serial=serial)
     else:
-        db = Database(config.data_dir / "controller.db")
+        db = Database(config.controller_db)
         try:
             Identities(db).bind(device, sign_key, cert_serial=serial)
         finally:

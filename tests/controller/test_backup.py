@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pyrage
+import pytest
 import tomli_w
 
 from tests.recording.arc_support import ended_session, enroll, manifest_records, write_recording
@@ -27,6 +28,7 @@ from tests.support import (
 from tiepdan.controller.cli.main import main
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.postgres import Postgres
 
 BOX = "xa-backup"
 
@@ -99,3 +101,37 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                              timeout=30, what="the session closed by the restored controller")
         kinds = [r.kind for r in manifest_records(directory / "manifest.jsonl")]
         assert kinds.count("uploaded") == 2  # receipts checked with the pinned key
+
+
+async def test_a_controller_on_postgresql_is_refused_not_backed_up_without_its_database(
+        tmp_path: Path, broker: Mosquitto, postgres_server: Postgres,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The backup copies SQLite files; with `database.url` on PostgreSQL it would hold the keys
+    but not the fleet's state, so both commands refuse and say what to use instead."""
+    name = "t_backup"
+    url = postgres_server.create_database(name)
+    try:
+        config = make_controller_config(tmp_path, broker, database={"url": url})
+        config_file = tmp_path / "controller.toml"
+        config_file.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
+        async with running_controller(config) as c:
+            assert c.db.dialect == "postgresql"
+            signer = base64.b64encode(c.signing.public_raw()).decode()
+        identity = pyrage.x25519.Identity.generate()
+        (tmp_path / "offline.key").write_text(str(identity) + "\n")
+        out = tmp_path / "central.tdb"
+        capsys.readouterr()
+        assert cli(config_file, "backup", "--out", str(out),
+                   "--recipient", str(identity.to_public())) == 1
+        said = capsys.readouterr()
+        message = said.out + said.err
+        assert "PostgreSQL" in message and "pg_dump" in message, message
+        assert postgres_server.password not in message
+        assert not out.exists()
+        out.write_bytes(b"anything")
+        assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
+                   "--signer", signer) == 1
+        said = capsys.readouterr()
+        assert "pg_restore" in said.out + said.err
+    finally:
+        postgres_server.drop_database(name)

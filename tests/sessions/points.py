@@ -12,6 +12,7 @@ import av
 import numpy as np
 
 from tests.support import (
+    database_settings,
     make_agent_config,
     make_controller_config,
     running_agent,
@@ -45,8 +46,10 @@ def point_name(device: str) -> str:
     return f"UBND {device}"
 
 
-def controller_config(tmp_path: Path, broker: Mosquitto, **sessions: Any) -> Any:
+def controller_config(tmp_path: Path, broker: Mosquitto, database: Path | str = "",
+                      **sessions: Any) -> Any:
     return make_controller_config(tmp_path, broker, bridge=BRIDGE,
+                                  database=database_settings(database),
                                   sessions={"invite_timeout": 5.0, **sessions})
 
 
