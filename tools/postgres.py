@@ -41,7 +41,7 @@ def _version(path: Path) -> tuple[int, ...]:
 def bin_dir() -> Path:
     """Debian keeps the server's programs per major version, off PATH: the newest one."""
     found = sorted((p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")),
-                   key=lambda p: _version(p), reverse=True)
+                   key=_version, reverse=True)
     if not found:
         raise PostgresError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     return found[0]
