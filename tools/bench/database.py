@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
