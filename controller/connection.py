@@ -98,6 +98,10 @@ class Connection:
     def transaction(self) -> contextlib.AbstractContextManager[Connection]:
         raise NotImplementedError
 
+    def stream(self, sql: str) -> Iterator[Any]:
+        """The rows of a large query a batch at a time, never all in memory at once."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -144,6 +148,9 @@ class SqliteConnection(Connection):
             raise
         self.raw.execute("COMMIT")
 
+    def stream(self, sql: str) -> Iterator[Any]:
+        yield from self.raw.execute(sql)  # sqlite3 steps through the result as it is read
+
     def close(self) -> None:
         self.raw.close()
 
@@ -185,6 +192,7 @@ class PostgresConnection(Connection):
         self.url = url
         self.IntegrityError = psycopg.IntegrityError
         self._translated: dict[str, str] = {}
+        self._streams = 0
 
     @classmethod
     def open(cls, url: str, *, readonly: bool = False, connect_timeout: float = 10.0
@@ -226,6 +234,15 @@ class PostgresConnection(Connection):
     def transaction(self) -> Iterator[Connection]:
         with self.raw.transaction():
             yield self
+
+    def stream(self, sql: str) -> Iterator[Any]:
+        """A server-side cursor (it lives in a transaction): psycopg's ordinary one would
+        fetch the whole result first."""
+        self._streams += 1
+        with self.raw.transaction(), self.raw.cursor(name=f"stream_{self._streams}") as cursor:
+            cursor.itersize = 2000
+            cursor.execute(sql)
+            yield from cursor
 
     def close(self) -> None:
         self.raw.close()

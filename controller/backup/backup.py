@@ -13,9 +13,10 @@ ciphertext's SHA-256; `restore` checks it against the public key the operator na
 every box pins), and that the signing key inside is that key, before anything is written.
 Databases are copied with SQLite's online backup, so a backup of a running controller is
 consistent. `restore` refuses a data folder that already holds a database unless told to
-replace it. A controller on PostgreSQL (`database.url`) is refused by both, with a clear error,
-rather than backed up without its database: that database is dumped with `pg_dump` where it
-runs.
+replace it. A controller on PostgreSQL (`database.url`) has its database carried in the same
+place as a SQLite file (`db/controller.db`, every row copied in one consistent read, see
+`controller/migrations/transfer.py`), and restored into an empty PostgreSQL database; so a
+backup also moves a controller between the two.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.connection import redacted
 from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.controller.migrations.transfer import copy_rows, is_empty
 from tiepdan.controller.signing import SigningKey
+from tiepdan.controller.store import Database, open_readonly
 from tiepdan.errors import BadInput, Conflict, Corrupt
 
 log = logging.getLogger(__name__)
 
 MAGIC = "tiepdan-backup"
+CONTROLLER_DB = "db/controller.db"
 VERSION = 1
 
 
@@ -83,7 +87,7 @@ def sources(config: ControllerConfig) -> list[Source]:
 
 def _databases(config: ControllerConfig) -> list[Source]:
     archive = Path(config.archive.dir) if config.archive.dir else config.data_dir / "archive"
-    return [Source("db/controller.db", config.data_dir / "controller.db"),
+    return [Source(CONTROLLER_DB, config.data_dir / "controller.db"),
             Source("db/archive.db", archive / "archive.db")]
 
 
@@ -108,12 +112,25 @@ def _snapshot_db(path: Path, target: Path) -> None:
         src.close()
 
 
-def _refuse_postgresql(config: ControllerConfig, what: str) -> None:
-    if config.database.url:
-        raise BadInput(
-            f"{what} covers the SQLite database only, and this controller's database is "
-            f"PostgreSQL ({redacted(config.database.url)}): back that database up with pg_dump "
-            f"on its server (and restore it with pg_restore); nothing was written")
+def _snapshot_postgresql(url: str, target: Path) -> None:
+    """The PostgreSQL database's rows into a new SQLite file of the same schema."""
+    copy = Database(target)
+    try:
+        with open_readonly(url) as source:
+            copy_rows(source, copy.conn)
+    finally:
+        copy.close()
+
+
+def _empty_postgresql(url: str) -> Database:
+    """The PostgreSQL database to restore into, with its tables and nothing in them."""
+    db = Database(url)
+    if not is_empty(db.conn):
+        db.close()
+        raise Conflict(f"the PostgreSQL database {redacted(url)} already holds a controller's "
+                       "data; restore into an empty one (dropdb, then createdb with the "
+                       "controller's role as owner)")
+    return db
 
 
 def _header_bytes(header: dict[str, object]) -> bytes:
@@ -123,7 +140,6 @@ def _header_bytes(header: dict[str, object]) -> bytes:
 
 def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[str, object]:
     """Write the backup to `out` (mode 0600); returns its header."""
-    _refuse_postgresql(config, "backup")
     if not recipients:
         raise BadInput("backup needs at least one age recipient (age1...): the archivist's or "
                        "the admins' offline identity")
@@ -140,11 +156,15 @@ def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[s
     with tempfile.TemporaryDirectory(prefix="tiepdan-backup-") as tmp, \
             tarfile.open(fileobj=buffer, mode="w") as tar:
         for db in _databases(config):
-            if db.path.exists():
-                copy = Path(tmp) / db.path.name
+            copy = Path(tmp) / db.path.name
+            if db.name == CONTROLLER_DB and config.database.url:
+                _snapshot_postgresql(config.database.url, copy)
+            elif db.path.exists():
                 _snapshot_db(db.path, copy)
-                tar.add(copy, arcname=db.name)
-                count += 1
+            else:
+                continue
+            tar.add(copy, arcname=db.name)
+            count += 1
         for source in sources(config):
             for name, path in _files(source):
                 tar.add(path, arcname=name)
@@ -202,9 +222,8 @@ def read_verified(path: Path, signer: str) -> tuple[dict[str, object], bytes]:
 def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             replace: bool = False) -> dict[str, object]:
     """Check, decrypt and put every part back where `config` says it lives."""
-    _refuse_postgresql(config, "restore")
     header, ciphertext = read_verified(path, signer)
-    if (config.data_dir / "controller.db").exists() and not replace:
+    if not config.database.url and (config.data_dir / "controller.db").exists() and not replace:
         raise Conflict(f"{config.data_dir} already holds a controller database; restore onto "
                        f"a fresh machine, or pass --replace to overwrite it")
     try:
@@ -230,6 +249,10 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             for suffix in ("-wal", "-shm"):
                 db.path.with_name(db.path.name + suffix).unlink(missing_ok=True)
         written = 0
+        if config.database.url and (staged / CONTROLLER_DB).is_file():
+            _restore_postgresql(config.database.url, staged / CONTROLLER_DB)
+            (staged / CONTROLLER_DB).unlink()
+            written += 1
         for file in sorted(p for p in staged.rglob("*") if p.is_file()):
             name = file.relative_to(staged).as_posix()
             target = _target(places, name)
@@ -243,6 +266,20 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
     log.info("backup_restored path=%s files=%d controller=%s", path, written,
              header.get("controller"))
     return {**header, "restored": written}
+
+
+def _restore_postgresql(url: str, copy: Path) -> None:
+    """The backup's rows into the empty PostgreSQL database (a copy made by an older release
+    is brought to this release's schema first)."""
+    source = Database(copy)
+    try:
+        target = _empty_postgresql(url)
+        try:
+            copy_rows(source.conn, target.conn)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def _target(places: dict[str, Source], name: str) -> Path | None:

@@ -18,6 +18,7 @@ import tomli_w
 
 from tests.recording.arc_support import ended_session, enroll, manifest_records, write_recording
 from tests.support import (
+    database_settings,
     eventually,
     init_ca,
     make_agent_config,
@@ -27,6 +28,8 @@ from tests.support import (
 )
 from tiepdan.controller.cli.main import main
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.migrations.transfer import is_empty, tables
+from tiepdan.controller.store import open_readonly
 from tiepdan.tools.broker import Mosquitto, free_port
 from tiepdan.tools.postgres import Postgres
 
@@ -37,11 +40,32 @@ def cli(config_file: Path, *args: str) -> int:
     return main(["--config", str(config_file), *args])
 
 
-async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
-                                                          broker: Mosquitto) -> None:
+def holds_data(config: ControllerConfig) -> bool:
+    """Whether the controller's database exists with something in it (either backend)."""
+    if not config.database.url:
+        return (config.data_dir / "controller.db").exists()
+    with open_readonly(config.database.url) as conn:
+        return bool(tables(conn)) and not is_empty(conn)
+
+
+def wipe(config: ControllerConfig, request: pytest.FixtureRequest) -> None:
+    """The server is lost: its data folder, and its PostgreSQL database if it had one."""
+    shutil.rmtree(config.data_dir)
+    if config.database.url:
+        server: Postgres = request.getfixturevalue("postgres_server")
+        name = config.database.url.rsplit("/", 1)[1].split("?")[0]
+        server.drop_database(name)
+        server.create_database(name)
+
+
+async def test_backup_wipe_restore_and_the_box_carries_on(
+        tmp_path: Path, broker: Mosquitto, database: Path | str,
+        request: pytest.FixtureRequest) -> None:
+    """On SQLite, and on PostgreSQL, whose rows travel in the backup as a SQLite file."""
     config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2,
                                                                  "record_bridge": False},
-                                    boxes={"host": "127.0.0.1", "port": free_port()})
+                                    boxes={"host": "127.0.0.1", "port": free_port()},
+                                    database=database_settings(database))
     init_ca(config)
     config_file = tmp_path / "controller.toml"
     config_file.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
@@ -60,7 +84,8 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
     assert out.stat().st_mode & 0o077 == 0
     assert b"BEGIN PRIVATE KEY" not in out.read_bytes()  # encrypted, keys included
 
-    shutil.rmtree(config.data_dir)  # the server is lost
+    wipe(config, request)
+    assert not holds_data(config)
     stranger = base64.b64encode(bytes(32)).decode()
     other = pyrage.x25519.Identity.generate()
     (tmp_path / "other.key").write_text(str(other) + "\n")
@@ -72,16 +97,19 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                                 (out, "other.key", signer)):
         assert cli(config_file, "restore", str(file), "--identity", str(tmp_path / key_file),
                    "--signer", who) == 1
-        assert not (config.data_dir / "controller.db").exists()
+        assert not holds_data(config)
     assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
                "--signer", signer) == 0
     assert (config.data_dir / "signing.key").stat().st_mode & 0o077 == 0
+    assert holds_data(config)
+    assert (config.data_dir / "controller.db").exists() == (not config.database.url)
     # A second restore onto a controller that has a database again needs --replace.
     assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
                "--signer", signer) == 1
 
     restored = msgspec.convert(msgspec.to_builtins(config), ControllerConfig)
     async with running_controller(restored) as c:
+        assert c.db.dialect == ("postgresql" if config.database.url else "sqlite")
         assert base64.b64encode(c.signing.public_raw()).decode() == signer
         assert list(c.archive.recipients) == recipients
         assert c.sessions.get(session) is not None
@@ -102,36 +130,3 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
         kinds = [r.kind for r in manifest_records(directory / "manifest.jsonl")]
         assert kinds.count("uploaded") == 2  # receipts checked with the pinned key
 
-
-async def test_a_controller_on_postgresql_is_refused_not_backed_up_without_its_database(
-        tmp_path: Path, broker: Mosquitto, postgres_server: Postgres,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """The backup copies SQLite files; with `database.url` on PostgreSQL it would hold the keys
-    but not the fleet's state, so both commands refuse and say what to use instead."""
-    name = "t_backup"
-    url = postgres_server.create_database(name)
-    try:
-        config = make_controller_config(tmp_path, broker, database={"url": url})
-        config_file = tmp_path / "controller.toml"
-        config_file.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
-        async with running_controller(config) as c:
-            assert c.db.dialect == "postgresql"
-            signer = base64.b64encode(c.signing.public_raw()).decode()
-        identity = pyrage.x25519.Identity.generate()
-        (tmp_path / "offline.key").write_text(str(identity) + "\n")
-        out = tmp_path / "central.tdb"
-        capsys.readouterr()
-        assert cli(config_file, "backup", "--out", str(out),
-                   "--recipient", str(identity.to_public())) == 1
-        said = capsys.readouterr()
-        message = said.out + said.err
-        assert "PostgreSQL" in message and "pg_dump" in message, message
-        assert postgres_server.password not in message
-        assert not out.exists()
-        out.write_bytes(b"anything")
-        assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
-                   "--signer", signer) == 1
-        said = capsys.readouterr()
-        assert "pg_restore" in said.out + said.err
-    finally:
-        postgres_server.drop_database(name)
