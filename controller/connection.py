@@ -181,23 +181,30 @@ def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Row]:
 
 
 class PostgresConnection(Connection):
+    """One psycopg connection. Should the server restart or the network cut it, the statement
+    that meets the cut fails (its caller sees the error: nothing is retried behind its back)
+    and the next one, outside a transaction, opens a fresh connection."""
+
     dialect: Dialect = "postgresql"
     greatest = "GREATEST"
     least = "LEAST"
 
-    def __init__(self, raw: psycopg.Connection[Row], url: str) -> None:
+    def __init__(self, raw: psycopg.Connection[Row], url: str, readonly: bool = False) -> None:
         import psycopg
 
-        self.raw = raw
+        self._raw = raw
         self.url = url
+        self.readonly = readonly
         self.IntegrityError = psycopg.IntegrityError
         self._translated: dict[str, str] = {}
         self._streams = 0
+        self._depth = 0  # open transaction blocks: never reconnect inside one
+        self._closed = False
+        self.reconnects = 0
 
-    @classmethod
-    def open(cls, url: str, *, readonly: bool = False, connect_timeout: float = 10.0
-             ) -> PostgresConnection:
-        """Autocommit like the SQLite side; statements repeated often are prepared by psycopg."""
+    @staticmethod
+    def _connect(url: str, readonly: bool, connect_timeout: float = 10.0
+                 ) -> psycopg.Connection[Row]:
         try:
             import psycopg
         except ImportError:
@@ -205,15 +212,29 @@ class PostgresConnection(Connection):
                               "(pip install 'tiepdan[postgresql]')") from None
         options = "-c default_transaction_read_only=on" if readonly else None
         try:
-            raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory,
-                                  connect_timeout=max(1, int(connect_timeout)),
-                                  options=options)
+            return psycopg.connect(url, autocommit=True, row_factory=_row_factory,
+                                   connect_timeout=max(1, int(connect_timeout)),
+                                   options=options)
         except psycopg.OperationalError as exc:
             raise Unavailable(f"cannot connect to PostgreSQL at {redacted(url)}: "
                               f"{str(exc).strip()}") from None
         except psycopg.ProgrammingError as exc:
             raise BadInput(f"database.url {redacted(url)}: {exc}") from None
-        return cls(raw, url)
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool = False, connect_timeout: float = 10.0
+             ) -> PostgresConnection:
+        """Autocommit like the SQLite side; statements repeated often are prepared by psycopg."""
+        return cls(cls._connect(url, readonly, connect_timeout), url, readonly)
+
+    @property
+    def raw(self) -> psycopg.Connection[Row]:
+        """The live connection: a fresh one if the last was cut (outside a transaction)."""
+        if (self._raw.broken or self._raw.closed) and not self._closed and not self._depth:
+            log.warning("db_reconnect dialect=postgresql url=%s", redacted(self.url))
+            self._raw = self._connect(self.url, self.readonly)
+            self.reconnects += 1
+        return self._raw
 
     def _sql(self, sql: str) -> str:
         found = self._translated.get(sql)
@@ -233,19 +254,24 @@ class PostgresConnection(Connection):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         with self.raw.transaction():
-            yield self
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
 
     def stream(self, sql: str) -> Iterator[Any]:
         """A server-side cursor (it lives in a transaction): psycopg's ordinary one would
         fetch the whole result first."""
         self._streams += 1
-        with self.raw.transaction(), self.raw.cursor(name=f"stream_{self._streams}") as cursor:
+        with self.transaction(), self.raw.cursor(name=f"stream_{self._streams}") as cursor:
             cursor.itersize = 2000
             cursor.execute(sql)
             yield from cursor
 
     def close(self) -> None:
-        self.raw.close()
+        self._closed = True
+        self._raw.close()
 
 
 def driver_errors() -> tuple[type[Exception], ...]:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from tiepdan.errors import Unavailable
@@ -112,12 +113,26 @@ class Postgres:
                                             cwd=self.root)
         finally:
             os.close(log_fd)
+        deadline = time.monotonic() + timeout
         state = wait_listening(self.process, self.host, self.port, timeout)
+        while state == "up" and not self._ready():  # it listens before it accepts sessions
+            if self.process.poll() is not None:
+                state = "exited"
+            elif time.monotonic() > deadline:
+                state = "timeout"
+            else:
+                time.sleep(0.1)
         if state != "up":
             self.kill()
             raise PostgresError(f"postgres did not start ({state}):\n"
                                 f"{log_tail(self.logfile, 20)}")
         log.info("postgres_started port=%d data=%s", self.port, self.data)
+
+    def _ready(self) -> bool:
+        """pg_isready: the server accepts sessions (not "the database system is starting up")."""
+        done = subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", self.host, "-p",
+                               str(self.port), "-t", "2"], check=False, capture_output=True)
+        return done.returncode == 0
 
     def create_database(self, name: str) -> str:
         """A fresh, empty database; returns its URL."""
