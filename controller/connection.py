@@ -1,7 +1,8 @@
 """One connection API over SQLite and PostgreSQL, so every store writes its SQL once.
 
 Stores write `?` placeholders and SQL both engines read (`INSERT ... ON CONFLICT`, `RETURNING`,
-no `rowid`), and read rows by name or position; what still differs sits here: placeholders
+`rowid` only where PostgreSQL's table has one explicitly, `"user"` quoted), and read rows by
+name or position; what still differs sits here: placeholders
 (`%s` for psycopg), transactions (`BEGIN IMMEDIATE` against psycopg's transaction block), the
 two-argument extremes (`max(a, b)` against `GREATEST`), the driver's integrity error and the
 SQLite PRAGMAs. Not an ORM: the SQL stays the stores' own, in plain sight.
@@ -119,7 +120,8 @@ class SqliteConnection(Connection):
     def open(cls, path: Path, *, readonly: bool = False) -> SqliteConnection:
         """Autocommit (explicit transactions only), WAL so readers never wait for the writer."""
         if readonly:
-            raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                  check_same_thread=False)
         else:
             raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         raw.row_factory = sqlite3.Row
