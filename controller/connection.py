@@ -117,7 +117,8 @@ class SqliteConnection(Connection):
         self.raw = raw
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> SqliteConnection:
+    def open(cls, path: Path, *, readonly: bool = False, synchronous: str = "NORMAL",
+             foreign_keys: bool = True) -> SqliteConnection:
         """Autocommit (explicit transactions only), WAL so readers never wait for the writer."""
         if readonly:
             raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
@@ -128,8 +129,8 @@ class SqliteConnection(Connection):
         conn = cls(raw)
         if readonly:
             return conn
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                       "busy_timeout=5000"):
+        for pragma in ("journal_mode=WAL", f"synchronous={synchronous}",
+                       f"foreign_keys={'ON' if foreign_keys else 'OFF'}", "busy_timeout=5000"):
             conn.raw.execute(f"PRAGMA {pragma}")
         return conn
 
@@ -191,12 +192,14 @@ class PostgresConnection(Connection):
     greatest = "GREATEST"
     least = "LEAST"
 
-    def __init__(self, raw: psycopg.Connection[Row], url: str, readonly: bool = False) -> None:
+    def __init__(self, raw: psycopg.Connection[Row], url: str, readonly: bool = False,
+                 schema: str = "") -> None:
         import psycopg
 
         self._raw = raw
         self.url = url
         self.readonly = readonly
+        self.schema = schema
         self.IntegrityError = psycopg.IntegrityError
         self._translated: dict[str, str] = {}
         self._streams = 0
@@ -205,18 +208,23 @@ class PostgresConnection(Connection):
         self.reconnects = 0
 
     @staticmethod
-    def _connect(url: str, readonly: bool, connect_timeout: float = 10.0
+    def _connect(url: str, readonly: bool, schema: str = "", connect_timeout: float = 10.0
                  ) -> psycopg.Connection[Row]:
+        """`schema`: the tables live in that schema (created if missing), not in `public`."""
         try:
             import psycopg
         except ImportError:
             raise Unavailable("database.url names PostgreSQL but psycopg is not installed "
                               "(pip install 'tiepdan[postgresql]')") from None
-        options = "-c default_transaction_read_only=on" if readonly else None
+        options = [*(["-c default_transaction_read_only=on"] if readonly else []),
+                   *([f"-c search_path={schema}"] if schema else [])]
         try:
-            return psycopg.connect(url, autocommit=True, row_factory=_row_factory,
-                                   connect_timeout=max(1, int(connect_timeout)),
-                                   options=options)
+            raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory,
+                                  connect_timeout=max(1, int(connect_timeout)),
+                                  options=" ".join(options) or None)
+            if schema and not readonly:
+                raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
+            return raw
         except psycopg.OperationalError as exc:
             raise Unavailable(f"cannot connect to PostgreSQL at {redacted(url)}: "
                               f"{str(exc).strip()}") from None
@@ -224,17 +232,17 @@ class PostgresConnection(Connection):
             raise BadInput(f"database.url {redacted(url)}: {exc}") from None
 
     @classmethod
-    def open(cls, url: str, *, readonly: bool = False, connect_timeout: float = 10.0
-             ) -> PostgresConnection:
+    def open(cls, url: str, *, readonly: bool = False, schema: str = "",
+             connect_timeout: float = 10.0) -> PostgresConnection:
         """Autocommit like the SQLite side; statements repeated often are prepared by psycopg."""
-        return cls(cls._connect(url, readonly, connect_timeout), url, readonly)
+        return cls(cls._connect(url, readonly, schema, connect_timeout), url, readonly, schema)
 
     @property
     def raw(self) -> psycopg.Connection[Row]:
         """The live connection: a fresh one if the last was cut (outside a transaction)."""
         if (self._raw.broken or self._raw.closed) and not self._closed and not self._depth:
             log.warning("db_reconnect dialect=postgresql url=%s", redacted(self.url))
-            self._raw = self._connect(self.url, self.readonly)
+            self._raw = self._connect(self.url, self.readonly, self.schema)
             self.reconnects += 1
         return self._raw
 
@@ -285,8 +293,9 @@ def driver_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error, psycopg.Error)
 
 
-def connect(target: Path | str, *, readonly: bool = False) -> Connection:
-    """A `postgresql://` URL opens PostgreSQL; a path opens (or creates) that SQLite file."""
+def connect(target: Path | str, *, readonly: bool = False, schema: str = "") -> Connection:
+    """A `postgresql://` URL opens PostgreSQL (its tables in `schema`, default `public`); a
+    path opens (or creates) that SQLite file."""
     if is_postgresql(target):
-        return PostgresConnection.open(str(target), readonly=readonly)
+        return PostgresConnection.open(str(target), readonly=readonly, schema=schema)
     return SqliteConnection.open(Path(target), readonly=readonly)

@@ -84,7 +84,8 @@ class Controller:
         self.next_sessions = NextSessions(self.registry, self.sessions, self.set_desired)
         self.people = People(self.db, config.console, self.token)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
-                               self.signing.public_raw(), self.id, self._session_points)
+                               self.signing.public_raw(), self.id, self._session_points,
+                               index=config.database.url)
         self.closer = Closer(self.sessions, self.archive, f"controller-{self.id}",
                              config.archive.close_interval)
         self.bridge_recording = BridgeRecording(self.archive, config.bridge, config.archive,

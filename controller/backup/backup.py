@@ -13,8 +13,9 @@ ciphertext's SHA-256; `restore` checks it against the public key the operator na
 every box pins), and that the signing key inside is that key, before anything is written.
 Databases are copied with SQLite's online backup, so a backup of a running controller is
 consistent. `restore` refuses a data folder that already holds a database unless told to
-replace it. A controller on PostgreSQL (`database.url`) has its database carried in the same
-place as a SQLite file (`db/controller.db`, every row copied in one consistent read, see
+replace it. A controller on PostgreSQL (`database.url`) has its databases (the controller's
+tables and the archive index's schema) carried in the same places as SQLite files
+(`db/controller.db`, `db/archive.db`: every row copied in one consistent read, see
 `controller/migrations/transfer.py`), and restored into an empty PostgreSQL database; so a
 backup also moves a controller between the two.
 """
@@ -44,9 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tiepdan.controller.config import ControllerConfig
 from tiepdan.controller.connection import redacted
 from tiepdan.controller.enrollment.provisioning import material_for
-from tiepdan.controller.migrations.transfer import copy_rows, is_empty
+from tiepdan.controller.migrations.transfer import copy_rows, is_empty, open_database
 from tiepdan.controller.signing import SigningKey
-from tiepdan.controller.store import Database, open_readonly
 from tiepdan.errors import BadInput, Conflict, Corrupt
 
 log = logging.getLogger(__name__)
@@ -112,25 +112,40 @@ def _snapshot_db(path: Path, target: Path) -> None:
         src.close()
 
 
-def _snapshot_postgresql(url: str, target: Path) -> None:
+def _label(name: str) -> str:
+    return "controller" if name == CONTROLLER_DB else "archive"
+
+
+def _snapshot_postgresql(url: str, label: str, target: Path) -> None:
     """The PostgreSQL database's rows into a new SQLite file of the same schema."""
-    copy = Database(target)
+    copy = open_database(target, label)
     try:
-        with open_readonly(url) as source:
-            copy_rows(source, copy.conn)
+        source = open_database(url, label, readonly=True)
+        try:
+            copy_rows(source, copy, label=label)
+        finally:
+            source.close()
     finally:
         copy.close()
 
 
-def _empty_postgresql(url: str) -> Database:
-    """The PostgreSQL database to restore into, with its tables and nothing in them."""
-    db = Database(url)
-    if not is_empty(db.conn):
-        db.close()
-        raise Conflict(f"the PostgreSQL database {redacted(url)} already holds a controller's "
-                       "data; restore into an empty one (dropdb, then createdb with the "
-                       "controller's role as owner)")
-    return db
+def _restore_postgresql(url: str, label: str, copy: Path) -> None:
+    """The backup's rows into the empty PostgreSQL database (a copy made by an older release
+    is brought to this release's schema first)."""
+    source = open_database(copy, label)
+    try:
+        target = open_database(url, label)
+        try:
+            if not is_empty(target):
+                raise Conflict(
+                    f"the PostgreSQL database {redacted(url)} already holds a controller's "
+                    f"data ({label}); restore into an empty one (dropdb, then createdb with "
+                    "the controller's role as owner)")
+            copy_rows(source, target, label=label)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def _header_bytes(header: dict[str, object]) -> bytes:
@@ -157,8 +172,8 @@ def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[s
             tarfile.open(fileobj=buffer, mode="w") as tar:
         for db in _databases(config):
             copy = Path(tmp) / db.path.name
-            if db.name == CONTROLLER_DB and config.database.url:
-                _snapshot_postgresql(config.database.url, copy)
+            if config.database.url:
+                _snapshot_postgresql(config.database.url, _label(db.name), copy)
             elif db.path.exists():
                 _snapshot_db(db.path, copy)
             else:
@@ -249,10 +264,11 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             for suffix in ("-wal", "-shm"):
                 db.path.with_name(db.path.name + suffix).unlink(missing_ok=True)
         written = 0
-        if config.database.url and (staged / CONTROLLER_DB).is_file():
-            _restore_postgresql(config.database.url, staged / CONTROLLER_DB)
-            (staged / CONTROLLER_DB).unlink()
-            written += 1
+        for db in _databases(config) if config.database.url else []:
+            if (staged / db.name).is_file():
+                _restore_postgresql(config.database.url, _label(db.name), staged / db.name)
+                (staged / db.name).unlink()
+                written += 1
         for file in sorted(p for p in staged.rglob("*") if p.is_file()):
             name = file.relative_to(staged).as_posix()
             target = _target(places, name)
@@ -266,20 +282,6 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
     log.info("backup_restored path=%s files=%d controller=%s", path, written,
              header.get("controller"))
     return {**header, "restored": written}
-
-
-def _restore_postgresql(url: str, copy: Path) -> None:
-    """The backup's rows into the empty PostgreSQL database (a copy made by an older release
-    is brought to this release's schema first)."""
-    source = Database(copy)
-    try:
-        target = _empty_postgresql(url)
-        try:
-            copy_rows(source.conn, target.conn)
-        finally:
-            target.close()
-    finally:
-        source.close()
 
 
 def _target(places: dict[str, Source], name: str) -> Path | None:

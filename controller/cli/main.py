@@ -142,24 +142,34 @@ def _restore(config: ControllerConfig, args: argparse.Namespace, console: Consol
 
 def _copy_database(config: ControllerConfig, args: argparse.Namespace,
                    console: Console) -> int:
+    """The controller's database, and into PostgreSQL the archive index too (`archive.db`,
+    which follows `database.url` there)."""
     from tiepdan.controller.connection import is_postgresql, redacted
-    from tiepdan.controller.migrations.transfer import copy_rows
-    from tiepdan.controller.store import Database
+    from tiepdan.controller.migrations.transfer import copy_rows, open_database
 
     def place(given: str) -> Path | str:
         return given if is_postgresql(given) else Path(given)
 
-    source = Database(place(args.source) if args.source else config.controller_db)
-    try:
-        target = Database(place(args.target))
-        try:
-            counts = copy_rows(source.conn, target.conn)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    pairs: list[tuple[str, Path | str]] = [
+        ("controller", place(args.source) if args.source else config.controller_db)]
+    archive = (Path(config.archive.dir) if config.archive.dir
+               else config.data_dir / "archive") / "archive.db"
+    if is_postgresql(args.target) and not args.source and not config.database.url \
+            and archive.exists():
+        pairs.append(("archive", archive))
     shown = redacted(args.target) if is_postgresql(args.target) else args.target
-    console.print(f"copied {sum(counts.values())} rows of {len(counts)} tables into {shown}")
+    for label, source_place in pairs:
+        source = open_database(source_place, label)
+        try:
+            target = open_database(place(args.target), label)
+            try:
+                counts = copy_rows(source, target, label=label)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        console.print(f"{label}: copied {sum(counts.values())} rows of {len(counts)} tables "
+                      f"into {shown}")
     return 0
 
 

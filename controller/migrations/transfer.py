@@ -14,15 +14,33 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from tiepdan.controller.connection import Connection
-from tiepdan.controller.migrations import version
+from tiepdan.controller.connection import Connection, connect, is_postgresql
+from tiepdan.controller.migrations import Migration, archive_db, controller_db, migrate, version
 from tiepdan.errors import Conflict
 
 log = logging.getLogger(__name__)
 
 BATCH = 2000
+
+# label -> its migrations and, on PostgreSQL, its schema (the archive index has its own).
+DATABASES: dict[str, tuple[list[Migration], str]] = {
+    "controller": (controller_db.MIGRATIONS, ""),
+    "archive": (archive_db.MIGRATIONS, archive_db.ARCHIVE_SCHEMA),
+}
+
+
+def open_database(target: Path | str, label: str, *, readonly: bool = False) -> Connection:
+    """The `label` database at `target` (a SQLite file or a PostgreSQL URL), brought to this
+    release's schema unless read-only."""
+    migrations, schema = DATABASES[label]
+    conn = connect(target, readonly=readonly, schema=schema if is_postgresql(target) else "")
+    if not readonly:
+        migrate(conn, migrations, label=label,
+                path=None if is_postgresql(target) else Path(target))
+    return conn
 
 
 def tables(conn: Connection) -> list[str]:

@@ -14,7 +14,7 @@ from tests.controller.test_migrations import load
 from tiepdan.controller.cli.main import main
 from tiepdan.controller.connection import Connection, SqliteConnection
 from tiepdan.controller.migrations import controller_db, migrate
-from tiepdan.controller.migrations.transfer import columns, copy_rows, tables
+from tiepdan.controller.migrations.transfer import columns, copy_rows, open_database, tables
 from tiepdan.controller.store import Database
 from tiepdan.errors import Conflict
 from tiepdan.tools.postgres import Postgres
@@ -54,11 +54,22 @@ def test_a_full_controller_moves_to_postgresql_and_back(
     name = "t_transfer"
     url = postgres_server.create_database(name)
     try:
+        index = tmp_path / "archive" / "archive.db"  # the archive index moves along
+        index.parent.mkdir()
+        load("archive-52e25eb.sql", index)
+        archive = open_database(index, "archive")
+        archived = rows(archive)
+        assert len(archived) == 5 and all(archived.values())
+        archive.close()
         config = tmp_path / "controller.toml"
         config.write_text(f'[controller]\ndata_dir = "{tmp_path}"\n')
         assert main(["--config", str(config), "copy-database", url]) == 0
         said = capsys.readouterr().out
-        assert "copied" in said and postgres_server.password not in said
+        assert "controller: copied" in said and "archive: copied" in said
+        assert postgres_server.password not in said
+        moved_index = open_database(url, "archive")
+        assert rows(moved_index) == archived
+        moved_index.close()
         moved = Database(url)
         assert rows(moved.conn) == before
         # The next numbers follow the copied ones.

@@ -180,7 +180,7 @@ async def test_a_live_session_records_and_closes(tmp_path: Path, broker: Mosquit
                                                  database: Path | str) -> None:
     """End to end on either database: two enrolled boxes join a live session through the
     bridge, record and upload to the archive; once ended, the session closes with its signed
-    record, its state and log kept in the configured database."""
+    record, its state, log and archive index kept in the configured database."""
     devices = ["pt-rhost", "pt-rguest"]
     config = make_controller_config(tmp_path, broker, bridge=BRIDGE,
                                     database=database_settings(database),
@@ -189,6 +189,7 @@ async def test_a_live_session_records_and_closes(tmp_path: Path, broker: Mosquit
     init_ca(config)  # the box listener, where boxes upload, needs the provisioning CA
     async with running_controller(config) as c:
         assert c.db.dialect == ("sqlite" if isinstance(database, Path) else "postgresql")
+        assert c.archive._db.dialect == c.db.dialect  # the archive index follows database.url
         for device in devices:
             enroll(c, tmp_path / device, device)
         recording = {"archive_url": c.boxes.url, "segment_seconds": 1.0,
