@@ -253,6 +253,28 @@ def test_both_dialects_build_the_same_tables(tmp_path: Path, postgres_server: Po
     sqlite_db.close()
 
 
+def test_the_archive_index_has_the_same_tables_on_both(tmp_path: Path,
+                                                       postgres_server: Postgres) -> None:
+    """The archive index's PostgreSQL text keeps step with SQLite's, in its own schema."""
+    from tiepdan.controller.migrations.transfer import columns, open_database, tables
+
+    name = "t_archive_parity"
+    url = postgres_server.create_database(name)
+    try:
+        found = {}
+        for place in (tmp_path / "archive.db", url):
+            conn = open_database(place, "archive")
+            found[conn.dialect] = {t: columns(conn, t) for t in tables(conn)}
+            conn.close()
+        assert found["postgresql"] == found["sqlite"]
+        assert "received_utc_ms" in found["postgresql"]["records"]
+        controller = Database(url)  # the controller's tables stay apart, in public
+        assert "records" not in tables(controller.conn)
+        controller.close()
+    finally:
+        postgres_server.drop_database(name)
+
+
 def test_a_postgresql_database_from_a_newer_release_is_refused(database: Path | str) -> None:
     Database(database).close()
     conn = connect(database)
