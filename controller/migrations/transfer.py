@@ -1,6 +1,7 @@
-"""Every row of the controller's database copied into another one, SQLite or PostgreSQL, both
-at the same schema version: to move a controller onto PostgreSQL (`tiepdan-controller
-copy-database`), and to carry a PostgreSQL database in a backup as a SQLite file and back.
+"""Every row of one of the controller's databases (its own, or the archive index) copied into
+another one, SQLite or PostgreSQL, both at the same schema version: to move a controller onto
+PostgreSQL (`tiepdan-controller copy-database`), and to carry a PostgreSQL database in a
+backup as a SQLite file and back.
 
 The copy is one transaction on the target (all or nothing) and one consistent read of the
 source (a read transaction; REPEATABLE READ on PostgreSQL), so a running controller may be the
@@ -35,7 +36,11 @@ DATABASES: dict[str, tuple[list[Migration], str]] = {
 def open_database(target: Path | str, label: str, *, readonly: bool = False) -> Connection:
     """The `label` database at `target` (a SQLite file or a PostgreSQL URL), brought to this
     release's schema unless read-only."""
+    from tiepdan.controller.store import private_file
+
     migrations, schema = DATABASES[label]
+    if not is_postgresql(target) and not readonly:
+        private_file(Path(target))  # it holds identities and token hashes: 0600 from the start
     conn = connect(target, readonly=readonly, schema=schema if is_postgresql(target) else "")
     if not readonly:
         migrate(conn, migrations, label=label,

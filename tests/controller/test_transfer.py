@@ -86,6 +86,7 @@ def test_a_full_controller_moves_to_postgresql_and_back(
         assert "not empty" in capsys.readouterr().out
         back = tmp_path / "back.db"
         assert main(["--config", str(config), "copy-database", str(back), "--from", url]) == 0
+        assert back.stat().st_mode & 0o077 == 0  # identities and token hashes: private
         again = Database(back)
         assert rows(again.conn) == before
         again.close()
