@@ -152,16 +152,19 @@ def test_roles_limits() -> None:
     assert not may("admin", "no.such.action")
 
 
-def test_cli_adds_the_first_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_adds_the_first_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  database: Path | str) -> None:
     config = tmp_path / "controller.toml"
-    config.write_text(f'[controller]\ndata_dir = "{tmp_path / "data"}"\n')
+    url = database if isinstance(database, str) else ""
+    config.write_text(f'[controller]\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'[database]\nurl = "{url}"\n')
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("mat-khau-quan-tri\n"))
     assert cli_main(["--config", str(config), "user", "add", "quantri", "--role", "admin",
                      "--password-stdin"]) == 0
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
     assert cli_main(["--config", str(config), "user", "add", "other", "--role", "admin",
                      "--password-stdin"]) == 1
-    data = Database(tmp_path / "data" / "controller.db")
+    data = Database(database if url else tmp_path / "data" / "controller.db")
     user = Users(data).verify("quantri", "mat-khau-quan-tri")
     assert user is not None and user.role == "admin"
     assert [e.action for e in AuditLog(data).recent()] == ["user.add"]
