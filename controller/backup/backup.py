@@ -129,6 +129,18 @@ def _snapshot_postgresql(url: str, label: str, target: Path) -> None:
         copy.close()
 
 
+def _check_empty(url: str, label: str) -> None:
+    target = open_database(url, label)
+    try:
+        if not is_empty(target):
+            raise Conflict(
+                f"the PostgreSQL database {redacted(url)} already holds a controller's data "
+                f"({label}); restore into an empty one (dropdb, then createdb with the "
+                "controller's role as owner)")
+    finally:
+        target.close()
+
+
 def _restore_postgresql(url: str, label: str, copy: Path) -> None:
     """The backup's rows into the empty PostgreSQL database (a copy made by an older release
     is brought to this release's schema first)."""
@@ -136,11 +148,6 @@ def _restore_postgresql(url: str, label: str, copy: Path) -> None:
     try:
         target = open_database(url, label)
         try:
-            if not is_empty(target):
-                raise Conflict(
-                    f"the PostgreSQL database {redacted(url)} already holds a controller's "
-                    f"data ({label}); restore into an empty one (dropdb, then createdb with "
-                    "the controller's role as owner)")
             copy_rows(source, target, label=label)
         finally:
             target.close()
@@ -264,11 +271,14 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             for suffix in ("-wal", "-shm"):
                 db.path.with_name(db.path.name + suffix).unlink(missing_ok=True)
         written = 0
-        for db in _databases(config) if config.database.url else []:
-            if (staged / db.name).is_file():
-                _restore_postgresql(config.database.url, _label(db.name), staged / db.name)
-                (staged / db.name).unlink()
-                written += 1
+        restored = [db for db in _databases(config) if (staged / db.name).is_file()] \
+            if config.database.url else []
+        for db in restored:  # both empty before either is written
+            _check_empty(config.database.url, _label(db.name))
+        for db in restored:
+            _restore_postgresql(config.database.url, _label(db.name), staged / db.name)
+            (staged / db.name).unlink()
+            written += 1
         for file in sorted(p for p in staged.rglob("*") if p.is_file()):
             name = file.relative_to(staged).as_posix()
             target = _target(places, name)
