@@ -14,7 +14,6 @@ box that left stops its series rather than repeating its last reading.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.connection import Connection
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.fleet.registry import Registry
 
@@ -44,7 +44,7 @@ def central_certificates(config: ControllerConfig) -> dict[str, Path]:
 
 
 class Metrics:
-    def __init__(self, registry: Registry, db: sqlite3.Connection,
+    def __init__(self, registry: Registry, db: Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
                  closed: Callable[[], int],
@@ -118,7 +118,7 @@ class _Fixed(Collector):
 
 
 class _State(Collector):
-    def __init__(self, registry: Registry, db: sqlite3.Connection,
+    def __init__(self, registry: Registry, db: Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
                  closed: Callable[[], int], certificates: dict[str, Path]) -> None:

@@ -603,5 +603,6 @@ def _session(row: Any) -> Session:
 def _participant(row: Any) -> Participant:
     values = dict(row)
     values.pop("answer", None)
+    values.pop("rowid", None)  # PostgreSQL's explicit insertion order
     return Participant(**values)
 
