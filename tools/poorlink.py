@@ -2,11 +2,13 @@
 
 netem is not available on every kernel (not on the CI machines this was built on), so the link
 is made of what is: a token bucket (`tc ... tbf`: the rate, and a bounded queue that adds
-queueing delay as it fills, then drops) on the box's side of its veth, plus random loss from
-iptables (`-m statistic --mode random`) on the UDP it sends. Needs root, iproute2, iptables.
+queueing delay as it fills, then drops) on each end of the box's veth (uplink inside the
+namespace, downlink on the host's end), plus random loss from iptables (`-m statistic --mode
+random`) on the UDP the box sends and receives. Needs root, iproute2, iptables.
 
 `LinkWatch` samples one box of an aiortc-bridge session: what its encoder is asked for and
-sends (the box's call telemetry) and how many of its pictures the bridge decodes.
+sends (the box's call telemetry), how many of its pictures the bridge decodes, and what the
+bridge's composed picture is encoded at and the box receives of it.
 """
 
 from __future__ import annotations
@@ -31,31 +33,48 @@ def _run(ns: Netns, *argv: str, check: bool = True) -> None:
         raise NetnsError(f"{' '.join(argv)}: {result.stderr.strip()}")
 
 
-def _loss_rule(ns: Netns, loss: float) -> list[str]:
-    return ["OUTPUT", "-o", ns.ns_if, "-p", "udp", "-m", "statistic", "--mode", "random",
-            "--probability", f"{loss:.4f}", "-j", "DROP"]
+def _loss_rules(ns: Netns, loss: float) -> list[list[str]]:
+    tail = ["-p", "udp", "-m", "statistic", "--mode", "random", "--probability", f"{loss:.4f}",
+            "-j", "DROP"]
+    return [["OUTPUT", "-o", ns.ns_if, *tail], ["INPUT", "-i", ns.ns_if, *tail]]
 
 
-def limit(ns: Netns, rate_kbit: int, loss: float = 0.0, queue_ms: int = QUEUE_MS) -> None:
-    """Limit what the box sends to `rate_kbit` (queue up to `queue_ms`), losing `loss` of its
-    UDP at random."""
+def _bucket(rate_kbit: int, queue_ms: int) -> list[str]:
     burst = max(3200, rate_kbit * 1000 // 8 // 50)  # 20 ms of tokens, at least two packets
-    _run(ns, "tc", "qdisc", "replace", "dev", ns.ns_if, "root", "tbf", "rate",
-         f"{rate_kbit}kbit", "burst", str(burst), "latency", f"{queue_ms}ms")
+    return ["root", "tbf", "rate", f"{rate_kbit}kbit", "burst", str(burst), "latency",
+            f"{queue_ms}ms"]
+
+
+def limit(ns: Netns, uplink_kbit: int, loss: float = 0.0, *, downlink_kbit: int | None = None,
+          queue_ms: int = QUEUE_MS) -> None:
+    """What the box sends limited to `uplink_kbit` (and what it receives to `downlink_kbit`),
+    each with a queue of `queue_ms`; `loss` of its UDP lost at random both ways."""
+    _run(ns, "tc", "qdisc", "replace", "dev", ns.ns_if, *_bucket(uplink_kbit, queue_ms))
+    if downlink_kbit is not None:
+        result = subprocess.run(["tc", "qdisc", "replace", "dev", ns.host_if,
+                                 *_bucket(downlink_kbit, queue_ms)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise NetnsError(f"tc on {ns.host_if}: {result.stderr.strip()}")
     if loss > 0:
-        _run(ns, "iptables", "-I", *_loss_rule(ns, loss))
+        for rule in _loss_rules(ns, loss):
+            _run(ns, "iptables", "-I", *rule)
 
 
 def lift(ns: Netns, loss: float = 0.0) -> None:
     """Back to the plain veth: no rate limit, no loss."""
     _run(ns, "tc", "qdisc", "del", "dev", ns.ns_if, "root", check=False)
+    subprocess.run(["tc", "qdisc", "del", "dev", ns.host_if, "root"], capture_output=True,
+                   check=False)
     if loss > 0:
-        _run(ns, "iptables", "-D", *_loss_rule(ns, loss), check=False)
+        for rule in _loss_rules(ns, loss):
+            _run(ns, "iptables", "-D", *rule, check=False)
 
 
 @contextlib.contextmanager
-def poor_link(ns: Netns, rate_kbit: int, loss: float = 0.0) -> Iterator[None]:
-    limit(ns, rate_kbit, loss)
+def poor_link(ns: Netns, uplink_kbit: int, loss: float = 0.0, *,
+              downlink_kbit: int | None = None) -> Iterator[None]:
+    limit(ns, uplink_kbit, loss, downlink_kbit=downlink_kbit)
     try:
         yield
     finally:
@@ -73,6 +92,8 @@ class Phase:
     target_kbps: float | None
     sent_kbps: float | None
     heights: list[int] = field(default_factory=list)
+    composed_kbps: float | None = None  # the bridge's encoder target for the composed picture
+    received_fps: float | None = None  # the composed pictures the box decodes
 
     @property
     def fps(self) -> float:
@@ -81,7 +102,8 @@ class Phase:
     def figures(self) -> dict[str, Any]:
         return {"phase": self.name, "seconds": round(self.seconds, 1), "frames": self.frames,
                 "fps_at_bridge": round(self.fps, 2), "target_kbps": self.target_kbps,
-                "sent_kbps": self.sent_kbps, "heights": sorted(set(self.heights))}
+                "sent_kbps": self.sent_kbps, "heights": sorted(set(self.heights)),
+                "composed_kbps": self.composed_kbps, "received_fps": self.received_fps}
 
 
 class LinkWatch:
@@ -97,6 +119,11 @@ class LinkWatch:
         device = self._controller.registry.get(self._device)
         return dict((device.extra.get("call_qos") or {}) if device else {})
 
+    def composed_kbps(self) -> float | None:
+        session = self._controller.bridge.session(self._session_id)
+        target = getattr(session, "target_bitrate", None)
+        return None if target is None else round(target() / 1000, 1)
+
     def frames(self) -> int:
         """Decoded pictures since the last call (a rejoin restarts the bridge's count)."""
         session = self._controller.bridge.session(self._session_id)
@@ -111,6 +138,8 @@ class LinkWatch:
         targets: list[float] = []
         sent: list[float] = []
         heights: list[int] = []
+        composed: list[float] = []
+        received: list[float] = []
         frames = 0
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -123,6 +152,14 @@ class LinkWatch:
                 sent.append(float(qos["kbps_sent"]))
             if qos.get("video_height"):
                 heights.append(int(qos["video_height"]))
-        return Phase(name, time.monotonic() - started, frames,
-                     round(statistics.median(targets), 1) if targets else None,
-                     round(statistics.median(sent), 1) if sent else None, heights)
+            if qos.get("fps_received") is not None:
+                received.append(float(qos["fps_received"]))
+            kbps = self.composed_kbps()
+            if kbps is not None:
+                composed.append(kbps)
+        return Phase(name, time.monotonic() - started, frames, _median(targets),
+                     _median(sent), heights, _median(composed), _median(received))
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None

@@ -1,12 +1,14 @@
 """A box on a poor link stays in the call at a lower bitrate and picture instead of freezing.
 
-The box runs in its own network namespace; its uplink becomes a token bucket at 300 kbit/s with
-a bounded queue plus 5 % random UDP loss (`tools/poorlink.py`: netem is not available on this
-kernel, so tbf and iptables stand in for it). It joins a session through the real aiortc bridge.
-Its camera (synthetic, with sensor-like grain so the encoder has to spend its bits) starts at
-600 kbit/s; the bridge's REMB and receiver reports bring the encoder under the link rate and
-down the picture ladder, pictures keep reaching the bridge and the host, and when the limit is
-lifted the bitrate climbs back. Outcomes are asserted, never timings.
+The box runs in its own network namespace; its link becomes token buckets (300 kbit/s up,
+250 kbit/s down) with bounded queues plus 5 % random UDP loss each way (`tools/poorlink.py`:
+netem is not available on this kernel, so tbf and iptables stand in for it). It joins a
+session through the real aiortc bridge. Its camera (synthetic, with sensor-like grain so the
+encoder has to spend its bits) starts at 600 kbit/s; the bridge's REMB and receiver reports
+bring the encoder under the link rate and down the picture ladder, pictures keep reaching the
+bridge and the host, the bridge's composed picture comes down under the downlink and keeps
+reaching the box, and when the limit is lifted the bitrate climbs back. Outcomes are asserted,
+never timings.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.skipif(
 POOR = "abr-poor"
 HOST = "abr-host"
 LINK_KBIT = 300
+DOWNLINK_KBIT = 250
 LOSS = 0.05
 CEILING = 600_000
 
@@ -66,7 +69,7 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
         try:
             config = make_controller_config(
                 tmp_path, broker, bridge={**BRIDGE, "media_timeout": 4.0,
-                                          "connect_timeout": 20.0},
+                                          "connect_timeout": 20.0, "min_bitrate": 60_000},
                 sessions={"invite_timeout": 5.0})
             remote = write_agent_config(
                 tmp_path, broker, POOR, board={"profile": str(grainy_profile(tmp_path))},
@@ -93,7 +96,7 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
                                  what="the box's call telemetry")
                 clear = await watch.phase("clear", 6)
 
-                with poorlink.poor_link(ns, LINK_KBIT, LOSS):
+                with poorlink.poor_link(ns, LINK_KBIT, LOSS, downlink_kbit=DOWNLINK_KBIT):
                     await eventually(
                         lambda: (watch.qos().get("target_kbps") or CEILING) < LINK_KBIT, 60,
                         interval=0.5, what="the box's target under the link rate")
@@ -140,6 +143,10 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
     assert recovered.target_kbps is not None and recovered.target_kbps > limited.target_kbps, \
         figures
     assert "bitrate_step" in log_text
+    # The composed picture came down under the box's downlink, and the box kept decoding it.
+    assert clear.composed_kbps is not None and limited.composed_kbps is not None, figures
+    assert limited.composed_kbps < DOWNLINK_KBIT < clear.composed_kbps, figures
+    assert limited.received_fps is not None and limited.received_fps > 0, figures
 
 
 def _counter_seen(agent: Agent, device: str, frame: av.VideoFrame) -> int | None:
