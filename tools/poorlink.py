@@ -94,6 +94,7 @@ class Phase:
     heights: list[int] = field(default_factory=list)
     composed_kbps: float | None = None  # the bridge's encoder target for the composed picture
     received_fps: float | None = None  # the composed pictures the box decodes
+    frozen_s: int = 0  # whole seconds in which the bridge decoded none of the box's pictures
 
     @property
     def fps(self) -> float:
@@ -103,7 +104,8 @@ class Phase:
         return {"phase": self.name, "seconds": round(self.seconds, 1), "frames": self.frames,
                 "fps_at_bridge": round(self.fps, 2), "target_kbps": self.target_kbps,
                 "sent_kbps": self.sent_kbps, "heights": sorted(set(self.heights)),
-                "composed_kbps": self.composed_kbps, "received_fps": self.received_fps}
+                "composed_kbps": self.composed_kbps, "received_fps": self.received_fps,
+                "frozen_s": self.frozen_s}
 
 
 class LinkWatch:
@@ -140,11 +142,13 @@ class LinkWatch:
         heights: list[int] = []
         composed: list[float] = []
         received: list[float] = []
-        frames = 0
+        frames = frozen = 0
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             await asyncio.sleep(1.0)
-            frames += self.frames()
+            new = self.frames()
+            frames += new
+            frozen += new == 0
             qos = self.qos()
             if qos.get("target_kbps") is not None:
                 targets.append(float(qos["target_kbps"]))
@@ -158,7 +162,7 @@ class LinkWatch:
             if kbps is not None:
                 composed.append(kbps)
         return Phase(name, time.monotonic() - started, frames, _median(targets),
-                     _median(sent), heights, _median(composed), _median(received))
+                     _median(sent), heights, _median(composed), _median(received), frozen)
 
 
 def _median(values: list[float]) -> float | None:
