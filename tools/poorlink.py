@@ -127,10 +127,16 @@ class LinkWatch:
         return None if target is None else round(target() / 1000, 1)
 
     def frames(self) -> int:
-        """Decoded pictures since the last call (a rejoin restarts the bridge's count)."""
+        """Decoded pictures since the last call (a rejoin restarts the bridge's count): the
+        aiortc bridge's decoder, or the Janus backend's compositor, whichever decodes them."""
         session = self._controller.bridge.session(self._session_id)
-        member = session.members.get(self._device) if session is not None else None
-        count = member.frames_received if member is not None else 0
+        count = 0
+        if session is not None and hasattr(session, "members"):
+            member = session.members.get(self._device)
+            count = member.frames_received if member is not None else 0
+        elif session is not None and hasattr(session, "compositor"):
+            feed = session.compositor.feeds.get(self._device)
+            count = feed.frames if feed is not None else 0
         delta = count - self._last_frames if count >= self._last_frames else count
         self._last_frames = count
         return delta

@@ -481,7 +481,8 @@ class CallClient:
                                                  sdp=view.localDescription.sdp,
                                                  ts=protocol.now_ms(), leg="view"))
             self._last_media = time.monotonic()
-            await self._watch([publish, audio, view], view, invite, video_track)
+            await self._watch([publish, audio, view], view, invite, video_track,
+                              sending=[publish, audio])
         finally:
             self._forget_waits()
             for receiver in receivers:
@@ -530,9 +531,11 @@ class CallClient:
         bound_socket_age(pc)
 
     async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,
-                     invite: protocol.SessionInvite, video_track: PacketTrack) -> None:
+                     invite: protocol.SessionInvite, video_track: PacketTrack,
+                     sending: list[RTCPeerConnection] | None = None) -> None:
         """Follow the connections: live on the first composed picture, lost on silence."""
-        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received)
+        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received,
+                         sending=sending)
         first_frame = self._frames_received
         joined = time.monotonic()
         next_qos = time.monotonic() + self._config.qos_interval

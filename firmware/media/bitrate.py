@@ -51,6 +51,7 @@ FAST_GROWTH = 1.5  # ... while a fresh REMB says there is room: the delay estima
 DELAY_CUT = 0.85
 QUEUE_SLACK_S = 0.25  # round trip over the least seen by this much: a queue is building
 REMB_STALE_S = 5.0  # a REMB older than this no longer bounds anything
+TOP_KEPT = 0.5  # a ceiling under the top rung's floor keeps the full picture down to half of it
 STEP_DOWN_HOLD_S = 1.0  # below a rung's floor this long: step down
 STEP_UP_HOLD_S = 4.0  # a clean link this long, and the rung above within reach: step up
 STEP_UP_HOLD_MAX_S = 32.0  # ... doubling after each step up the link could not carry
@@ -75,8 +76,9 @@ def ladder(width: int, height: int, fps: int, *, floor: int, ceiling: int) -> li
     """Full size, two thirds, half, then half at half the frame rate.
 
     The bottom rung's floor is `floor`; the others' scale with their pixel rate (720p30 needs 8x
-    what 360p15 does), and all shrink together when `ceiling` is below the top rung's floor, so
-    a modest configured bitrate still shows the full picture on a good link.
+    what 360p15 does), and all shrink together when half the `ceiling` is below the top rung's
+    floor, so a modest configured bitrate still shows the full picture on a good link and down
+    to half of it.
     """
     shapes = [(1.0, 1.0), (2 / 3, 1.0), (0.5, 1.0), (0.5, 0.5)]
     bottom = _even(width * 0.5) * _even(height * 0.5) * max(1, round(fps * 0.5))
@@ -86,7 +88,7 @@ def ladder(width: int, height: int, fps: int, *, floor: int, ceiling: int) -> li
         if rungs and (w, h, f) == (rungs[-1].width, rungs[-1].height, rungs[-1].fps):
             continue
         rungs.append(Rung(w, h, f, round(floor * w * h * f / bottom)))
-    shrink = min(1.0, ceiling / rungs[0].floor)
+    shrink = min(1.0, ceiling * TOP_KEPT / rungs[0].floor)
     return [Rung(r.width, r.height, r.fps, max(floor, round(r.floor * shrink))) for r in rungs]
 
 

@@ -26,7 +26,7 @@ class Clock:
         return self.now
 
 
-def controller(clock: Clock, floor: int = 150_000, ceiling: int = 1_200_000) -> BitrateController:
+def controller(clock: Clock, floor: int = 150_000, ceiling: int = 2_400_000) -> BitrateController:
     return BitrateController(ladder(1280, 720, 30, floor=floor, ceiling=ceiling), floor=floor,
                              ceiling=ceiling, clock=clock, name="test")
 
@@ -55,7 +55,7 @@ def clean(control: BitrateController, clock: Clock, remb: int, seconds: int) -> 
 
 
 def test_the_ladder_steps_size_then_frame_rate_with_floors_by_pixel_rate() -> None:
-    rungs = ladder(1280, 720, 30, floor=150_000, ceiling=2_000_000)
+    rungs = ladder(1280, 720, 30, floor=150_000, ceiling=3_000_000)
     assert [(r.width, r.height, r.fps) for r in rungs] == [
         (1280, 720, 30), (852, 480, 30), (640, 360, 30), (640, 360, 15)]
     assert rungs[-1].floor == 150_000
@@ -63,19 +63,19 @@ def test_the_ladder_steps_size_then_frame_rate_with_floors_by_pixel_rate() -> No
     assert [r.floor for r in rungs] == sorted((r.floor for r in rungs), reverse=True)
     # A ceiling under the top rung's floor shrinks the floors, never under the floor itself.
     modest = ladder(1280, 720, 30, floor=150_000, ceiling=600_000)
-    assert modest[0].floor == 600_000 and modest[-1].floor == 150_000
+    assert modest[0].floor == 300_000 and modest[-1].floor == 150_000
 
 
 def test_remb_bounds_the_target_within_floor_and_ceiling() -> None:
     clock = Clock()
     control = controller(clock)
-    assert control.target == 1_200_000
+    assert control.target == 2_400_000
     control.on_remb(500_000)
     assert control.target == 500_000
     control.on_remb(10_000)
     assert control.target == 150_000  # never under the floor
     control.on_remb(50_000_000)
-    assert control.target == 1_200_000  # never over the ceiling
+    assert control.target == 2_400_000  # never over the ceiling
     clock.now += bitrate.REMB_STALE_S + 1
     control.on_remb(400_000)
     clock.now += bitrate.REMB_STALE_S + 1
@@ -87,7 +87,7 @@ def test_receiver_reports_alone_cut_on_loss_and_queueing_and_grow_when_clean() -
     clock = Clock()
     control = controller(clock)
     reports(control, clock, 1, loss=0.3)
-    assert control.target == int(1_200_000 * (1 - 0.15))
+    assert control.target == int(2_400_000 * (1 - 0.15))
     held = control.target
     reports(control, clock, 3, loss=0.05)  # between 2 and 10 %: hold
     assert control.target == held
