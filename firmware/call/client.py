@@ -331,8 +331,9 @@ class CallClient:
         return self._encoder, self._microphone, self.speaker
 
     def _bitrate_control(self) -> BitrateController | None:
-        """The camera's adaptive bitrate (`call.adaptive_bitrate`), kept across rejoins: a box
-        on a poor link starts its next attempt where the last one had settled."""
+        """The camera's adaptive bitrate (`call.adaptive_bitrate`), kept across rejoins (a box
+        on a poor link starts its next attempt where the last one had settled), reset for
+        each session."""
         config, spec = self._config, self._agent.profile.camera
         if not config.adaptive_bitrate:
             return None
@@ -361,6 +362,8 @@ class CallClient:
     async def _run_session(self, invite: protocol.SessionInvite) -> None:
         """Join, and rejoin after every loss, until the box leaves or the session is over."""
         encoder, microphone, speaker = self._media()
+        if encoder.control is not None:
+            encoder.control.reset()  # this session's link, not the last one's
         await speaker.start()
         media = [asyncio.ensure_future(encoder.run()),
                  asyncio.ensure_future(self._microphone_loop(microphone))]

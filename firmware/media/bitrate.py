@@ -107,19 +107,24 @@ class BitrateController:
         self.floor, self.ceiling = floor, ceiling
         self.name = name
         self.clock = clock
-        self.target = ceiling
+        self.reports = 0
+        self.steps = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again from the ceiling and the full picture (a new session, maybe on another
+        link); a rejoin within a session keeps what the last attempt had learnt."""
+        self.target = self.ceiling
         self.rung_index = 0
         self.remb: int | None = None
         self._remb_at = -REMB_STALE_S
-        self._loss_bound = float(ceiling)
+        self._loss_bound = float(self.ceiling)
         self._least_rtt: float | None = None
         self._below_since: float | None = None
         self._clean_since: float | None = None  # receiver reports have to show it
         self._up_hold = STEP_UP_HOLD_S
         self._stepped_up_at: float | None = None
         self._probe_until = 0.0
-        self.reports = 0
-        self.steps = 0
 
     @property
     def rung(self) -> Rung:

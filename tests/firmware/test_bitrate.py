@@ -151,6 +151,17 @@ def test_retransmissions_get_a_share_of_the_target() -> None:
     assert 0 < again <= max(2, 200_000 * bitrate.RTX_SHARE // Budget.PACKET_BITS + 1)
 
 
+def test_a_reset_starts_from_the_ceiling_and_the_full_picture() -> None:
+    clock = Clock()
+    control = controller(clock)
+    rembs(control, clock, 200_000, 8 * bitrate.STEP_DOWN_HOLD_S)
+    assert control.rung_index == 3 and control.target == 200_000
+    control.reset()
+    assert control.rung_index == 0 and control.target == control.ceiling
+    reports(control, clock, 1)
+    assert control.target == control.ceiling  # the old REMB is forgotten
+
+
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="floor"):
         BitrateController(ladder(640, 360, 15, floor=100, ceiling=50), floor=100, ceiling=50)
