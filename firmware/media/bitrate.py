@@ -13,12 +13,13 @@ into a target the encoder outside the sender follows:
   REMB is absent;
 - the target stays within [floor, ceiling], and the picture steps down a `ladder` of sizes and
   frame rates when the bitrate cannot keep the current rung's floor (720p -> 480p -> 360p ->
-  360p at half rate). It steps back up after the link has been clean (little loss, no queue)
-  for a while and the target is within reach of the rung above: a REMB is at most 1.5x what
-  arrives, so a small picture that cannot fill the target would otherwise hold the estimate
-  (and itself) down for good; the bigger picture's own bits then show whether the link carries
-  it: for `PROBE_S` after a step up the target is held at the new rung's floor while the link
-  stays clean, and a step up that fails makes the next wait twice as long.
+  360p at half rate). It steps back up after the link has been clean (no loss over 10 %, as
+  a congested queue would show, and no queue) for a while and the target is within reach of
+  the rung above: a REMB is at most 1.5x what arrives, so a small picture that cannot fill
+  the target would otherwise hold the estimate (and itself) down for good; the bigger
+  picture's own bits then show whether the link carries it: for `PROBE_S` after a step up
+  the target is held at the new rung's floor while the link stays clean, and a step up that
+  fails makes the next wait twice as long.
 
 `watch_feedback` also bounds the sender's retransmissions (aiortc resends every packet a NACK
 names, however often): on a congested link resends would crowd out the new pictures they are
@@ -143,7 +144,7 @@ class BitrateController:
         if rtt is not None and rtt > 0:
             self._least_rtt = rtt if self._least_rtt is None else min(self._least_rtt, rtt)
             queueing = rtt > self._least_rtt + QUEUE_SLACK_S
-        if fraction_lost >= LOSS_LOW or queueing:
+        if fraction_lost > LOSS_HIGH or queueing:  # random loss under 10 % is no congestion
             self._clean_since = None
         elif self._clean_since is None:
             self._clean_since = now

@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ratio = None
     if "adaptive" in by_mode and "fixed" in by_mode:
         fixed = by_mode["fixed"]["limited"]["frames"]
-        ratio = round(by_mode["adaptive"]["limited"]["frames"] / fixed, 2) if fixed else None
-        print(f"frames delivered while limited, adaptive / fixed (same run): {ratio}")
+        adaptive = by_mode["adaptive"]["limited"]["frames"]
+        ratio = round(adaptive / fixed, 2) if fixed else None
+        print(f"frames delivered while limited, adaptive / fixed (same run): {adaptive} / "
+              f"{fixed}" + (f" = {ratio}" if ratio is not None else ""))
     print(json.dumps({"bench": "abr", "link": {"up_kbit": args.up, "down_kbit": args.down,
                                                "loss": args.loss, "queue_ms": poorlink.QUEUE_MS},
                       "camera": "320x180@10 grain 8, 600 kbit/s ceiling",
