@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import av
 import pytest
+from aiortc import RTCRtpSender
 
 from tiepdan.board.camera import open_camera
 from tiepdan.board.camera.pi import VIDIOC_S_CTRL, set_encoder_bitrate
@@ -236,3 +237,52 @@ def test_the_hardware_encoder_seam_refuses_what_is_not_an_encoder(
     with open("/dev/null", "rb+", buffering=0) as device:
         assert set_encoder_bitrate(device, 300_000) is False
     assert "camera_bitrate_refused" in caplog.text
+
+
+async def test_the_tap_feeds_remb_and_reports_from_real_rtcp_and_ignores_the_rest() -> None:
+    """`watch_feedback` on a real aiortc sender (aiortc's private hooks move between releases:
+    this is where such a move shows), fed RTCP parsed from the wire format."""
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+    from aiortc.rtp import (
+        RTCP_PSFB_APP,
+        RtcpPacket,
+        RtcpPsfbPacket,
+        RtcpReceiverInfo,
+        RtcpRrPacket,
+        pack_remb_fci,
+    )
+
+    from tiepdan.firmware.media.bitrate import watch_feedback
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()),
+                                 [RTCCertificate.generateCertificate()])
+    sender = RTCRtpSender("video", transport)
+    clock = Clock()
+    control = BitrateController(ladder(640, 360, 15, floor=100_000, ceiling=1_000_000),
+                                floor=100_000, ceiling=1_000_000, clock=clock)
+    watch_feedback(sender, control)
+
+    def wire(packet: object) -> object:
+        [parsed] = RtcpPacket.parse(bytes(packet))  # type: ignore[call-overload]
+        return parsed
+
+    await sender._handle_rtcp_packet(wire(RtcpPsfbPacket(  # type: ignore[arg-type]
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+        fci=pack_remb_fci(400_000, [sender._ssrc]))))
+    assert control.remb is not None and abs(control.remb - 400_000) < 400_000 * 0.01
+    assert control.target == control.remb
+    # A REMB about another stream, and an application packet that is no REMB: ignored.
+    await sender._handle_rtcp_packet(wire(RtcpPsfbPacket(  # type: ignore[arg-type]
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(150_000, [1234]))))
+    await sender._handle_rtcp_packet(wire(RtcpPsfbPacket(  # type: ignore[arg-type]
+        fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"NOPE\x00\x00\x00\x00")))
+    assert control.target == control.remb
+    # A receiver report about our stream with 30 % loss cuts the target.
+    before = control.target
+    await sender._handle_rtcp_packet(wire(RtcpRrPacket(  # type: ignore[arg-type]
+        ssrc=1, reports=[RtcpReceiverInfo(ssrc=sender._ssrc, fraction_lost=77, packets_lost=9,
+                                          highest_sequence=100, jitter=0, lsr=0, dlsr=0)])))
+    assert control.reports == 1
+    assert control.target < before
+    # Retransmissions go through the budget (none were asked for: nothing refused yet).
+    assert sender._retransmit.__name__ == "retransmit_within_budget"
