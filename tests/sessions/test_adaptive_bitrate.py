@@ -66,7 +66,7 @@ def grainy_profile(tmp_path: Path) -> Path:
 def media_engine(backend: str, tmp_path: Path, ns: netns.Netns) -> Iterator[dict[str, object]]:
     """The `[bridge]` settings for `backend`, with Janus started on the box's link if asked."""
     if backend == "aiortc":
-        yield {"min_bitrate": 60_000}
+        yield {"min_bitrate": 60_000}  # under the 250 kbit/s downlink with 96 kbit/s of Opus
         return
     with Janus(tmp_path / "janus", ice_interface=ns.host_if) as janus:
         yield {"backend": "janus", "janus_url": janus.url, "janus_api_secret": janus.api_secret}
