@@ -61,6 +61,10 @@ class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bitrate: Annotated[int, msgspec.Meta(ge=100_000, le=50_000_000)] = 1_500_000
     keyframe_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 4.0
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast"] = "superfast"
+    # Adaptive bitrate of the composed picture (aiortc backend): it follows the slowest
+    # receiver's RTCP feedback, but no lower than min_bitrate (false: a constant bitrate).
+    adaptive_bitrate: bool = True
+    min_bitrate: Annotated[int, msgspec.Meta(ge=50_000, le=50_000_000)] = 300_000
     media_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     # The Janus backend: its WebSocket API and the api_secret every request carries.
