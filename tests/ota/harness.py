@@ -178,7 +178,7 @@ def box_settings(tmp: Path, broker: Mosquitto, device: str, root: Path, repo: Up
     return agent_settings(tmp, broker, device, ota={
         "root": str(root), "trusted_root": str(trusted), "clock_root": str(clock),
         "retry_delay": 0.2, "download_attempts": 2, "health_timeout": 60.0,
-        "boot_attempts": 2, **ota})
+        "boot_attempts": 2, "updater_socket": "", **ota})
 
 
 def new_box_root(tmp: Path, device: str, bundle: Path) -> Path:
