@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from tiepdan import __version__
-from tiepdan.errors import TiepdanError
+from tiepdan.errors import Forbidden, TiepdanError
 from tiepdan.firmware.agent.config import DEFAULT_PATH, AgentConfig, load_config
 from tiepdan.firmware.agent.notifier import Notifier
 from tiepdan.firmware.core import logs
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 10.0  # for the one request line; a silent peer is dropped
 
 
-class PeerRefused(TiepdanError):
-    code = "forbidden"
+class PeerRefused(Forbidden):
+    """The peer's uid is not the agent's."""
 
 
 def peer(sock: socket.socket) -> tuple[int, int, int]:
@@ -124,9 +124,15 @@ class UpdaterServer:
             log.exception("updater_error op=%s", op)
             reply = channel.Reply(ok=False, error=channel.ErrorBody(
                 "internal", f"{type(exc).__name__}: {exc}"))
-        with contextlib.suppress(ConnectionError, OSError):
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             writer.write(channel.encode(reply))
             await writer.drain()
+            writer.write_eof()
+            # Closing with unread bytes would reset the connection and lose the reply (a refused
+            # peer is answered before it is read): let the peer finish or hang up first.
+            async with asyncio.timeout(2.0):
+                while await reader.read(channel.MAX_LINE):
+                    pass
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()

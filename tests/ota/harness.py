@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import subprocess
 import threading
@@ -193,12 +194,60 @@ def write_box_config(tmp: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-class SupervisedBox:
-    """Runs `<root>/current/bin/tiepdan-agent` as systemd would (Restart=always)."""
+def unprivileged(user: str = "nobody") -> list[str]:
+    """A command prefix that runs what follows as `user`, with its own group and no others."""
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
 
-    def __init__(self, root: Path, config: Path, restart_delay: float = 0.3) -> None:
+
+class UpdaterProcess:
+    """`<root>/current/bin/tiepdan-updater` as its unit runs it (as root, the test's user)."""
+
+    def __init__(self, root: Path, config: Path, socket: Path) -> None:
         self.root = root
         self.config = config
+        self.socket = socket
+        self.log = config.with_name(config.stem + "-updater.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> UpdaterProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(self.root / boot.CURRENT / boot.UPDATER), "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 60
+        while "updater_listening" not in self.output():
+            assert self.proc.poll() is None, f"updater exited: {self.output()[-3000:]}"
+            assert time.monotonic() < deadline, f"updater not listening: {self.output()}"
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class SupervisedBox:
+    """Runs `<root>/current/bin/tiepdan-agent` as systemd would (Restart=always), optionally
+    under a command `prefix` (e.g. `unprivileged()`, as the unit's User= would)."""
+
+    def __init__(self, root: Path, config: Path, restart_delay: float = 0.3,
+                 prefix: list[str] | None = None) -> None:
+        self.root = root
+        self.config = config
+        self.prefix = prefix or []
         self.log = config.with_suffix(".log")
         self.restart_delay = restart_delay
         self.starts = 0
@@ -221,7 +270,7 @@ class SupervisedBox:
                     return
                 with self.log.open("ab") as out:
                     self.proc = subprocess.Popen(
-                        [str(self.root / boot.CURRENT / boot.LAUNCHER), "--config",
+                        [*self.prefix, str(self.root / boot.CURRENT / boot.LAUNCHER), "--config",
                          str(self.config)], stdout=out, stderr=subprocess.STDOUT, env=env,
                         cwd="/")
                 proc = self.proc
