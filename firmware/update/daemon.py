@@ -17,6 +17,7 @@ import pwd
 import signal
 import socket
 import struct
+import sys
 from pathlib import Path
 
 import msgspec
@@ -215,3 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     asyncio.run(run())
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
