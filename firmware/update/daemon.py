@@ -40,6 +40,10 @@ class PeerRefused(Forbidden):
     """The peer's uid is not the agent's."""
 
 
+class PeerGone(Exception):
+    """The agent hung up while its request was being worked on."""
+
+
 def peer(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -105,7 +109,10 @@ class UpdaterServer:
                 raise channel.BadRequest(f"bad request: {exc}") from None
             op = type(request).__name__.lower()
             log.info("updater_request op=%s pid=%d uid=%d", op, pid, uid)
-            result = await self._handle(request, pid, reader, writer)
+            try:
+                result = await self._handle(request, pid, reader, writer)
+            except OSError as exc:  # the slots' disk, not the peer
+                raise channel.Refused("failed", f"{op} failed: {exc}") from None
             reply = channel.Reply(ok=True, result=result)
         except channel.Refused as exc:
             log.warning("updater_refused op=%s status=%s reason=%s", op, exc.status,
@@ -117,8 +124,8 @@ class UpdaterServer:
             reply = channel.Reply(ok=False, error=channel.ErrorBody(exc.code, str(exc)))
         except Stopping:
             reply = channel.Reply(ok=False, error=channel.ErrorBody("stopping", "stopping"))
-        except (ConnectionError, OSError) as exc:
-            log.info("updater_peer_gone op=%s error=%s", op, exc)
+        except (PeerGone, OSError) as exc:
+            log.info("updater_peer_gone op=%s error=%s", op, exc or type(exc).__name__)
             writer.close()
             return
         except Exception as exc:  # a bug here must not take the slots' owner down
@@ -175,12 +182,14 @@ class UpdaterServer:
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            gone.cancel()
             if not work.done():
                 work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Stopping):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
                 log.info("updater_fetch_abandoned job=%s", request.job)
-            gone.cancel()
+        if work.cancelled():
+            raise PeerGone("the agent went away; the partial download is kept")
         return work.result()
 
 

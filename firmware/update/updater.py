@@ -66,6 +66,7 @@ class Updater:
         self._verified: dict[str, Verified] = {}
         self._installed: tuple[str, str] | None = None  # (slot, target)
         self._guard: asyncio.TimerHandle | None = None
+        self._guarding: set[asyncio.Task[None]] = set()
 
     def running_version(self) -> str | None:
         slot = boot.current_slot(self.root)
@@ -261,20 +262,23 @@ class Updater:
         run_current, guard = await asyncio.to_thread(boot.begin, self.root, slot)
         if guard is not None:
             self._disarm()
-            loop = asyncio.get_running_loop()
-            self._guard = loop.call_later(guard, lambda: loop.create_task(
-                self._guard_fired(slot, guard, pid)))
+            self._arm(slot, guard, pid)
         return {"run_current": run_current}
+
+    def _arm(self, slot: str, timeout: float, pid: int | None) -> None:
+        def fire() -> None:
+            task = asyncio.get_running_loop().create_task(self._guard_fired(slot, timeout, pid))
+            self._guarding.add(task)
+            task.add_done_callback(self._guarding.discard)
+
+        self._guard = asyncio.get_running_loop().call_later(timeout, fire)
 
     def guard_pending_trial(self) -> None:
         """At the updater's start: a trial whose launcher could not reach it still gets its
         health deadline (and is rolled back unless the agent commits or starts again)."""
         trial = boot.read_state(self.root)["trial"]
         if trial is not None:
-            slot, timeout = str(trial["slot"]), float(trial["health_timeout"])
-            loop = asyncio.get_running_loop()
-            self._guard = loop.call_later(timeout, lambda: loop.create_task(
-                self._guard_fired(slot, timeout, None)))
+            self._arm(str(trial["slot"]), float(trial["health_timeout"]), None)
 
     def _disarm(self) -> None:
         if self._guard is not None:

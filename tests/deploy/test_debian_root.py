@@ -368,6 +368,12 @@ async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
             assert agent["NRestarts"] == "0", agent
             assert json.loads((root / "opt/tiepdan/slots/b/slot.json").read_text())[
                 "dependencies"], "the update carried its dependencies"
+            # The updater fetched, verified and installed it, as root; the agent (read-only
+            # /opt/tiepdan) only asked.
+            assert list((root / "var/lib/tiepdan-updater/bundles").iterdir())
+            assert not (root / "var/lib/tiepdan/ota").exists()
+            slot_b = (root / "opt/tiepdan/slots/b/site").stat()
+            assert (slot_b.st_uid, slot_b.st_mode & 0o022) == (0, 0)
         finally:
             nspawn.terminate()  # the container halts as on a power button
             try:

@@ -37,7 +37,7 @@ from tests.ota.harness import (
     wait_final,
     watch_updates,
 )
-from tests.support import Observer
+from tests.support import Observer, eventually
 from tiepdan.firmware.update import boot, channel
 from tiepdan.firmware.update.remote import RemoteUpdater
 from tiepdan.ota.repository import UpdateRepository
@@ -207,6 +207,43 @@ async def test_an_update_with_the_updater_as_its_own_process_and_an_unprivileged
     assert ("updater_request op=commit" in logged) == (variant == "good")
     assert ("ota_guard_rollback" in logged) == (variant == "silent")
     assert_refused(writes_as_nobody(root, "a", "b"))
+
+
+async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes(
+        work: Path, broker: Mosquitto, repo: UpdateRepository, server: RepoServer,
+        bundles: dict[str, Path]) -> None:
+    """kill -9 of the agent: the updater sees its caller hang up, stops the download and keeps
+    what it has; the restarted agent asks again and the updater resumes with a Range request."""
+    repo.add_bundle(bundles["good"])
+    size = bundles["good"].stat().st_size
+    server.rate = size / 6  # about six seconds for the whole bundle
+    root = install_box(work, bundles["base"])
+    config, socket_path = write_config(work, broker, repo, root, "nobody")
+    partial = work / "updater" / "partial"
+    with updater(root, config, socket_path) as process:
+        async with controller_side(broker) as obs:
+            box = SupervisedBox(root, config, prefix=unprivileged()).start()
+            try:
+                await notify(obs, DEVICE, job("j1", "tiepdan-1.1.0.tar", "1.1.0", server.url))
+                await eventually(lambda: any(p.stat().st_size > size // 4
+                                             for p in partial.glob("*.part")),
+                                 60, what="a quarter of the bundle in the updater's partial")
+                box.kill9()
+                await eventually(lambda: "updater_fetch_abandoned" in process.output(), 60,
+                                 what="the updater noticing its caller is gone")
+                kept = max(p.stat().st_size for p in partial.glob("*.part"))
+                assert 0 < kept < size
+                server.rate = None
+                box.start()
+                result = await wait_final(obs, DEVICE, "j1", 120, box)
+            finally:
+                await asyncio.to_thread(box.stop)
+        assert result.status == "succeeded", (result, process.output()[-3000:])
+        assert process.alive()
+    assert boot.current_slot(root) == "b" and boot.read_state(root)["committed"] == "b"
+    resumed = [h for h in server.target_hits() if h.status == 206]
+    assert resumed and int(resumed[0].range[6:-1]) > 0
+    assert sum(h.sent for h in server.target_hits()) < 1.5 * size
 
 
 @pytest.fixture
