@@ -233,7 +233,8 @@ async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes
                                  what="the updater noticing its caller is gone")
                 kept = max(p.stat().st_size for p in partial.glob("*.part"))
                 assert 0 < kept < size
-                server.rate = None
+                # Still slow: the first connection closes at the updater's next chunk, and a
+                # fast server would fill the socket's buffers with the rest before that.
                 box.start()
                 result = await wait_final(obs, DEVICE, "j1", 120, box)
             finally:
@@ -241,9 +242,12 @@ async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes
         assert result.status == "succeeded", (result, process.output()[-3000:])
         assert process.alive()
     assert boot.current_slot(root) == "b" and boot.read_state(root)["committed"] == "b"
-    resumed = [h for h in server.target_hits() if h.status == 206]
-    assert resumed and int(resumed[0].range[6:-1]) > 0
-    assert sum(h.sent for h in server.target_hits()) < 1.5 * size
+    # Resumed where the kept partial ended, not from zero; only the rest was sent again.
+    first, *rest = server.target_hits()
+    assert first.status == 200 and first.sent < size
+    assert [h.status for h in rest] == [206]
+    start = int(rest[0].range[6:-1])
+    assert start >= kept and rest[0].sent == size - start
 
 
 @pytest.fixture
