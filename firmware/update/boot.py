@@ -13,9 +13,13 @@ Layout under the root (default /opt/tiepdan):
     .lock                        flock for every change of the two above
 
 A trial is entered by `switch()`; each start of the trial slot consumes one attempt; the agent
-of the new version calls `commit()` once its health check passes, or `rollback()` when it
-fails; a guardian process, forked by the launcher, rolls back when no verdict came in time; a
-launch that finds the attempts used up rolls back before importing anything of the slot.
+of the new version has `commit()` called once its health check passes, or `rollback()` when it
+fails; a guard rolls back when no verdict came in time; a launch that finds the attempts used
+up rolls back before importing anything of the slot.
+
+Every change is made by whoever may write the root: on a box that is the updater process
+(`updater.py`), and the launcher, running as the agent's user, asks it over its socket
+(`started`); in development the launcher changes the state itself and forks the guard.
 """
 
 from __future__ import annotations
