@@ -203,8 +203,10 @@ def unprivileged(user: str = "nobody") -> list[str]:
 class UpdaterProcess:
     """`<root>/current/bin/tiepdan-updater` as its unit runs it (as root, the test's user)."""
 
-    def __init__(self, root: Path, config: Path, socket: Path) -> None:
+    def __init__(self, root: Path, config: Path, socket: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}
         self.config = config
         self.socket = socket
         self.log = config.with_name(config.stem + "-updater.log")
@@ -215,7 +217,7 @@ class UpdaterProcess:
             self.proc = subprocess.Popen(
                 [str(self.root / boot.CURRENT / boot.UPDATER), "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, cwd="/",
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + 60
         while "updater_listening" not in self.output():
             assert self.proc.poll() is None, f"updater exited: {self.output()[-3000:]}"
@@ -244,8 +246,9 @@ class SupervisedBox:
     under a command `prefix` (e.g. `unprivileged()`, as the unit's User= would)."""
 
     def __init__(self, root: Path, config: Path, restart_delay: float = 0.3,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}
         self.config = config
         self.prefix = prefix or []
         self.log = config.with_suffix(".log")
@@ -263,7 +266,7 @@ class SupervisedBox:
         return self
 
     def _supervise(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         while True:
             with self._lock:  # never start a process that stop() cannot see
                 if self._stop.is_set():

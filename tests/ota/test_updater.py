@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,7 +39,7 @@ from tests.ota.harness import (
     watch_updates,
 )
 from tests.support import Observer, eventually
-from tiepdan.firmware.update import boot, channel
+from tiepdan.firmware.update import boot, channel, slots
 from tiepdan.firmware.update.remote import RemoteUpdater
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.broker import Mosquitto
@@ -47,6 +48,11 @@ pytestmark = pytest.mark.timeout(300)
 
 DEVICE = "xa-priv"
 NOBODY = pwd.getpwnam("nobody")
+# The box's interpreter, which any user may run (this suite's own may sit under root's home),
+# with this environment's packages standing in for the dependency wheels an artifact carries.
+BOX_PYTHON = "/usr/bin/python3"
+BOX_ENV = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(
+    (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])))}
 
 
 @pytest.fixture
@@ -54,6 +60,10 @@ def work() -> Iterator[Path]:
     """A folder `nobody` can traverse (pytest's own temporary folders are root's alone)."""
     if os.geteuid() != 0:
         pytest.skip("dropping to another uid needs root")
+    probe = subprocess.run([BOX_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True, check=False)
+    if probe.stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip(f"{BOX_PYTHON} is not this Python's version (the slots run on it)")
     path = Path(tempfile.mkdtemp(prefix="tupd-"))
     path.chmod(0o755)
     yield path
@@ -65,7 +75,8 @@ def install_box(work: Path, bundle: Path) -> Path:
     still come out writable by their owner (root) alone."""
     root = work / "opt-tiepdan"
     subprocess.run([sys.executable, "-m", "tiepdan.firmware.update.install", str(bundle),
-                    "--root", str(root)], check=True, capture_output=True,
+                    "--root", str(root), "--python", BOX_PYTHON], check=True,
+                   capture_output=True,
                    preexec_fn=lambda: os.umask(0o000))
     return root
 
@@ -87,7 +98,7 @@ def write_config(work: Path, broker: Mosquitto, repo: UpdateRepository, root: Pa
 
 @contextlib.contextmanager
 def updater(root: Path, config: Path, socket_path: Path) -> Iterator[UpdaterProcess]:
-    process = UpdaterProcess(root, config, socket_path).start()
+    process = UpdaterProcess(root, config, socket_path, env=BOX_ENV).start()
     try:
         yield process
     finally:
@@ -127,7 +138,7 @@ print(json.dumps(tried))
 
 
 def writes_as_nobody(root: Path, *slot_names: str) -> dict[str, str]:
-    done = subprocess.run([*unprivileged(), sys.executable, "-c", ATTEMPTS, str(root),
+    done = subprocess.run([*unprivileged(), BOX_PYTHON, "-c", ATTEMPTS, str(root),
                            *slot_names], capture_output=True, text=True, check=True, cwd="/")
     result: dict[str, str] = json.loads(done.stdout)
     return result
@@ -150,7 +161,8 @@ def test_the_agents_user_cannot_write_the_slots_or_the_boot_pointer(
     assert not (root / "slots" / "a" / "site" / "sitecustomize.py").exists()
     # The same user may read and run it (that is all the agent needs).
     version = subprocess.run([*unprivileged(), str(root / "current" / boot.LAUNCHER),
-                              "--version"], capture_output=True, text=True, check=True)
+                              "--version"], capture_output=True, text=True, check=True,
+                             env={**os.environ, **BOX_ENV})
     assert version.stdout.strip() == "tiepdan 1.0.0"
 
 
@@ -180,7 +192,7 @@ async def test_an_update_with_the_updater_as_its_own_process_and_an_unprivileged
     config, socket_path = write_config(work, broker, repo, root, "nobody",
                                        health_timeout=10.0)
     with updater(root, config, socket_path) as process:
-        box = SupervisedBox(root, config, prefix=unprivileged()).start()
+        box = SupervisedBox(root, config, prefix=unprivileged(), env=BOX_ENV).start()
         try:
             async with controller_side(broker) as obs:
                 target = f"tiepdan-{version}.tar"
@@ -190,6 +202,7 @@ async def test_an_update_with_the_updater_as_its_own_process_and_an_unprivileged
             await asyncio.to_thread(box.stop)
         output = box.output() + process.output()
         assert result.status == status, (result, output[-4000:])
+        assert "PermissionError" not in box.output(), box.output()[-4000:]
         assert result.reason is not None and reason in result.reason, result.reason
         state = boot.read_state(root)
         assert box.current() == slot and state["committed"] == slot and state["trial"] is None
@@ -222,7 +235,7 @@ async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes
     partial = work / "updater" / "partial"
     with updater(root, config, socket_path) as process:
         async with controller_side(broker) as obs:
-            box = SupervisedBox(root, config, prefix=unprivileged()).start()
+            box = SupervisedBox(root, config, prefix=unprivileged(), env=BOX_ENV).start()
             try:
                 await notify(obs, DEVICE, job("j1", "tiepdan-1.1.0.tar", "1.1.0", server.url))
                 await eventually(lambda: any(p.stat().st_size > size // 4
@@ -240,6 +253,7 @@ async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes
             finally:
                 await asyncio.to_thread(box.stop)
         assert result.status == "succeeded", (result, process.output()[-3000:])
+        assert "PermissionError" not in box.output(), box.output()[-4000:]
         assert process.alive()
     assert boot.current_slot(root) == "b" and boot.read_state(root)["committed"] == "b"
     # Resumed where the kept partial ended, not from zero; only the rest was sent again.
@@ -248,6 +262,36 @@ async def test_an_agent_killed_mid_download_leaves_a_partial_the_updater_resumes
     assert [h.status for h in rest] == [206]
     start = int(rest[0].range[6:-1])
     assert start >= kept and rest[0].sent == size - start
+
+
+async def test_a_trial_start_without_the_updater_runs_the_committed_code_then_rolls_back(
+        work: Path, broker: Mosquitto, repo: UpdateRepository,
+        bundles: dict[str, Path]) -> None:
+    """The updater is down when the agent starts a version on trial: the launcher, which may
+    not count the start itself, runs the committed slot's code and leaves the state alone; the
+    updater, once up, gives the trial its deadline and rolls it back."""
+    root = install_box(work, bundles["base"])
+    slots.install(root, bundles["good"], python=BOX_PYTHON)
+    boot.switch(root, "b", version="1.1.0", job="j1", attempts=2, health_timeout=5.0)
+    config, socket_path = write_config(work, broker, repo, root, "nobody", health_timeout=5.0)
+    before = boot.read_state(root)
+    started = await asyncio.to_thread(
+        subprocess.run, [*unprivileged(), str(root / "current" / boot.LAUNCHER), "--config",
+                         str(config), "--version"],
+        capture_output=True, text=True, timeout=120, check=False, cwd="/",
+        env={**os.environ, **BOX_ENV})
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "tiepdan 1.0.0"  # slot a's code, not the trial's
+    assert f"updater at {socket_path} unavailable" in started.stderr
+    assert boot.read_state(root) == before and boot.current_slot(root) == "b"
+    with updater(root, config, socket_path) as process:
+        await eventually(lambda: boot.read_state(root)["trial"] is None, 60,
+                         what="the updater rolling the unguarded trial back")
+        assert "ota_guard_rollback" in process.output()
+    state = boot.read_state(root)
+    assert boot.current_slot(root) == "a" and state["committed"] == "a"
+    assert state["outcome"]["result"] == "rolled_back"
+    assert "no health verdict within 5 s" in state["outcome"]["reason"]
 
 
 @pytest.fixture
@@ -271,7 +315,7 @@ def ask_raw(socket_path: Path, line: bytes, prefix: list[str] | None = None) -> 
             "except OSError:\n"
             "    pass  # a refused peer is answered (and dropped) before it has sent all\n"
             "sys.stdout.buffer.write(s.makefile('rb').read())\n")
-    done = subprocess.run([*(prefix or []), sys.executable, "-c", code, str(socket_path)],
+    done = subprocess.run([*(prefix or []), BOX_PYTHON, "-c", code, str(socket_path)],
                           input=line, capture_output=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     frames = [json.loads(x) for x in done.stdout.splitlines()]
