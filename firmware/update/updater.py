@@ -241,16 +241,18 @@ class Updater:
     # -- the trial -------------------------------------------------------------------------------
 
     async def commit(self, slot: str) -> bool:
-        self._disarm()
         done = await asyncio.to_thread(boot.commit, self.root, slot)
         if done:
+            self._disarm()
             log.info("ota_committed device=%s slot=%s version=%s", self.device, slot,
                      boot.slot_version(self.root, slot))
         return done
 
     async def rollback(self, slot: str, reason: str) -> bool:
-        self._disarm()
-        return await asyncio.to_thread(boot.rollback, self.root, slot, reason)
+        done = await asyncio.to_thread(boot.rollback, self.root, slot, reason)
+        if done:
+            self._disarm()
+        return done
 
     async def mark_reported(self) -> None:
         await asyncio.to_thread(boot.mark_reported, self.root)
