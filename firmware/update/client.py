@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,16 +72,24 @@ class OtaClient:
         self.version = tiepdan.__version__
         self._notified: protocol.JobDocument | None = None
         self._wake = asyncio.Event()
-        self.updater: Updater | RemoteUpdater
-        if self.config.updater_socket:
-            self.updater = RemoteUpdater(self.config.updater_socket)
-        else:
-            from tiepdan.firmware.update.updater import Updater
-
-            self.updater = Updater(agent.config, self.work)
+        self.updater = self._updater()
         self._last_progress = (0.0, -100.0)
         self._step: str = "idle"
         self._waiting_for = ""
+
+    def _updater(self) -> Updater | RemoteUpdater:
+        """`tiepdan-updater` on its socket; the same work in this process where the agent may
+        write the slots anyway and no updater listens (development, simulated fleets, and boxes
+        installed before the updater existed, until their package brings its unit)."""
+        socket = self.config.updater_socket
+        if socket and (Path(socket).exists() or not os.access(self.root, os.W_OK)):
+            return RemoteUpdater(socket)
+        if socket:
+            log.warning("ota_updater_missing socket=%s root=%s detail=the agent may write its "
+                        "slots and updates them itself", socket, self.root)
+        from tiepdan.firmware.update.updater import Updater
+
+        return Updater(self.agent.config, self.work)
 
     def assume_slot(self, slot: slots.Slot) -> None:
         """For hosts that run many boxes' agents in one process (benchmarks, campaign tests):
