@@ -177,6 +177,8 @@ OUTCOMES = {
     "good": ("1.1.0", "succeeded", "b", "health check passed"),
     # Crashes at every start: the updater counts the launcher's attempts and rolls back.
     "crash": ("1.2.0", "rolled_back", "a", "no health verdict after 2 start(s)"),
+    # Fails its self-test: the agent asks the updater for the rollback.
+    "unhealthy": ("1.3.0", "rolled_back", "a", "self-test failed: camera"),
     # Never answers: the updater's guard rolls back and stops the agent.
     "silent": ("1.4.0", "rolled_back", "a", "no health verdict within 10 s of starting"),
 }
@@ -218,6 +220,7 @@ async def test_an_update_with_the_updater_as_its_own_process_and_an_unprivileged
     # The launcher, as nobody, could not count its start itself: it asked the updater.
     assert "updater_request op=started pid=" in logged and f"uid={NOBODY.pw_uid}" in logged
     assert ("updater_request op=commit" in logged) == (variant == "good")
+    assert ("updater_request op=rollback" in logged) == (variant == "unhealthy")
     assert ("ota_guard_rollback" in logged) == (variant == "silent")
     assert_refused(writes_as_nobody(root, "a", "b"))
 
