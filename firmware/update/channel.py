@@ -36,9 +36,13 @@ class Fetch(msgspec.Struct, tag="fetch", tag_field="op", frozen=True, forbid_unk
 
 class Install(msgspec.Struct, tag="install", tag_field="op", frozen=True,
               forbid_unknown_fields=True):
-    """Install the fetched and verified `target` into the spare slot."""
+    """Install the fetched and verified `target` into the spare slot. With the job's fields,
+    an updater that restarted since the fetch fetches (and verifies) it again first."""
 
     target: Name
+    job: Name | None = None
+    version: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    repository: Url = ""
 
 
 class Switch(msgspec.Struct, tag="switch", tag_field="op", frozen=True,

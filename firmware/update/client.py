@@ -294,7 +294,8 @@ class OtaClient:
         self._step = "installing"
         self._report(job.job, "in_progress", step="installing")
         try:
-            installed = await self.updater.install(job.target)
+            installed = await self.updater.install(channel.Install(
+                job.target, job=job.job, version=job.version, repository=job.repository))
         except channel.Refused as exc:
             raise self._finish(job.job, exc.status, exc.reason) from None
         if not self._may_install(job):  # a session may have started meanwhile

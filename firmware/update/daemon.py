@@ -152,9 +152,9 @@ class UpdaterServer:
             case channel.Fetch():
                 async with self._busy:
                     return await self._fetch(request, reader, writer)
-            case channel.Install(target=target):
+            case channel.Install():
                 async with self._busy:
-                    return {"slot": await updater.install(target)}
+                    return {"slot": await updater.install(request)}
             case channel.Switch(slot=slot, target=target, job=job):
                 async with self._busy:
                     await updater.switch(slot, target, job)

@@ -38,8 +38,8 @@ class RemoteUpdater:
         result = await self._ask(request, progress, timeout=None)
         return {"target": str(result["target"]), "version": str(result["version"])}
 
-    async def install(self, target: str) -> str:
-        return str((await self._ask(channel.Install(target)))["slot"])
+    async def install(self, request: channel.Install) -> str:
+        return str((await self._ask(request))["slot"])
 
     async def switch(self, slot: str, target: str, job: str | None) -> None:
         await self._ask(channel.Switch(slot, target, job))  # type: ignore[arg-type]

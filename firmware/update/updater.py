@@ -28,7 +28,7 @@ from tuf.api import exceptions as tuf_errors
 
 from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.update import boot, slots
-from tiepdan.firmware.update.channel import Fetch, Refused
+from tiepdan.firmware.update.channel import Fetch, Install, Refused
 
 if TYPE_CHECKING:
     from tuf.api.metadata import TargetFile
@@ -206,8 +206,13 @@ class Updater:
 
     # -- install and switch ----------------------------------------------------------------------
 
-    async def install(self, target: str) -> str:
+    async def install(self, request: Install) -> str:
         """Install a bundle this process verified; returns the slot it went into."""
+        target = request.target
+        if target not in self._verified and request.job and request.version:
+            # Fetched before this process started: from the cache, verified again.
+            await self.fetch(Fetch(job=request.job, target=target, version=request.version,
+                                   repository=request.repository), lambda _: None)
         verified = self._verified.get(target)
         if verified is None:
             raise Refused("failed", f"{target} was not fetched and verified by the updater; "

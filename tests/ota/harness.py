@@ -213,13 +213,14 @@ class UpdaterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> UpdaterProcess:
+        listening = self.output().count("updater_listening")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.root / boot.CURRENT / boot.UPDATER), "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, cwd="/",
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + 60
-        while "updater_listening" not in self.output():
+        while self.output().count("updater_listening") == listening:
             assert self.proc.poll() is None, f"updater exited: {self.output()[-3000:]}"
             assert time.monotonic() < deadline, f"updater not listening: {self.output()}"
             time.sleep(0.1)

@@ -87,7 +87,7 @@ async def one_update(updater: Updater | RemoteUpdater, url: str) -> tuple[float,
     started = time.perf_counter()
     await updater.fetch(request, lambda _: None)
     fetched = time.perf_counter()
-    await updater.install(request.target)
+    await updater.install(channel.Install(request.target))
     return fetched - started, time.perf_counter() - fetched
 
 
