@@ -67,6 +67,13 @@ class UpdateSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     clock: Literal["timesyncd", "trust"] = "timesyncd"
     clock_root: str = "/"
+    # The updater process owns the slots (`tiepdan-updater`); the agent asks it on this socket.
+    # Empty: the agent does the updater's work itself (development and simulated fleets only:
+    # it then needs write access to `root`); so does an agent that may write `root` and finds
+    # nothing listening here (a box whose package predates the updater).
+    updater_socket: str = "/run/tiepdan-updater/updater.sock"
+    updater_state_dir: str = "/var/lib/tiepdan-updater"  # TUF metadata, downloads
+    agent_user: str = "tiepdan"  # the only user (name or uid) the updater answers
 
 
 class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
