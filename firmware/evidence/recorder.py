@@ -565,8 +565,8 @@ class SegmentRecorder:
     def _mux(self, closed: _Closed) -> bytes:
         """The segment as a Matroska file in RAM (in the sealing thread).
 
-        A video stream takes its parameter sets from its first packet (a key frame, by
-        construction); a track with nothing in this segment's time is absent from it.
+        A video stream takes its parameter sets and its size from its first packet (a key
+        frame, by construction); a track with nothing in this segment's time is absent from it.
         """
         present = {index for index, _, _ in closed.items}
         buffer = io.BytesIO()
@@ -577,6 +577,10 @@ class SegmentRecorder:
                 size, opus = self._sizes[index], closed.audio[index]
                 if index not in present:
                     continue
+                if track.is_video:  # adaptive bitrate may have changed the size since
+                    first = next(packet for i, packet, _ in closed.items if i == index)
+                    with contextlib.suppress(ValueError, av.FFmpegError):
+                        size = _h264_size(first)
                 if track.is_video and size is not None:
                     stream: Stream = container.add_mux_stream("h264", width=size[0],
                                                               height=size[1])

@@ -99,7 +99,7 @@ class Sources:
                                    keyframe_interval=keyframe_interval, min_key_spacing=0)
         self.sent_video: Fanout[av.Packet[Stream]] = Fanout(
             "camera", is_key=lambda p: bool(p.is_keyframe),
-            on_key_request=self.encoder.request_key)
+            on_key_request=self._request_key)  # whichever encoder is current
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
@@ -113,6 +113,14 @@ class Sources:
                 Track.video("received-video", self.received_video, fps=5, width=160,
                             height=90, bitrate=100_000),
                 Track.audio("received-audio", self.received_audio)]
+
+    def _request_key(self) -> None:
+        self.encoder.request_key()
+
+    def resize(self, width: int, height: int) -> None:
+        """The camera's encoder steps to another size (adaptive bitrate's ladder)."""
+        self.encoder = H264Encoder(width, height, FPS, 200_000, keyframe_interval=4.0,
+                                   min_key_spacing=0)
 
     def _picture(self, n: int) -> av.VideoFrame:
         y = np.full((HEIGHT, WIDTH), 16 + (n * 7) % 200, dtype=np.uint8)
