@@ -312,12 +312,12 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             if all(p["state"] == "live" for p in state["points"]):
                 break
             time.sleep(0.5)
-        else:
-            waiting = {p["device"]: p["state"] for p in state["points"]
-                       if p["state"] != "live"}
+        # A bridge that cannot keep every point live (they drop and rejoin) is measured all
+        # the same: the points it lost show as the minimum fps.
+        not_live = sorted(p["device"] for p in state["points"] if p["state"] != "live")
+        if len(not_live) == len(devices):
             tail = (logs / "controller.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"{mode} N={points}: not every point went live: {waiting}\n"
-                               + "\n".join(tail))
+            raise RuntimeError(f"{mode} N={points}: no point went live\n" + "\n".join(tail))
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
         if mode == "janus" and janus is not None and janus.process is not None:
@@ -356,6 +356,8 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             "latency_p50_ms": ages[len(ages) // 2] if ages else None,
             "latency_p95_ms": ages[int(len(ages) * 0.95)] if ages else None,
             "latency_samples": len(ages),
+            # Points not live when the window opened (120 s after the session did).
+            "not_live_at_start": len(not_live),
             "bridge_cpu_per_point": round((cpu[0] + janus_cpu) / len(devices), 1),
             "bridge_cpu": round(cpu[0] + janus_cpu, 1),
             "janus_cpu": round(janus_cpu, 1),
@@ -457,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={points:<2} {mode:6} {points_as:9}  fps min/median "
                       f"{result['fps_min']:5.1f} / {result['fps_median']:5.1f}  latency p50/p95 "
                       f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms "
-                      f"({result['latency_samples']})  bridge {result['bridge_cpu']:5.1f}% "
+                      f"({result['latency_samples']})  not live at start "
+                      f"{result['not_live_at_start']}  bridge {result['bridge_cpu']:5.1f}% "
                       f"({result['bridge_cpu_per_point']:.1f}%/point, janus "
                       f"{result['janus_cpu']:.1f}%)  measuring/box {result['box_cpu']:.1f}%  "
                       f"replayers {result['replayer_cpu_per_point']}%/point  "
