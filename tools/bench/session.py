@@ -188,13 +188,28 @@ async def run_replayers(port: int, devices: list[str], measure: bool, out: Path)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = [asyncio.create_task(point.run()) for point in points]
-    await stop.wait()
+    status = out.with_suffix(".receiving")
+    while not stop.is_set():  # how many points see the composed picture, for the orchestra
+        now = time.time()
+        receiving = sum(1 for p in points if p.figures.arrivals and
+                        now - p.figures.arrivals[-1] < 2.0)
+        await asyncio.to_thread(status.write_text, f"{receiving}\n")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await stop.wait()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     figures = {p.device: {"arrivals": p.figures.arrivals, "ages": p.figures.ages}
                for p in points}
     await asyncio.to_thread(out.write_text, json.dumps(figures))
+
+
+def _receiving(output: Path) -> int:
+    try:
+        return int(output.with_suffix(".receiving").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def _point_name(device: str) -> str:
@@ -318,6 +333,15 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         if len(not_live) == len(devices):
             tail = (logs / "controller.log").read_text(errors="replace").splitlines()[-15:]
             raise RuntimeError(f"{mode} N={points}: no point went live\n" + "\n".join(tail))
+        # Live at the bridge is not yet receiving (Janus: the view leg comes after the
+        # publisher's): replay points say how many of them see the composed picture.
+        receiving = len(devices)
+        wait_until = time.monotonic() + 60
+        while light and time.monotonic() < wait_until:
+            receiving = sum(_receiving(output) for output in outputs)
+            if receiving >= len(devices):
+                break
+            time.sleep(0.5)
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
         if mode == "janus" and janus is not None and janus.process is not None:
@@ -358,6 +382,7 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             "latency_samples": len(ages),
             # Points not live when the window opened (120 s after the session did).
             "not_live_at_start": len(not_live),
+            "not_receiving_at_start": len(devices) - receiving,
             "bridge_cpu_per_point": round((cpu[0] + janus_cpu) / len(devices), 1),
             "bridge_cpu": round(cpu[0] + janus_cpu, 1),
             "janus_cpu": round(janus_cpu, 1),
@@ -459,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={points:<2} {mode:6} {points_as:9}  fps min/median "
                       f"{result['fps_min']:5.1f} / {result['fps_median']:5.1f}  latency p50/p95 "
                       f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms "
-                      f"({result['latency_samples']})  not live at start "
-                      f"{result['not_live_at_start']}  bridge {result['bridge_cpu']:5.1f}% "
+                      f"({result['latency_samples']})  not live / receiving at start "
+                      f"{result['not_live_at_start']} / {result['not_receiving_at_start']}  "
+                      f"bridge {result['bridge_cpu']:5.1f}% "
                       f"({result['bridge_cpu_per_point']:.1f}%/point, janus "
                       f"{result['janus_cpu']:.1f}%)  measuring/box {result['box_cpu']:.1f}%  "
                       f"replayers {result['replayer_cpu_per_point']}%/point  "
