@@ -16,6 +16,7 @@ PROGRAMS = {
     "tiepdan-agent": "tiepdan.firmware.__main__:main",
     "tiepdan-enroll": "tiepdan.firmware.firstboot.enroll:main",
     "tiepdan-install": "tiepdan.firmware.update.install:main",
+    "tiepdan-updater": "tiepdan.firmware.update.daemon:main",
     "tiepdan-controller": "tiepdan.controller.__main__:main",
     "tiepdan-demo": "tiepdan.tools.demo:main",
     "tiepdan-provision": "tiepdan.controller.cli.provision:main",

@@ -65,6 +65,9 @@ class CameraSpec:
     width: int
     height: int
     fps: int
+    # Synthetic camera only: sensor-like grain of this amplitude over the picture (0..64), so
+    # an encoder has to spend bits as it would on a real camera (adaptive bitrate tests).
+    grain: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ _TOP_KEYS = (
     "camera",
     "audio",
 )
-_CAMERA_KEYS = ("backend", "device", "width", "height", "fps")
+_CAMERA_KEYS = ("backend", "device", "width", "height", "fps", "grain")
 _REQUIRED: Any = object()
 _AUDIO_KEYS = ("backend", "input_device", "output_device", "rate", "channels")
 
@@ -253,7 +256,10 @@ class _Reader:
             width=self.positive("camera.width"),
             height=self.positive("camera.height"),
             fps=self.positive("camera.fps"),
+            grain=self.get("camera.grain", int, default=0),
         )
+        if not 0 <= camera.grain <= 64:
+            raise self.fail("camera.grain", f"must be 0..64, got {camera.grain}")
         for key, size in (("camera.width", camera.width), ("camera.height", camera.height)):
             if size % 2:
                 raise self.fail(key, f"must be even for 4:2:0 video, got {size}")

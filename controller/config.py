@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from tiepdan.controller.connection import check_url
 from tiepdan.firmware.core.config import LogSection, MqttSection, Port, read_toml
 from tiepdan.firmware.protocol import ID_PATTERN
 
@@ -18,6 +19,16 @@ class ControllerSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] = "central"
     data_dir: str = "/var/lib/tiepdan-controller"
     command_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+
+
+class DatabaseSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the controller keeps its state: empty, the SQLite file `<data_dir>/controller.db`;
+    a libpq `postgresql://` URL, PostgreSQL (see the README's "SQLite, and PostgreSQL")."""
+
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        check_url(self.url)
 
 
 class HttpSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,6 +61,10 @@ class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bitrate: Annotated[int, msgspec.Meta(ge=100_000, le=50_000_000)] = 1_500_000
     keyframe_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 4.0
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast"] = "superfast"
+    # Adaptive bitrate of the composed picture (aiortc backend): it follows the slowest
+    # receiver's RTCP feedback, but no lower than min_bitrate (false: a constant bitrate).
+    adaptive_bitrate: bool = True
+    min_bitrate: Annotated[int, msgspec.Meta(ge=50_000, le=50_000_000)] = 300_000
     media_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     # The Janus backend: its WebSocket API and the api_secret every request carries.
@@ -169,6 +184,7 @@ class AlertsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     controller: ControllerSection = ControllerSection()
+    database: DatabaseSection = DatabaseSection()
     mqtt: MqttSection = MqttSection()
     http: HttpSection = HttpSection()
     boxes: BoxesSection = BoxesSection()
@@ -186,6 +202,11 @@ class ControllerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def data_dir(self) -> Path:
         return Path(self.controller.data_dir)
+
+    @property
+    def controller_db(self) -> Path | str:
+        """The controller's database: the SQLite file's path, or the PostgreSQL URL."""
+        return self.database.url or self.data_dir / "controller.db"
 
     def tls_file(self, configured: str, default_name: str) -> Path:
         return Path(configured) if configured else self.data_dir / "tls" / default_name

@@ -61,7 +61,7 @@ class Controller:
         self.config = config
         self.id = config.controller.id
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(config.data_dir / "controller.db")
+        self.db = Database(config.controller_db)
         self.registry = Registry(self.db)
         self.identities = Identities(self.db)
         self.history = History(self.db, config.history)
@@ -84,7 +84,8 @@ class Controller:
         self.next_sessions = NextSessions(self.registry, self.sessions, self.set_desired)
         self.people = People(self.db, config.console, self.token)
         self.archive = Archive(config.archive, config.data_dir, self.identities, self.signing,
-                               self.signing.public_raw(), self.id, self._session_points)
+                               self.signing.public_raw(), self.id, self._session_points,
+                               index=config.database.url)
         self.closer = Closer(self.sessions, self.archive, f"controller-{self.id}",
                              config.archive.close_interval)
         self.bridge_recording = BridgeRecording(self.archive, config.bridge, config.archive,

@@ -1,20 +1,20 @@
-"""The controller's SQLite database.
+"""The controller's database: one SQLite file by default, or PostgreSQL (`database.url`).
 
-One file, WAL mode so the CLI can read while the controller writes. Its tables are created and
-changed only by the versioned migrations in `controller/migrations/controller_db.py`, run each
-time the file is opened. Databases are
-created (and kept) mode 0600: they hold claim tokens' hashes, identities and the fleet's state;
-SQLite gives its -wal and -shm files the database's mode.
+SQLite runs in WAL mode so the CLI can read while the controller writes. Either way the tables
+are created and changed only by the versioned migrations in
+`controller/migrations/controller_db.py`, run each time the database is opened. SQLite files
+are created (and kept) mode 0600: they hold claim tokens' hashes, identities and the fleet's
+state; SQLite gives its -wal and -shm files the database's mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from tiepdan.controller.connection import Connection, Dialect, connect, is_postgresql
 from tiepdan.controller.migrations import controller_db, migrate
 
 
@@ -30,35 +30,35 @@ def private_file(path: Path, mode: int = 0o600) -> Path:
 
 
 class Database:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.conn = sqlite3.connect(private_file(path), isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self.migrated_from = migrate(self.conn, controller_db.MIGRATIONS, label="controller",
-                                     path=path)
+    """`target`: the SQLite file's path, or a `postgresql://` URL."""
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def __init__(self, target: Path | str) -> None:
+        self.path: Path | None = None
+        if is_postgresql(target):
+            self.conn: Connection = connect(target)
+        else:
+            self.path = Path(target)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = connect(private_file(self.path))
+        self.migrated_from = migrate(self.conn, controller_db.MIGRATIONS, label="controller",
+                                     path=self.path)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.conn.dialect
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        return self.conn.transaction()
 
     def close(self) -> None:
         self.conn.close()
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
+@contextlib.contextmanager
+def open_readonly(target: Path | str) -> Iterator[Connection]:
     """For CLIs that read while the controller runs."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
+    conn = connect(target, readonly=True)
+    try:
+        yield conn
+    finally:
+        conn.close()

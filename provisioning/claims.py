@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tiepdan.errors import Forbidden
 
@@ -81,6 +81,13 @@ class Box:
         return data
 
 
+class Connection(Protocol):
+    """The controller's database connection (SQLite or PostgreSQL, `?` placeholders), or a
+    `sqlite3.Connection`: this library never imports the controller."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+
 class ClaimStore:
     """Provisioned boxes and their claim tokens, in the controller's database.
 
@@ -88,7 +95,7 @@ class ClaimStore:
     certificate, the identity binding) in one.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def issue(self, device: str, *, commune: str, hall: str, province: str = "",
@@ -159,8 +166,9 @@ class ClaimStore:
         """Every certificate a box was given: a renewed box holds two valid ones for a while,
         and revocation must list both."""
         self._conn.execute(
-            "INSERT OR IGNORE INTO device_certificates (serial, device, not_after, issued_at) "
-            "VALUES (?, ?, ?, ?)", (serial, device, not_after, time.time() if at is None else at))
+            "INSERT INTO device_certificates (serial, device, not_after, issued_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (serial, device, not_after, time.time() if at is None else at))
 
     def certificates(self, device: str, at: float | None = None) -> list[tuple[str, float]]:
         """(serial, not after) of the box's certificates that have not expired, the current
@@ -204,8 +212,9 @@ class ClaimStore:
     def add_revoked_certificate(self, serial: str, *, device: str, not_after: float,
                                 reason: str, at: float) -> None:
         self._conn.execute(
-            "INSERT OR IGNORE INTO revoked_certificates (serial, device, not_after, revoked_at, "
-            "reason) VALUES (?, ?, ?, ?, ?)", (serial, device, not_after, at, reason))
+            "INSERT INTO revoked_certificates (serial, device, not_after, revoked_at, "
+            "reason) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (serial, device, not_after, at, reason))
 
     def revoked_certificates(self, at: float | None = None) -> list[tuple[int, float]]:
         """(serial, revoked at) of revoked certificates not yet expired: what the CRL lists."""

@@ -1,7 +1,9 @@
-"""Fixtures: a real Mosquitto per test, the controller, agents in-process and in subprocesses."""
+"""Fixtures: a real Mosquitto per test, the controller, agents in-process and in subprocesses,
+the controller's database on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.support import (
 )
 from tiepdan.controller.service import Controller
 from tiepdan.tools.broker import Mosquitto
+from tiepdan.tools.postgres import Postgres
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,3 +74,26 @@ def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
     with secure.broker:
         yield secure
     secure.broker.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One real PostgreSQL cluster for the whole run (fsync off: every database is thrown away)."""
+    server = Postgres(durable=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """Where a test's controller database lives (`Database(database)`, `database.url`): a fresh
+    SQLite file, or a fresh database in the session's PostgreSQL, dropped afterwards."""
+    if request.param == "sqlite":
+        yield tmp_path / "controller.db"
+        return
+    server: Postgres = request.getfixturevalue("postgres_server")
+    name = f"t_{secrets.token_hex(6)}"
+    url = server.create_database(name)
+    yield url
+    server.drop_database(name)

@@ -81,6 +81,12 @@ def write_agent_config(tmp_path: Path, broker: Mosquitto, device_id: str,
     return path
 
 
+def database_settings(database: Path | str) -> dict[str, str]:
+    """The `[database]` section for the `database` fixture's target: a PostgreSQL URL as it
+    is; for SQLite the default (the file in data_dir)."""
+    return {"url": database if isinstance(database, str) else ""}
+
+
 def make_controller_config(tmp_path: Path, broker: Mosquitto,
                            **sections: Any) -> ControllerConfig:
     settings: dict[str, Any] = {
@@ -152,7 +158,7 @@ def admit_box(target: Controller | ControllerConfig, device: str, state_dir: Pat
     if isinstance(target, Controller):
         target.identities.bind(device, sign_key, cert_serial=serial)
     else:
-        db = Database(config.data_dir / "controller.db")
+        db = Database(config.controller_db)
         try:
             Identities(db).bind(device, sign_key, cert_serial=serial)
         finally:

@@ -42,8 +42,9 @@ def test_console_scripts_and_modules_answer_help(script: str) -> None:
 
 
 def test_every_program_is_installed() -> None:
-    assert {"tiepdan-agent", "tiepdan-enroll", "tiepdan-install", "tiepdan-controller",
-            "tiepdan-provision", "tiepdan-ota", "tiepdan-archive", "tiepdan-demo"} <= set(SCRIPTS)
+    assert {"tiepdan-agent", "tiepdan-enroll", "tiepdan-install", "tiepdan-updater",
+            "tiepdan-controller", "tiepdan-provision", "tiepdan-ota", "tiepdan-archive",
+            "tiepdan-demo"} <= set(SCRIPTS)
 
 
 def _wheel(tmp_path: Path, target: str) -> zipfile.ZipFile:
@@ -67,7 +68,8 @@ def test_the_box_wheel_carries_only_what_a_box_runs(tmp_path: Path) -> None:
                                    if n.endswith("entry_points.txt"))).decode()
     programs = {line.split("=")[0].strip() for line in entry_points.splitlines()
                 if "=" in line}
-    assert programs == {"tiepdan-agent", "tiepdan-enroll", "tiepdan-install"}
+    assert programs == {"tiepdan-agent", "tiepdan-enroll", "tiepdan-install",
+                        "tiepdan-updater"}
     # what the box runs imports nothing the wheel leaves out (the layering test's rule, kept)
     assert "tiepdan/firmware/agent/agent.py" in wheel.namelist()
     assert not any(n.startswith(("tiepdan/controller/", "tiepdan/tools/"))
@@ -103,6 +105,49 @@ def test_systemd_unit_is_valid_and_uses_notify_with_a_watchdog(tmp_path: Path) -
                             check=False)
     problems = [line for line in result.stderr.splitlines()
                 if "tiepdan-agent.service" in line and str(local) not in line]
+    assert not problems, result.stderr
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """Every `Key=value` of a unit, values split on spaces, keys repeated as systemd merges."""
+    found: dict[str, list[str]] = {}
+    for line in (ROOT / "firmware/systemd" / name).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            found.setdefault(key.strip(), []).extend(value.split())
+    return found
+
+
+def test_only_the_updater_unit_may_write_the_slots(tmp_path: Path) -> None:
+    """The agent runs with /opt/tiepdan read-only and asks the updater, which is confined to
+    the slots, its state and runtime folders, and the few capabilities its job needs."""
+    agent, updater = unit_settings("tiepdan-agent.service"), unit_settings(
+        "tiepdan-updater.service")
+    assert "/opt/tiepdan" in agent["ReadOnlyPaths"]
+    assert not any(p.startswith("/opt") for p in agent["ReadWritePaths"])
+    assert agent["User"] == ["tiepdan"] and agent["ProtectSystem"] == ["strict"]
+    assert "tiepdan-updater.service" in agent["Wants"]
+    assert "tiepdan-updater.service" in agent["After"]
+    assert updater["ExecStart"][0] == "/opt/tiepdan/current/bin/tiepdan-updater"
+    assert "User" not in updater  # root: see the unit's comment for why
+    assert updater["ReadWritePaths"] == ["/opt/tiepdan"]
+    assert updater["ProtectSystem"] == ["strict"] and updater["NoNewPrivileges"] == ["yes"]
+    assert set(updater["CapabilityBoundingSet"]) == {"CAP_DAC_READ_SEARCH", "CAP_KILL",
+                                                     "CAP_CHOWN", "CAP_FOWNER"}
+    assert updater["RuntimeDirectory"] == ["tiepdan-updater"]  # the socket's folder
+    assert updater["StateDirectory"] == ["tiepdan-updater"]
+    assert updater["Type"] == ["notify"] and "tiepdan-agent.service" in updater["Before"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    local = tmp_path / "tiepdan-updater.service"
+    program = Path(sys.executable).parent / "tiepdan-updater"
+    local.write_text((ROOT / "firmware/systemd/tiepdan-updater.service").read_text().replace(
+        "/opt/tiepdan/current/bin/tiepdan-updater", str(program)))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
+                            check=False)
+    problems = [line for line in result.stderr.splitlines()
+                if "tiepdan-updater.service" in line and str(local) not in line]
     assert not problems, result.stderr
 
 

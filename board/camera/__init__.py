@@ -51,6 +51,11 @@ class Camera(MediaDevice):
         """The next H.264 access unit from the board's encoder (only if `hardware_encoder`)."""
         raise NotImplementedError(f"{type(self).__name__} has no hardware encoder")
 
+    def set_bitrate(self, bitrate: int) -> bool:
+        """Ask the board's encoder for `bitrate` bit/s from now on (adaptive bitrate on a poor
+        link); False where there is no hardware encoder or it refused."""
+        return False
+
 
 def open_camera(spec: CameraSpec, *, label: str) -> Camera:
     """Build (not start) the camera a profile asks for; `label` names the point on screen."""

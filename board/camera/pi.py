@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +35,11 @@ KEYFRAME_SECONDS = 2
 # Encoded packets waiting for a slow reader; past this we drop up to the next keyframe,
 # because a decoder cannot skip single H.264 frames.
 MAX_QUEUED_PACKETS = 60
+# <linux/videodev2.h>: VIDIOC_S_CTRL = _IOWR('V', 28, struct v4l2_control {u32 id; s32 value});
+# the bcm2835 codec takes a new V4L2_CID_MPEG_VIDEO_BITRATE while streaming. picamera2 sets it
+# only at start, so the call's adaptive bitrate goes to the encoder's device file directly.
+VIDIOC_S_CTRL = 0xC008561C
+V4L2_CID_MPEG_VIDEO_BITRATE = 0x009909CF
 
 
 def i420(array: Plane, width: int, height: int) -> Plane:
@@ -217,9 +224,26 @@ class PiCamera(Camera):
             request.release()
         return array, timestamp_ns
 
+    def set_bitrate(self, bitrate: int) -> bool:
+        device = getattr(self._encoder, "vd", None)
+        if device is None or getattr(device, "closed", True):
+            return False
+        return set_encoder_bitrate(device, bitrate)
+
     async def read_encoded(self) -> av.Packet[Stream]:
         if not self.hardware_encoder:
             raise NotImplementedError("this Pi has no hardware H.264 encoder (Pi 5?)")
         if self._camera is None:
             raise BoardError("camera is not started")
         return await self._packets.get()
+
+
+def set_encoder_bitrate(device: Any, bitrate: int) -> bool:
+    """VIDIOC_S_CTRL(V4L2_CID_MPEG_VIDEO_BITRATE) on an open V4L2 encoder; False if refused."""
+    try:
+        fcntl.ioctl(device, VIDIOC_S_CTRL, struct.pack("=Ii", V4L2_CID_MPEG_VIDEO_BITRATE,
+                                                       int(bitrate)))
+    except OSError as exc:
+        log.warning("camera_bitrate_refused bitrate=%d error=%s", bitrate, exc)
+        return False
+    return True

@@ -33,6 +33,7 @@ LABEL_FONT = "DejaVuSans-Bold.ttf"
 CLOCK_FONT = "DejaVuSansMono-Bold.ttf"
 CLOCK_CHARS = "0123456789:# "
 STRIP_SECONDS = 2.0  # the moving strip crosses the frame in this time
+GRAIN_DRAWS = 16
 
 
 @lru_cache(maxsize=8)
@@ -76,11 +77,22 @@ class SyntheticCamera(Camera):
         w, h = self.width, self.height
         self._picture = tag_top(h)
         self._card = render_card(label, w, h)
+        self._cards = self._grainy_cards(spec.grain)
         self._glyphs, self._glyph_box = self._clock_glyphs()
         self._strip, self._strip_rows = self._moving_strip()
         # Luma is redrawn per frame; chroma is a fixed per-label tint, drawn once.
         self._yuv = np.empty((h * 3 // 2, w), dtype=np.uint8)
         self._yuv[h:] = self._chroma()
+
+    def _grainy_cards(self, grain: int) -> list[Plane]:
+        """The card with sensor-like grain, a few independent draws cycled frame by frame, so
+        the picture costs an encoder what a real camera's does at no cost per frame here."""
+        if grain <= 0:
+            return [self._card]
+        rng = np.random.default_rng(self.label_hash)
+        return [np.clip(self._card.astype(np.int16) +
+                        rng.integers(-grain, grain + 1, self._card.shape, dtype=np.int16),
+                        0, 255).astype(np.uint8) for _ in range(GRAIN_DRAWS)]
 
     def _clock_glyphs(self) -> tuple[dict[str, Plane], tuple[int, int]]:
         size = max(8, int(self._picture * 0.11))
@@ -143,7 +155,7 @@ class SyntheticCamera(Camera):
     def render(self, tick: int) -> Plane:
         """Draw the next frame (I420 layout) for clock tick `tick`; returns a reused buffer."""
         y = self._yuv[: self.height]
-        y[: self._picture] = self._card
+        y[: self._picture] = self._cards[tick % len(self._cards)]
         period = self._strip.shape[1] - self.width
         offset = int(tick * self.width / (STRIP_SECONDS * self.fps)) % period
         y[self._strip_rows] = self._strip[:, offset : offset + self.width]

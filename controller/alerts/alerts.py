@@ -175,7 +175,7 @@ class Alerts:
         """Forget resolved alerts older than `kept_days`."""
         now = time.time() if now is None else now
         # Without a webhook nothing is ever sent; with one, a notice not yet sent is kept.
-        unsent_ok = "" if self.config.webhook_url else " OR 1"
+        unsent_ok = "" if self.config.webhook_url else " OR TRUE"
         return int(self._db.conn.execute(
             "DELETE FROM alerts WHERE resolved IS NOT NULL AND resolved < ? AND "
             f"(sent_resolved IS NOT NULL{unsent_ok})",

@@ -32,7 +32,6 @@ import base64
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -52,8 +51,10 @@ from tiepdan.controller.archive.closed import (
 )
 from tiepdan.controller.archive.upload import Upload, append_durably, sha256_of
 from tiepdan.controller.config import ArchiveSection
+from tiepdan.controller.connection import Connection, SqliteConnection, connect
 from tiepdan.controller.identities import Identities
 from tiepdan.controller.migrations import archive_db, migrate
+from tiepdan.controller.migrations.archive_db import ARCHIVE_SCHEMA
 from tiepdan.controller.store import private_file
 from tiepdan.errors import (
     BadInput,
@@ -129,7 +130,9 @@ SessionPoints = Callable[[str], list[str] | None]
 class Archive:
     def __init__(self, config: ArchiveSection, data_dir: Path, identities: Identities,
                  signing: Signer, public_raw: bytes, controller_id: str,
-                 session_points: SessionPoints | None = None) -> None:
+                 session_points: SessionPoints | None = None, index: str = "") -> None:
+        """`index`: a `postgresql://` URL for the index (`database.url`); empty: `archive.db`
+        (SQLite) in the archive folder."""
         self.config = config
         self.dir = Path(config.dir) if config.dir else data_dir / "archive"
         self.recordings_dir = self.dir / "recordings"
@@ -146,12 +149,14 @@ class Archive:
         self._uploading: set[tuple[str, str, str]] = set()
         for path in (self.recordings_dir, self.closed_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(private_file(self.dir / "archive.db"), isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        migrate(self._db, archive_db.MIGRATIONS, label="archive", path=self.dir / "archive.db")
+        if index:  # PostgreSQL: the archive's tables in their own schema of that database
+            self._db: Connection = connect(index, schema=ARCHIVE_SCHEMA)
+            migrate(self._db, archive_db.MIGRATIONS, label="archive")
+        else:  # synchronous=FULL: a receipt's row is on disk before the receipt leaves
+            self._db = SqliteConnection.open(private_file(self.dir / "archive.db"),
+                                             synchronous="FULL", foreign_keys=False)
+            migrate(self._db, archive_db.MIGRATIONS, label="archive",
+                    path=self.dir / "archive.db")
         self.recipients = self._recipients()
         self.recipients_document = sign_document(self.recipients, signing)
         self._reconcile()
@@ -236,9 +241,9 @@ class Archive:
         """
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO frozen (session, recorder, next_seq, frozen_utc_ms, "
+                "INSERT INTO frozen (session, recorder, next_seq, frozen_utc_ms, "
                 "reason) SELECT session, recorder, next_seq, ?, ? FROM recordings "
-                "WHERE recorder = ?", (_now_ms(), reason, recorder))
+                "WHERE recorder = ? ON CONFLICT DO NOTHING", (_now_ms(), reason, recorder))
             rows = self._db.execute("SELECT session, next_seq FROM frozen WHERE recorder = ?",
                                     (recorder,)).fetchall()
         frozen = {str(r[0]): int(r[1]) for r in rows}
@@ -425,16 +430,16 @@ class Archive:
                received_utc_ms: int | None = None) -> None:
         last = records[-1]
         kinds = [r.kind for r in records if r.kind in LIFECYCLE]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction():
             self._db.executemany(
-                "INSERT OR IGNORE INTO records (session, recorder, seq, hash, kind, utc_ms, "
-                "received_utc_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records (session, recorder, seq, hash, kind, utc_ms, "
+                "received_utc_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(session, recorder, r.seq, r.hash, r.kind, r.utc_ms, received_utc_ms)
                  for r in records])
             self._db.executemany(
-                "INSERT OR IGNORE INTO segments (session, recorder, name, idx, ct_sha256, "
-                "ct_size, pt_sha256, record_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO segments (session, recorder, name, idx, ct_sha256, "
+                "ct_size, pt_sha256, record_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(session, recorder, r.segment.name, r.segment.index, r.segment.ct_sha256,
                   r.segment.ct_size, r.segment.pt_sha256, r.seq) for r in records
                  if r.kind == "segment" and r.segment is not None])
@@ -443,14 +448,10 @@ class Archive:
                 "last_kind, updated_utc_ms) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (session, recorder) DO UPDATE SET next_seq = excluded.next_seq, "
                 "last_hash = excluded.last_hash, manifest_bytes = excluded.manifest_bytes, "
-                "last_kind = CASE WHEN excluded.last_kind = '' THEN last_kind "
+                "last_kind = CASE WHEN excluded.last_kind = '' THEN recordings.last_kind "
                 "ELSE excluded.last_kind END, updated_utc_ms = excluded.updated_utc_ms",
                 (session, recorder, last.seq + 1, last.hash, size, kinds[-1] if kinds else "",
                  _now_ms()))
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _reconcile(self) -> None:
         """Index manifest lines a crash left on disk between the append and the index."""
@@ -479,7 +480,7 @@ class Archive:
 
     # -- segments --------------------------------------------------------------------------------
 
-    def _segment_row(self, session: str, recorder: str, name: str) -> sqlite3.Row:
+    def _segment_row(self, session: str, recorder: str, name: str) -> Any:
         self.check_recording(session, recorder)
         if not SEGMENT_NAME.fullmatch(name):
             raise BadInput(code="bad_request", message=f"{name!r} is not a segment name")
@@ -490,7 +491,7 @@ class Archive:
             raise NotFound(code="unknown_segment",
                            message=f"no segment record declares {name} in {session}/{recorder}; "
                                "send the manifest records first")
-        return row  # type: ignore[no-any-return]
+        return row
 
     def segment_state(self, session: str, recorder: str, name: str) -> SegmentState:
         with self._lock:
@@ -505,7 +506,7 @@ class Archive:
     def _part(self, session: str, recorder: str, name: str) -> Path:
         return self.recording_dir(session, recorder) / f"{name}.part"
 
-    def _recover(self, row: sqlite3.Row) -> Receipt | None:
+    def _recover(self, row: Any) -> Receipt | None:
         """The receipt of a stored segment, finishing one a crash left renamed but unindexed."""
         if row["receipt"]:
             return parse_receipt(row["receipt"])
@@ -579,7 +580,7 @@ class Archive:
                  row["session"], row["recorder"], row["name"], row["ct_size"])
         return receipt
 
-    def _acknowledge(self, row: sqlite3.Row) -> Receipt:
+    def _acknowledge(self, row: Any) -> Receipt:
         directory = self.recording_dir(row["session"], row["recorder"])
         receipt = self._receipt_on_file(directory, row["name"], row["ct_sha256"])
         if receipt is None:
@@ -684,8 +685,9 @@ class Archive:
         write_atomic(self.closed_dir / f"{session_id}.json", data + b"\n")
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO closed (session, closed_utc_ms, closed_by, document) "
-                "VALUES (?, ?, ?, ?)", (session_id, document.closed_utc_ms, closed_by, data))
+                "INSERT INTO closed (session, closed_utc_ms, closed_by, document) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (session_id, document.closed_utc_ms, closed_by, data))
         log.info("archive_session_closed session=%s by=%s recordings=%d segments=%d",
                  session_id, closed_by, len(document.recordings),
                  sum(len(r.segments) for r in document.recordings))
@@ -749,7 +751,8 @@ class Archive:
                 seg = self._db.execute(
                     "SELECT COUNT(*), COUNT(receipt), COALESCE(SUM(ct_size), 0) FROM segments "
                     "WHERE session = ?", (row["session"],)).fetchone()
-                out.append({**dict(row), "segments": seg[0], "stored": seg[1], "bytes": seg[2]})
+                out.append({**dict(row), "segments": seg[0], "stored": seg[1],
+                            "bytes": int(seg[2])})  # PostgreSQL's SUM is NUMERIC
         return out
 
     def recordings(self, session: str) -> list[dict[str, Any]]:
@@ -765,7 +768,7 @@ class Archive:
                     (session, row["recorder"])).fetchone()
                 out.append({"recorder": row["recorder"], "records": row["next_seq"],
                             "last_kind": row["last_kind"], "segments": seg[0],
-                            "stored": seg[1], "bytes": seg[2],
+                            "stored": seg[1], "bytes": int(seg[2]),
                             "dir": str(self.recording_dir(session, row["recorder"]))})
         return out
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tiepdan.errors import TooLarge
 from tiepdan.firmware.core.durable import fsync_dir
@@ -21,7 +20,7 @@ CHUNK = 1024 * 1024
 class Upload:
     """One segment upload in progress; bytes go to `<name>.part` until the declared size."""
 
-    def __init__(self, archive: Archive, row: sqlite3.Row, path: Path, fd: int,
+    def __init__(self, archive: Archive, row: Any, path: Path, fd: int,
                  offset: int) -> None:
         self._archive = archive
         self.row = row

@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
 from rich.text import Text
 
+from tiepdan.controller.connection import driver_errors, is_postgresql, redacted
 from tiepdan.controller.identities import DeviceIdentity
 from tiepdan.controller.store import open_readonly
 from tiepdan.errors import Corrupt, TiepdanError
@@ -155,25 +155,24 @@ def _table(title: str, reports: Sequence[tuple[str, VerificationReport]],
 # --- trust roots ------------------------------------------------------------------------------
 
 
-def load_identities(db_path: Path) -> dict[str, DeviceIdentity]:
-    """The enrolled boxes' keys, read-only: the CLI runs beside a live controller."""
-    if not db_path.exists():
-        log.warning("identities_db_missing path=%s", db_path)
+def load_identities(db: Path | str) -> dict[str, DeviceIdentity]:
+    """The enrolled boxes' keys, read-only: the CLI runs beside a live controller. `db` is the
+    SQLite file or the PostgreSQL URL (`database.url`)."""
+    shown = redacted(db) if isinstance(db, str) else db
+    if not is_postgresql(db) and not Path(db).exists():
+        log.warning("identities_db_missing path=%s", db)
         return {}
     try:
-        conn = open_readonly(db_path)
-    except sqlite3.Error as exc:
-        raise VerificationError(f"cannot open controller database {db_path}: {exc}") from None
-    try:
-        rows = conn.execute(
-            "SELECT device, sign_key, cert_serial, cert_fingerprint, enrolled_at, revoked_at, "
-            "revoked_reason FROM device_identities").fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+        with open_readonly(db) as conn:
+            rows = conn.execute(
+                "SELECT device, sign_key, cert_serial, cert_fingerprint, enrolled_at, "
+                "revoked_at, revoked_reason FROM device_identities").fetchall()
+    except TiepdanError as exc:
+        raise VerificationError(f"cannot open controller database {shown}: {exc}") from None
+    except driver_errors() as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
             return {}
-        raise VerificationError(f"cannot read controller database {db_path}: {exc}") from None
-    finally:
-        conn.close()
+        raise VerificationError(f"cannot read controller database {shown}: {exc}") from None
     return {row["device"]: DeviceIdentity(*row) for row in rows}
 
 

@@ -13,7 +13,11 @@ ciphertext's SHA-256; `restore` checks it against the public key the operator na
 every box pins), and that the signing key inside is that key, before anything is written.
 Databases are copied with SQLite's online backup, so a backup of a running controller is
 consistent. `restore` refuses a data folder that already holds a database unless told to
-replace it.
+replace it. A controller on PostgreSQL (`database.url`) has its databases (the controller's
+tables and the archive index's schema) carried in the same places as SQLite files
+(`db/controller.db`, `db/archive.db`: every row copied in one consistent read, see
+`controller/migrations/transfer.py`), and restored into an empty PostgreSQL database; so a
+backup also moves a controller between the two.
 """
 
 from __future__ import annotations
@@ -39,13 +43,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.connection import redacted
 from tiepdan.controller.enrollment.provisioning import material_for
+from tiepdan.controller.migrations.transfer import copy_rows, is_empty, open_database
 from tiepdan.controller.signing import SigningKey
 from tiepdan.errors import BadInput, Conflict, Corrupt
 
 log = logging.getLogger(__name__)
 
 MAGIC = "tiepdan-backup"
+CONTROLLER_DB = "db/controller.db"
 VERSION = 1
 
 
@@ -80,7 +87,7 @@ def sources(config: ControllerConfig) -> list[Source]:
 
 def _databases(config: ControllerConfig) -> list[Source]:
     archive = Path(config.archive.dir) if config.archive.dir else config.data_dir / "archive"
-    return [Source("db/controller.db", config.data_dir / "controller.db"),
+    return [Source(CONTROLLER_DB, config.data_dir / "controller.db"),
             Source("db/archive.db", archive / "archive.db")]
 
 
@@ -103,6 +110,49 @@ def _snapshot_db(path: Path, target: Path) -> None:
     finally:
         dst.close()
         src.close()
+
+
+def _label(name: str) -> str:
+    return "controller" if name == CONTROLLER_DB else "archive"
+
+
+def _snapshot_postgresql(url: str, label: str, target: Path) -> None:
+    """The PostgreSQL database's rows into a new SQLite file of the same schema."""
+    copy = open_database(target, label)
+    try:
+        source = open_database(url, label, readonly=True)
+        try:
+            copy_rows(source, copy, label=label)
+        finally:
+            source.close()
+    finally:
+        copy.close()
+
+
+def _check_empty(url: str, label: str) -> None:
+    target = open_database(url, label)
+    try:
+        if not is_empty(target):
+            raise Conflict(
+                f"the PostgreSQL database {redacted(url)} already holds a controller's data "
+                f"({label}); restore into an empty one (dropdb, then createdb with the "
+                "controller's role as owner)")
+    finally:
+        target.close()
+
+
+def _restore_postgresql(url: str, label: str, copy: Path) -> None:
+    """The backup's rows into the empty PostgreSQL database (a copy made by an older release
+    is brought to this release's schema first)."""
+    source = open_database(copy, label)
+    try:
+        target = open_database(url, label)
+        try:
+            copy_rows(source, target, label=label)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def _header_bytes(header: dict[str, object]) -> bytes:
@@ -128,11 +178,15 @@ def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[s
     with tempfile.TemporaryDirectory(prefix="tiepdan-backup-") as tmp, \
             tarfile.open(fileobj=buffer, mode="w") as tar:
         for db in _databases(config):
-            if db.path.exists():
-                copy = Path(tmp) / db.path.name
+            copy = Path(tmp) / db.path.name
+            if config.database.url:
+                _snapshot_postgresql(config.database.url, _label(db.name), copy)
+            elif db.path.exists():
                 _snapshot_db(db.path, copy)
-                tar.add(copy, arcname=db.name)
-                count += 1
+            else:
+                continue
+            tar.add(copy, arcname=db.name)
+            count += 1
         for source in sources(config):
             for name, path in _files(source):
                 tar.add(path, arcname=name)
@@ -191,7 +245,7 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             replace: bool = False) -> dict[str, object]:
     """Check, decrypt and put every part back where `config` says it lives."""
     header, ciphertext = read_verified(path, signer)
-    if (config.data_dir / "controller.db").exists() and not replace:
+    if not config.database.url and (config.data_dir / "controller.db").exists() and not replace:
         raise Conflict(f"{config.data_dir} already holds a controller database; restore onto "
                        f"a fresh machine, or pass --replace to overwrite it")
     try:
@@ -217,6 +271,14 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
             for suffix in ("-wal", "-shm"):
                 db.path.with_name(db.path.name + suffix).unlink(missing_ok=True)
         written = 0
+        restored = [db for db in _databases(config) if (staged / db.name).is_file()] \
+            if config.database.url else []
+        for db in restored:  # both empty before either is written
+            _check_empty(config.database.url, _label(db.name))
+        for db in restored:
+            _restore_postgresql(config.database.url, _label(db.name), staged / db.name)
+            (staged / db.name).unlink()
+            written += 1
         for file in sorted(p for p in staged.rglob("*") if p.is_file()):
             name = file.relative_to(staged).as_posix()
             target = _target(places, name)

@@ -41,6 +41,7 @@ from tiepdan.controller.archive.verification import (
     verify_session,
 )
 from tiepdan.controller.config import ControllerConfig, config_path, load_config
+from tiepdan.controller.connection import is_postgresql
 from tiepdan.errors import BadInput
 from tiepdan.firmware.core import logs
 from tiepdan.firmware.core.config import ConfigError
@@ -113,7 +114,9 @@ class Context:
 
     def trust(self) -> tuple[KeyLookup, Ed25519PublicKey]:
         key = controller_key(self.config, self.args.controller_pub)
-        db = Path(self.args.db) if self.args.db else self.config.data_dir / "controller.db"
+        db: Path | str = self.config.controller_db
+        if self.args.db:
+            db = self.args.db if is_postgresql(self.args.db) else Path(self.args.db)
         try:
             identities = load_identities(db)
         except VerificationError as exc:

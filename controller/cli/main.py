@@ -140,6 +140,39 @@ def _restore(config: ControllerConfig, args: argparse.Namespace, console: Consol
     return 0
 
 
+def _copy_database(config: ControllerConfig, args: argparse.Namespace,
+                   console: Console) -> int:
+    """The controller's database, and into PostgreSQL the archive index too (`archive.db`,
+    which follows `database.url` there)."""
+    from tiepdan.controller.connection import is_postgresql, redacted
+    from tiepdan.controller.migrations.transfer import copy_rows, open_database
+
+    def place(given: str) -> Path | str:
+        return given if is_postgresql(given) else Path(given)
+
+    pairs: list[tuple[str, Path | str]] = [
+        ("controller", place(args.source) if args.source else config.controller_db)]
+    archive = (Path(config.archive.dir) if config.archive.dir
+               else config.data_dir / "archive") / "archive.db"
+    if is_postgresql(args.target) and not args.source and not config.database.url \
+            and archive.exists():
+        pairs.append(("archive", archive))
+    shown = redacted(args.target) if is_postgresql(args.target) else args.target
+    for label, source_place in pairs:
+        source = open_database(source_place, label)
+        try:
+            target = open_database(place(args.target), label)
+            try:
+                counts = copy_rows(source, target, label=label)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        console.print(f"{label}: copied {sum(counts.values())} rows of {len(counts)} tables "
+                      f"into {shown}")
+    return 0
+
+
 COMMANDS = {
     "run": _run,
     "devices": _devices,
@@ -151,6 +184,7 @@ COMMANDS = {
     "user": _user,
     "backup": _backup,
     "restore": _restore,
+    "copy-database": _copy_database,
 }
 
 
@@ -192,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
                         "every box pins it (identity/controller.pub)")
     r.add_argument("--replace", action="store_true",
                    help="overwrite an existing controller database")
+    cd = sub.add_parser("copy-database",
+                        help="copy every row of the controller's database into an empty one "
+                             "(e.g. from SQLite to PostgreSQL); stop the controller first")
+    cd.add_argument("target", help="a postgresql:// URL or a SQLite file to create")
+    cd.add_argument("--from", dest="source", default="",
+                    help="the database to copy (default: the configured one)")
     from tiepdan.controller.cli.sessions import add_session_parser
 
     add_session_parser(sub)

@@ -56,7 +56,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def user_command(config: ControllerConfig, args: argparse.Namespace, console: Console) -> int:
-    db = Database(config.data_dir / "controller.db")
+    db = Database(config.controller_db)
     try:
         users, audit = Users(db), AuditLog(db)
         logins = Logins(db, config.console.session_idle, config.console.session_lifetime)

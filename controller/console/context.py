@@ -13,14 +13,12 @@ from tiepdan.controller.http.auth import caller_of
 from tiepdan.controller.people.caller import Caller
 
 if TYPE_CHECKING:
-    from tiepdan.controller.console.health_history import HealthHistory
     from tiepdan.controller.console.live import LiveHub
     from tiepdan.controller.console.preview import Stills
     from tiepdan.controller.service import Controller
 
 RENDERER_KEY: web.AppKey[Renderer] = web.AppKey("console_renderer")
 LIVE_KEY: web.AppKey[LiveHub] = web.AppKey("console_live")
-HISTORY_KEY: web.AppKey[HealthHistory] = web.AppKey("console_health_history")
 STILLS_KEY: web.AppKey[Stills] = web.AppKey("console_stills")
 
 MAX_FIELD = 2000

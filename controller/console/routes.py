@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tiepdan.controller.console import whep, whip
-from tiepdan.controller.console.context import HISTORY_KEY, LIVE_KEY, RENDERER_KEY, STILLS_KEY
-from tiepdan.controller.console.health_history import HealthHistory
+from tiepdan.controller.console.context import LIVE_KEY, RENDERER_KEY, STILLS_KEY
 from tiepdan.controller.console.live import LiveHub
 from tiepdan.controller.console.pages import (
     archive,
@@ -52,12 +51,9 @@ async def static(request: web.Request) -> web.StreamResponse:
 def add_console(app: web.Application, controller: Controller) -> None:
     renderer = Renderer(controller.config.console)
     hub = LiveHub(fleet.device_row, lambda ts: renderer.when(ts, "vi"))
-    history = HealthHistory()
     controller.registry.listen(hub.on_device)
-    controller.registry.listen(history.on_device)
     app[RENDERER_KEY] = renderer
     app[LIVE_KEY] = hub
-    app[HISTORY_KEY] = history
     app[DENIED_PAGE_KEY] = login.denied
     browsers, viewers, stills = BrowserPoints(), Viewers(), Stills()
     app[BROWSERS_KEY] = browsers

@@ -14,7 +14,7 @@ import collections
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
@@ -37,6 +37,7 @@ class Refused(Forbidden):
         self.status = status
         self.code = code
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
@@ -78,6 +79,21 @@ def refusal(status: int, code: str, message: str, headers: dict[str, str] | None
     body = protocol.encode({"error": protocol.EnrollRefusal(code=code, message=message[:1000])})
     return web.Response(status=status, body=body, content_type="application/json",
                         headers=headers)
+
+
+async def read_request(request: web.Request, kind: type[T], event: str,
+                       peer: str) -> T | web.Response:
+    """The decoded body, or the refusal to answer with (logged as `<event>_refused`)."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        log.warning("%s_refused peer=%s code=too_large", event, peer)
+        return refusal(413, "too_large", f"request larger than {MAX_BODY} bytes")
+    try:
+        return protocol.decode(body, kind)
+    except protocol.ProtocolError as exc:
+        log.warning("%s_refused peer=%s code=bad_request error=%s", event, peer, exc)
+        return refusal(400, "bad_request", str(exc))
 
 
 class Enrollment:
@@ -128,16 +144,9 @@ class Enrollment:
             log.warning("enroll_rate_limited peer=%s retry_after=%.1f", peer, wait)
             return refusal(429, "rate_limited", "too many enrollment requests from this "
                            "address", headers={"Retry-After": f"{max(1, round(wait))}"})
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            log.warning("enroll_refused peer=%s code=too_large", peer)
-            return refusal(413, "too_large", f"request larger than {MAX_BODY} bytes")
-        try:
-            enroll = protocol.decode(body, protocol.EnrollRequest)
-        except protocol.ProtocolError as exc:
-            log.warning("enroll_refused peer=%s code=bad_request error=%s", peer, exc)
-            return refusal(400, "bad_request", str(exc))
+        enroll = await read_request(request, protocol.EnrollRequest, "enroll", peer)
+        if isinstance(enroll, web.Response):
+            return enroll
         try:
             answer = self._provisioning.enroll(enroll, peer)
         except Refused as exc:

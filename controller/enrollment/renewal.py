@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from cryptography import x509
 
-from tiepdan.controller.enrollment.enrollment import MAX_BODY, RateLimiter, Refused, refusal
+from tiepdan.controller.enrollment.enrollment import (
+    MAX_BODY,
+    RateLimiter,
+    Refused,
+    read_request,
+    refusal,
+)
 from tiepdan.firmware import protocol
 
 if TYPE_CHECKING:
@@ -82,16 +88,9 @@ class RenewalSite:
             log.warning("renew_refused peer=%s code=no_certificate", peer)
             return refusal(403, "no_certificate", "a box certificate is required")
         cert = x509.load_der_x509_certificate(der)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            log.warning("renew_refused peer=%s code=too_large", peer)
-            return refusal(413, "too_large", f"request larger than {MAX_BODY} bytes")
-        try:
-            wanted = protocol.decode(body, protocol.RenewRequest)
-        except protocol.ProtocolError as exc:
-            log.warning("renew_refused peer=%s code=bad_request error=%s", peer, exc)
-            return refusal(400, "bad_request", str(exc))
+        wanted = await read_request(request, protocol.RenewRequest, "renew", peer)
+        if isinstance(wanted, web.Response):
+            return wanted
         try:
             answer = self._provisioning.renew(cert, wanted, peer)
         except Refused as exc:

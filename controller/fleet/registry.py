@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tiepdan.controller.store import Database
@@ -57,6 +57,20 @@ class Device:
 
 
 _JSON_FIELDS = ("capabilities", "health", "reported", "desired", "extra")
+_COLUMNS = tuple(f.name for f in fields(Device))
+_UPSERT = (f"INSERT INTO devices ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT(id) DO UPDATE SET "
+           + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id"))
+
+
+def _row(d: Device) -> tuple[Any, ...]:
+    """The devices row, read straight off the fields (`asdict` deep-copies every health dict,
+    most of a 10,000-box flush)."""
+    row = []
+    for column in _COLUMNS:
+        value = getattr(d, column)
+        row.append(json.dumps(value) if column in _JSON_FIELDS and value is not None else value)
+    return tuple(row)
 
 Listener = Callable[[Device, str], None]
 
@@ -140,8 +154,8 @@ class Registry:
         d = self._device(device_id)
         d.last_seen = time.time()
         cur = self._db.conn.execute(
-            "INSERT OR IGNORE INTO events (device, event_id, kind, ts, received, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (device, event_id, kind, ts, received, data) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (device_id, event.id, protocol.event_kind(event.data), event.ts, time.time(),
              protocol.encode(event.data).decode()),
         )
@@ -185,9 +199,8 @@ class Registry:
         if not self._dirty:
             return 0
         dirty, self._dirty = self._dirty, set()
-        with self._db.transaction() as conn:
-            for device_id in dirty:
-                self._upsert(conn, self._devices[device_id])
+        with self._db.transaction() as conn:  # one batch: PostgreSQL pipelines it
+            conn.executemany(_UPSERT, [_row(self._devices[device_id]) for device_id in dirty])
         return len(dirty)
 
     def prune_events(self, keep: int) -> None:
@@ -196,21 +209,8 @@ class Registry:
 
     def _write(self, device: Device, what: str) -> None:
         self._dirty.discard(device.id)
-        self._upsert(self._db.conn, device)
+        self._db.conn.execute(_UPSERT, _row(device))
         self._notify(device, what)
-
-    def _upsert(self, conn: Any, d: Device) -> None:
-        values = asdict(d)
-        for key in _JSON_FIELDS:
-            values[key] = json.dumps(values[key]) if values[key] is not None else None
-        columns = ", ".join(values)
-        marks = ", ".join(f":{k}" for k in values)
-        updates = ", ".join(f"{k}=excluded.{k}" for k in values if k != "id")
-        conn.execute(
-            f"INSERT INTO devices ({columns}) VALUES ({marks}) "
-            f"ON CONFLICT(id) DO UPDATE SET {updates}",
-            values,
-        )
 
     def _notify(self, device: Device, what: str) -> None:
         for listener in self._listeners:

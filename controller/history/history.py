@@ -8,7 +8,7 @@ box per tier (8,640 + 25,920 with the defaults), whatever the box sends. Buckets
 the controller's clock when the report arrives: a box's own clock may not be synchronised yet.
 
 Reports are folded in memory and written in one transaction per flush (on the event loop, like
-the registry's batched writes, because both share one SQLite connection).
+the registry's batched writes, because both share one database connection).
 """
 
 from __future__ import annotations
@@ -90,19 +90,27 @@ _COLUMNS = ("n", "cpu_sum", "cpu_max", "mem_sum", "mem_max", "load_sum", "disk_f
             "temp_sum", "temp_n", "temp_max", "outbox_max")
 
 # Merging a flushed bucket into the stored one: sums add, extremes stay extreme (NULL-aware).
-_UPSERT = (
-    "INSERT INTO device_health (device, step, bucket, " + ", ".join(_COLUMNS) + ") "
-    "VALUES (?, ?, ?, " + ", ".join("?" for _ in _COLUMNS) + ") "
-    "ON CONFLICT (device, step, bucket) DO UPDATE SET "
-    "n = n + excluded.n, cpu_sum = cpu_sum + excluded.cpu_sum, "
-    "cpu_max = max(cpu_max, excluded.cpu_max), mem_sum = mem_sum + excluded.mem_sum, "
-    "mem_max = max(mem_max, excluded.mem_max), load_sum = load_sum + excluded.load_sum, "
-    "disk_free_min = coalesce(min(disk_free_min, excluded.disk_free_min), disk_free_min, "
-    "excluded.disk_free_min), "
-    "temp_sum = temp_sum + excluded.temp_sum, temp_n = temp_n + excluded.temp_n, "
-    "temp_max = coalesce(max(temp_max, excluded.temp_max), temp_max, excluded.temp_max), "
-    "outbox_max = max(outbox_max, excluded.outbox_max)"
-)
+# The stored row's columns are named with the table (PostgreSQL finds a bare name ambiguous
+# beside `excluded`); the two-argument extremes are max()/min() in SQLite, GREATEST/LEAST in
+# PostgreSQL.
+def _upsert(greatest: str, least: str) -> str:
+    t = "device_health"
+    return (
+        f"INSERT INTO {t} (device, step, bucket, " + ", ".join(_COLUMNS) + ") "
+        "VALUES (?, ?, ?, " + ", ".join("?" for _ in _COLUMNS) + ") "
+        "ON CONFLICT (device, step, bucket) DO UPDATE SET "
+        f"n = {t}.n + excluded.n, cpu_sum = {t}.cpu_sum + excluded.cpu_sum, "
+        f"cpu_max = {greatest}({t}.cpu_max, excluded.cpu_max), "
+        f"mem_sum = {t}.mem_sum + excluded.mem_sum, "
+        f"mem_max = {greatest}({t}.mem_max, excluded.mem_max), "
+        f"load_sum = {t}.load_sum + excluded.load_sum, "
+        f"disk_free_min = coalesce({least}({t}.disk_free_min, excluded.disk_free_min), "
+        f"{t}.disk_free_min, excluded.disk_free_min), "
+        f"temp_sum = {t}.temp_sum + excluded.temp_sum, temp_n = {t}.temp_n + excluded.temp_n, "
+        f"temp_max = coalesce({greatest}({t}.temp_max, excluded.temp_max), {t}.temp_max, "
+        "excluded.temp_max), "
+        f"outbox_max = {greatest}({t}.outbox_max, excluded.outbox_max)"
+    )
 
 
 class History:
@@ -110,6 +118,7 @@ class History:
         self._db = db
         self.config = config
         self._pending: dict[tuple[str, int, int], Bucket] = {}
+        self._upsert = _upsert(db.conn.greatest, db.conn.least)
 
     @property
     def tiers(self) -> tuple[tuple[int, float], ...]:
@@ -138,7 +147,7 @@ class History:
                 for (device, step, bucket), b in pending.items()]
         try:
             with self._db.transaction() as conn:
-                conn.executemany(_UPSERT, rows)
+                conn.executemany(self._upsert, rows)
         except BaseException:
             for key, bucket in pending.items():  # keep them for the next round
                 self._pending.setdefault(key, Bucket()).merge(bucket)

@@ -14,7 +14,6 @@ box that left stops its series rather than repeating its last reading.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.connection import Connection
 from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.controller.fleet.registry import Registry
 
@@ -44,7 +44,7 @@ def central_certificates(config: ControllerConfig) -> dict[str, Path]:
 
 
 class Metrics:
-    def __init__(self, registry: Registry, db: sqlite3.Connection,
+    def __init__(self, registry: Registry, db: Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
                  closed: Callable[[], int],
@@ -118,7 +118,7 @@ class _Fixed(Collector):
 
 
 class _State(Collector):
-    def __init__(self, registry: Registry, db: sqlite3.Connection,
+    def __init__(self, registry: Registry, db: Connection,
                  received: Callable[[], tuple[dict[str, int], int]],
                  archived: Callable[[], dict[str, tuple[int, int]]],
                  closed: Callable[[], int], certificates: dict[str, Path]) -> None:
@@ -214,6 +214,12 @@ class _State(Collector):
                                      labels=["device", "session", "direction"]),
             "kbps": GaugeMetricFamily("tiepdan_call_kbps", "Bit rate of a point's call, kbit/s",
                                       labels=["device", "session", "direction"]),
+            "target": GaugeMetricFamily("tiepdan_call_target_kbps", "Bit rate a box's encoder "
+                                        "is asked for (adaptive bitrate), kbit/s",
+                                        labels=["device", "session"]),
+            "height": GaugeMetricFamily("tiepdan_call_video_height_pixels", "Height of the "
+                                        "picture a box sends (adaptive bitrate)",
+                                        labels=["device", "session"]),
         }
         for d in devices:
             province = d.province
@@ -321,6 +327,10 @@ def _quality(call: dict[str, GaugeMetricFamily], device: str, session: str,
         call["rtt_ms"].add_metric([device, session], float(qos["rtt_ms"]))
     if qos.get("jitter_ms") is not None:
         call["jitter_ms"].add_metric([device, session], float(qos["jitter_ms"]))
+    if qos.get("target_kbps") is not None:
+        call["target"].add_metric([device, session], float(qos["target_kbps"]))
+    if qos.get("video_height") is not None:
+        call["height"].add_metric([device, session], float(qos["video_height"]))
     for direction in ("sent", "received"):
         if qos.get(f"loss_{direction}") is not None:
             call["loss"].add_metric([device, session, direction], float(qos[f"loss_{direction}"]))

@@ -36,7 +36,7 @@ class Logins:
         """A new session for `user`: (the cookie value, the session)."""
         cookie, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), time.time()
         self._db.conn.execute(
-            "INSERT INTO logins (digest, user, csrf, created, seen) VALUES (?, ?, ?, ?, ?)",
+            'INSERT INTO logins (digest, "user", csrf, created, seen) VALUES (?, ?, ?, ?, ?)',
             (_digest(cookie), user, csrf, now, now))
         return cookie, Login(user, csrf, now)
 
@@ -44,7 +44,7 @@ class Logins:
         """The live session behind `cookie`, refreshing its idle timer; None once expired."""
         digest, now = _digest(cookie), time.time()
         row = self._db.conn.execute(
-            "SELECT user, csrf, created, seen FROM logins WHERE digest = ?", (digest,)).fetchone()
+            'SELECT "user", csrf, created, seen FROM logins WHERE digest = ?', (digest,)).fetchone()
         if row is None:
             return None
         if now - row[2] > self.lifetime or now - row[3] > self.idle:
@@ -67,7 +67,7 @@ class Logins:
 
     def end_all(self, user: str) -> None:
         """Sign `user` out everywhere (password change, account disabled)."""
-        self._db.conn.execute("DELETE FROM logins WHERE user = ?", (user,))
+        self._db.conn.execute('DELETE FROM logins WHERE "user" = ?', (user,))
 
     def prune(self) -> int:
         now = time.time()

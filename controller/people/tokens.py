@@ -37,7 +37,7 @@ class ApiTokens:
         token = PREFIX + secrets.token_urlsafe(32)
         digest, now = _digest(token), time.time()
         self._db.conn.execute(
-            "INSERT INTO api_tokens (digest, user, label, created) VALUES (?, ?, ?, ?)",
+            'INSERT INTO api_tokens (digest, "user", label, created) VALUES (?, ?, ?, ?)',
             (digest, user, label[:100], now))
         return token, ApiToken(digest[:12], user, label[:100], now)
 
@@ -45,7 +45,7 @@ class ApiTokens:
         if not token.startswith(PREFIX):
             return None
         digest = _digest(token)
-        row = self._db.conn.execute("SELECT user FROM api_tokens WHERE digest = ?",
+        row = self._db.conn.execute('SELECT "user" FROM api_tokens WHERE digest = ?',
                                     (digest,)).fetchone()
         if row is None:
             return None
@@ -55,12 +55,12 @@ class ApiTokens:
 
     def revoke(self, user: str, token_id: str) -> bool:
         cur = self._db.conn.execute(
-            "DELETE FROM api_tokens WHERE user = ? AND substr(digest, 1, 12) = ?",
+            'DELETE FROM api_tokens WHERE "user" = ? AND substr(digest, 1, 12) = ?',
             (user, token_id))
         return cur.rowcount > 0
 
     def of(self, user: str) -> list[ApiToken]:
         rows = self._db.conn.execute(
-            "SELECT digest, user, label, created FROM api_tokens WHERE user = ? "
+            'SELECT digest, "user", label, created FROM api_tokens WHERE "user" = ? '
             "ORDER BY created", (user,))
         return [ApiToken(r[0][:12], r[1], r[2], r[3]) for r in rows]

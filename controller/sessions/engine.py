@@ -362,14 +362,8 @@ class Sessions:
             self._refuse_point(point, offer, "conflict",
                                f"{point.device} is already in session {elsewhere[0]}")
             return
-        registered = self._registry.get(point.device)
-        name = registered.name if registered and registered.name else point.device
-        try:
-            answer = await self.bridge.join(point.session, point.device, name,
-                                            point.role, offer.attempt,  # type: ignore[arg-type]
-                                            offer.sdp, offer.leg)
-        except BridgeError as exc:
-            self._refuse_point(point, offer, exc.code, str(exc))
+        answer = await self._bridge_join(point, offer)
+        if answer is None:
             return
         rejoin = point.attempt > 0
         with self._db.transaction() as conn:
@@ -384,6 +378,18 @@ class Sessions:
         if media is not None:
             self._send_down(point, media.layout(), expiry=LAYOUT_EXPIRY)
 
+    async def _bridge_join(self, point: Participant, offer: protocol.CallOffer) -> str | None:
+        """The bridge's answer to one leg's offer; None when it refused (the point is told)."""
+        registered = self._registry.get(point.device)
+        name = registered.name if registered and registered.name else point.device
+        try:
+            return await self.bridge.join(point.session, point.device, name,
+                                          point.role, offer.attempt,  # type: ignore[arg-type]
+                                          offer.sdp, offer.leg)
+        except BridgeError as exc:
+            self._refuse_point(point, offer, exc.code, str(exc))
+            return None
+
     async def _leg_offer(self, point: Participant, offer: protocol.CallOffer) -> None:
         """A further leg of the attempt the point's "publish" offer started (plan "split")."""
         if offer.attempt != point.attempt or point.state not in IN_CALL:
@@ -391,14 +397,8 @@ class Sessions:
                                f"{offer.leg} leg of attempt {offer.attempt}, but the point is "
                                f"{point.state} at attempt {point.attempt}")
             return
-        registered = self._registry.get(point.device)
-        name = registered.name if registered and registered.name else point.device
-        try:
-            answer = await self.bridge.join(point.session, point.device, name,
-                                            point.role, offer.attempt,  # type: ignore[arg-type]
-                                            offer.sdp, offer.leg)
-        except BridgeError as exc:
-            self._refuse_point(point, offer, exc.code, str(exc))
+        answer = await self._bridge_join(point, offer)
+        if answer is None:
             return
         self._send_down(point, protocol.CallAnswer(session=point.session, attempt=offer.attempt,
                                                    sdp=answer, ts=protocol.now_ms(),
@@ -603,5 +603,6 @@ def _session(row: Any) -> Session:
 def _participant(row: Any) -> Participant:
     values = dict(row)
     values.pop("answer", None)
+    values.pop("rowid", None)  # PostgreSQL's explicit insertion order
     return Participant(**values)
 

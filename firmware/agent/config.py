@@ -42,6 +42,16 @@ class CallSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     qos_interval: Annotated[float, msgspec.Meta(ge=0.5, le=600)] = 5.0
     video_bitrate: Annotated[int, msgspec.Meta(ge=100_000, le=20_000_000)] = 1_000_000
     keyframe_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 4.0
+    # Adaptive bitrate: the camera's bitrate follows the bridge's RTCP feedback between
+    # min_video_bitrate and video_bitrate, and its picture steps down a size/frame-rate ladder
+    # when the link cannot carry the current one (false: a constant video_bitrate).
+    adaptive_bitrate: bool = True
+    min_video_bitrate: Annotated[int, msgspec.Meta(ge=20_000, le=20_000_000)] = 150_000
+
+    def __post_init__(self) -> None:
+        if self.min_video_bitrate > self.video_bitrate:
+            raise ValueError(f"min_video_bitrate ({self.min_video_bitrate}) is above "
+                             f"video_bitrate ({self.video_bitrate})")
 
 
 class UpdateSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -57,6 +67,13 @@ class UpdateSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     clock: Literal["timesyncd", "trust"] = "timesyncd"
     clock_root: str = "/"
+    # The updater process owns the slots (`tiepdan-updater`); the agent asks it on this socket.
+    # Empty: the agent does the updater's work itself (development and simulated fleets only:
+    # it then needs write access to `root`); so does an agent that may write `root` and finds
+    # nothing listening here (a box whose package predates the updater).
+    updater_socket: str = "/run/tiepdan-updater/updater.sock"
+    updater_state_dir: str = "/var/lib/tiepdan-updater"  # TUF metadata, downloads
+    agent_user: str = "tiepdan"  # the only user (name or uid) the updater answers
 
 
 class RecordingSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import av
+import msgspec
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.stream import Stream
 
@@ -40,6 +41,7 @@ from tiepdan.errors import Conflict, NotFound, Unavailable
 from tiepdan.firmware import protocol
 from tiepdan.firmware.call.encoder import CameraEncoder
 from tiepdan.firmware.core.mqtt import Inbound
+from tiepdan.firmware.media.bitrate import BitrateController, ladder, watch_feedback
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE
 from tiepdan.firmware.media.latest import (
@@ -323,10 +325,28 @@ class CallClient:
             camera = open_camera(profile.camera, label=self._agent.config.device.name)
             self._encoder = CameraEncoder(camera, bitrate=self._config.video_bitrate,
                                           keyframe_interval=self._config.keyframe_interval,
-                                          frames=self.self_view)
+                                          frames=self.self_view, control=self._bitrate_control())
             self._microphone = open_microphone(profile.audio, label=self.device)
             self.speaker = open_speaker(profile.audio)
         return self._encoder, self._microphone, self.speaker
+
+    def _bitrate_control(self) -> BitrateController | None:
+        """The camera's adaptive bitrate (`call.adaptive_bitrate`), kept across rejoins (a box
+        on a poor link starts its next attempt where the last one had settled), reset for
+        each session."""
+        config, spec = self._config, self._agent.profile.camera
+        if not config.adaptive_bitrate:
+            return None
+        floor, ceiling = config.min_video_bitrate, config.video_bitrate
+        return BitrateController(ladder(spec.width, spec.height, spec.fps, floor=floor,
+                                        ceiling=ceiling), floor=floor, ceiling=ceiling,
+                                 name="camera")
+
+    def _adapt(self, video: RTCRtpTransceiver) -> None:
+        """Route the bridge's REMB and receiver reports about our video to the encoder."""
+        control = self._media()[0].control
+        if control is not None:
+            watch_feedback(video.sender, control)
 
     async def _microphone_loop(self, microphone: Microphone) -> None:
         await microphone.start()
@@ -342,6 +362,8 @@ class CallClient:
     async def _run_session(self, invite: protocol.SessionInvite) -> None:
         """Join, and rejoin after every loss, until the box leaves or the session is over."""
         encoder, microphone, speaker = self._media()
+        if encoder.control is not None:
+            encoder.control.reset()  # this session's link, not the last one's
         await speaker.start()
         media = [asyncio.ensure_future(encoder.run()),
                  asyncio.ensure_future(self._microphone_loop(microphone))]
@@ -394,6 +416,7 @@ class CallClient:
         video = pc.addTransceiver(video_track, direction="sendrecv")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)
+        self._adapt(video)
         pc.addTransceiver(audio_track, direction="sendrecv")
 
         @pc.on("track")
@@ -430,6 +453,7 @@ class CallClient:
         video = publish.addTransceiver(video_track, direction="sendonly")
         prefer_h264(video)
         on_keyframe_request(video.sender, self.sent_video.request_key)
+        self._adapt(video)
         audio.addTransceiver(audio_track, direction="sendrecv")
         for pc in (audio, view):
             pc.on("track", lambda track: receivers.append(
@@ -460,7 +484,8 @@ class CallClient:
                                                  sdp=view.localDescription.sdp,
                                                  ts=protocol.now_ms(), leg="view"))
             self._last_media = time.monotonic()
-            await self._watch([publish, audio, view], view, invite, video_track)
+            await self._watch([publish, audio, view], view, invite, video_track,
+                              sending=[publish, audio])
         finally:
             self._forget_waits()
             for receiver in receivers:
@@ -509,9 +534,11 @@ class CallClient:
         bound_socket_age(pc)
 
     async def _watch(self, pcs: list[RTCPeerConnection], metered: RTCPeerConnection,
-                     invite: protocol.SessionInvite, video_track: PacketTrack) -> None:
+                     invite: protocol.SessionInvite, video_track: PacketTrack,
+                     sending: list[RTCPeerConnection] | None = None) -> None:
         """Follow the connections: live on the first composed picture, lost on silence."""
-        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received)
+        meter = QosMeter(metered, lambda: video_track.sent, lambda: self._frames_received,
+                         sending=sending)
         first_frame = self._frames_received
         joined = time.monotonic()
         next_qos = time.monotonic() + self._config.qos_interval
@@ -540,13 +567,22 @@ class CallClient:
 
     async def _send_qos(self, meter: QosMeter, invite: protocol.SessionInvite) -> None:
         try:
-            self.qos = await meter.measure()
+            qos = await meter.measure()
         except Exception as exc:  # stats are best effort; the call matters more
             log.warning("call_stats_failed error=%s", describe(exc))
             return
+        if self._encoder is not None:
+            width, height, fps, bitrate = self._encoder.sending()
+            qos = msgspec.structs.replace(qos, target_kbps=round(bitrate / 1000, 1),
+                                          video_width=width, video_height=height, video_fps=fps)
+        self.qos = qos
+        log.info("call_qos device=%s session=%s kbps_sent=%.0f target_kbps=%s size=%sx%s "
+                 "fps=%s loss_sent=%s rtt_ms=%s", self.device, invite.session, qos.kbps_sent,
+                 qos.target_kbps, qos.video_width, qos.video_height, qos.video_fps,
+                 qos.loss_sent, qos.rtt_ms)
         telemetry = protocol.CallTelemetry(ts=protocol.now_ms(), session=invite.session,
                                            call=invite.call, state=self.state,
-                                           muted=self.muted, qos=self.qos)
+                                           muted=self.muted, qos=qos)
         if self._agent.link.connected:
             self._agent.link.publish(protocol.tele_topic(self.device, "call"),
                                      protocol.encode(telemetry), qos=0,

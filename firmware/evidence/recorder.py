@@ -52,6 +52,9 @@ RESYNC_MS = 1000
 AUDIO_GAP_MS = 200
 # Ask for the key frame a little before the cut is due, so it is there on time.
 KEY_LEAD_MS = 150
+# How long (wall clock) a cut segment waits for the other tracks' packets timed before the cut,
+# which arrive late when a track lags (an encoder in a thread, a jittery source).
+SETTLE_S = 1.0
 SEGMENT_NAME = re.compile(r"^(\d{6})\.mkv\.age\Z")
 QUEUE = 300  # per track: seconds of media, so a slow seal never costs a frame
 
@@ -202,6 +205,9 @@ class _Open:
     items: list[Item] = field(default_factory=list)
     key_requested: bool = False
     end_ms: int = 0
+    cut_ms: int | None = None  # set at the cut: the next segment's start
+    behind: set[int] = field(default_factory=set)  # tracks not yet past the cut
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,7 @@ class _Closed:
     duration_ms: int
     items: list[Item]
     audio: list[AudioStream | None]  # per track: the Opus stream to copy parameters from
+    settled: asyncio.Event  # no more late packets will join `items`
 
 
 @dataclass
@@ -268,6 +275,7 @@ class SegmentRecorder:
         self._sealer_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._open: _Open | None = None
+        self._settling: _Open | None = None  # the last cut segment, still taking late packets
         self._next_index = 0
         self._base_ms = 0
         self._t0 = 0.0
@@ -434,6 +442,9 @@ class SegmentRecorder:
             encoder = self._h264[index] = H264Encoder(
                 track.width, track.height, track.fps, track.bitrate, keyframe_interval=60,
                 min_key_spacing=0)
+        segment = self._open
+        if segment is not None and ts >= segment.start_ms and not segment.started[index]:
+            encoder.request_key()  # this frame starts the track in the segment
         for packet in await asyncio.to_thread(_encode_copy, encoder, frame, track, ts):
             stamped = ts if packet.pts is None else packet.pts // 90
             self._add(index, packet, stamped, bool(packet.is_keyframe))
@@ -453,6 +464,10 @@ class SegmentRecorder:
             if index == self._primary:
                 self.counters.skipped += 1
             return
+        if index != self._primary and self._primary >= 0:
+            segment = self._route(index, ts, key, segment)
+            if segment is None:
+                return
         if track.is_video and not segment.started[index]:
             if not key:
                 self.counters.skipped += 1
@@ -460,6 +475,27 @@ class SegmentRecorder:
             segment.started[index] = True
         segment.items.append((index, packet, ts))
         segment.end_ms = max(segment.end_ms, ts)
+
+    def _route(self, index: int, ts: int, key: bool, open_: _Open) -> _Open | None:
+        """The segment a non-primary packet belongs to: by its time, not by when it came.
+
+        A packet timed before the last cut joins the segment that cut closed, while that one
+        settles. A video track starts the new segment only at a key frame; until then its
+        frames continue their group of pictures in the settling segment rather than being
+        lost, so a segment may hold a frame or two of such a track past its end.
+        """
+        settling = self._settling
+        if settling is None or settling.cut_ms is None:
+            return open_
+        if ts < settling.cut_ms:
+            return settling
+        video = self.tracks[index].is_video
+        if video and not key and not open_.started[index] and settling.started[index]:
+            return settling
+        settling.behind.discard(index)
+        if not settling.behind:
+            self._settle(settling)
+        return open_
 
     def _maybe_cut(self, ts: int, key: bool) -> None:
         segment = self._open
@@ -472,8 +508,16 @@ class SegmentRecorder:
             segment.key_requested = True
             self._request_keys()
         if ts >= due - KEY_LEAD_MS and (key or self._primary < 0):
-            self._close_open(ts)
+            # Audio that came before this key but is timed after it moves on with it.
+            early = [item for item in segment.items
+                     if item[2] >= ts and not self.tracks[item[0]].is_video]
+            if early:
+                segment.items = [item for item in segment.items
+                                 if item[2] < ts or self.tracks[item[0]].is_video]
+            self._close_open(ts, cut=True)
             self._open_segment(ts)
+            assert self._open is not None
+            self._open.items.extend(early)
 
     def _request_keys(self) -> None:
         """Ask the copied sources for a key frame: it ends this segment and starts the next."""
@@ -484,30 +528,45 @@ class SegmentRecorder:
     # -- segments --------------------------------------------------------------------------------
 
     def _open_segment(self, start_ms: int) -> None:
-        for encoder in self._h264:
-            if encoder is not None:
-                encoder.request_key()  # our own encoders: the next frame starts the segment
         self._open = _Open(index=self._next_index, start_ms=start_ms,
                            started=[False] * len(self.tracks), end_ms=start_ms)
         self._next_index += 1
 
-    def _close_open(self, end_ms: int) -> None:
+    def _close_open(self, end_ms: int, *, cut: bool = False) -> None:
+        """Hand the open segment to sealing. At a cut it ends where the next one begins, so
+        segments tile the timeline; it settles (takes the other tracks' late packets) first."""
         segment, self._open = self._open, None
+        if self._settling is not None:
+            self._settle(self._settling)
         if segment is None:
             return
         audio = [None if opus is None else opus.template for opus in self._opus]
-        duration = max(end_ms, segment.end_ms) - segment.start_ms
+        if cut and self._primary >= 0:
+            duration = end_ms - segment.start_ms
+            segment.cut_ms = end_ms
+            segment.behind = {i for i in range(len(self.tracks)) if i != self._primary}
+            self._settling = segment
+            asyncio.get_running_loop().call_later(SETTLE_S, self._settle, segment)
+        else:
+            duration = max(end_ms, segment.end_ms) - segment.start_ms
+            segment.settled.set()
         self._sealing.put_nowait(_Closed(segment.index, segment.start_ms, duration,
-                                         segment.items, audio))
+                                         segment.items, audio, segment.settled))
         if self._sealing.qsize() > 4:
             log.warning("recorder_seal_backlog session=%s segments=%d", self.session,
                         self._sealing.qsize())
 
+    def _settle(self, segment: _Open) -> None:
+        """No more late packets for `segment`: it may be sealed."""
+        segment.settled.set()
+        if self._settling is segment:
+            self._settling = None
+
     def _mux(self, closed: _Closed) -> bytes:
         """The segment as a Matroska file in RAM (in the sealing thread).
 
-        A video stream takes its parameter sets from its first packet (a key frame, by
-        construction); a track with nothing in this segment's time is absent from it.
+        A video stream takes its parameter sets and its size from its first packet (a key
+        frame, by construction); a track with nothing in this segment's time is absent from it.
         """
         present = {index for index, _, _ in closed.items}
         buffer = io.BytesIO()
@@ -518,6 +577,10 @@ class SegmentRecorder:
                 size, opus = self._sizes[index], closed.audio[index]
                 if index not in present:
                     continue
+                if track.is_video:  # adaptive bitrate may have changed the size since
+                    first = next(packet for i, packet, _ in closed.items if i == index)
+                    with contextlib.suppress(ValueError, av.FFmpegError):
+                        size = _h264_size(first)
                 if track.is_video and size is not None:
                     stream: Stream = container.add_mux_stream("h264", width=size[0],
                                                               height=size[1])
@@ -544,6 +607,7 @@ class SegmentRecorder:
                 self.counters.lost_segments += 1
                 continue
             name = f"{closed.index:06d}.mkv.age"
+            await closed.settled.wait()
             try:
                 sealed = await asyncio.to_thread(self._seal, closed, name)
                 segment = Segment(
@@ -600,6 +664,8 @@ class SegmentRecorder:
             return
         self.failure = exc
         self.state = "failed"
+        if self._settling is not None:
+            self._settle(self._settling)
         segment, self._open = self._open, None
         if segment is not None:
             self.counters.lost_segments += 1  # the open one: plaintext in RAM, now dropped

@@ -6,7 +6,9 @@ the encoder sits outside: its packets go into a `Fanout` and each sender only pa
 pre-encoded stream: constrained baseline (aiortc offers profile-level-id 42e01f), no B-frames
 or lookahead (tune zerolatency), SPS/PPS repeated before every IDR so a late joiner can start
 at any key frame, and an IDR on demand (`request_key`), because a receiver's PLI cannot reach
-an encoder that is not its sender's own.
+an encoder that is not its sender's own. The bitrate follows the link at run time
+(`set_bitrate`, adaptive bitrate): libx264 takes a new ABR target between frames; the VBV cap
+(`max_bitrate`, set when the encoder opens) bounds the bursts.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class H264Encoder:
 
     def __init__(self, width: int, height: int, fps: int, bitrate: int, *,
                  keyframe_interval: float = 4.0, preset: str = "superfast",
-                 threads: int = 0, min_key_spacing: float = MIN_KEY_SPACING_S) -> None:
+                 threads: int = 0, min_key_spacing: float = MIN_KEY_SPACING_S,
+                 max_bitrate: int | None = None) -> None:
         self.width, self.height, self.fps = width, height, fps
         self._context = av.CodecContext.create("libx264", "w")
         ctx = self._context
@@ -41,14 +44,19 @@ class H264Encoder:
         ctx.framerate = Fraction(fps, 1)
         ctx.bit_rate = bitrate
         ctx.thread_count = threads
-        kbps = max(1, bitrate // 1000)
+        self.bitrate = bitrate
+        self.max_bitrate = max(bitrate, max_bitrate or bitrate)
         keyint = max(1, round(keyframe_interval * fps))
+        # The VBV goes through the codec context (maxrate/bufsize), not x264-params: libavcodec
+        # re-applies the context's values to x264 on every frame, which is what lets a new
+        # `bit_rate` take effect mid-stream and would undo a VBV given only to x264.
         ctx.options = {
             "preset": preset,
             "tune": "zerolatency",
             "forced-idr": "1",
-            "x264-params": (f"keyint={keyint}:min-keyint={keyint}:scenecut=0:"
-                            f"vbv-maxrate={kbps}:vbv-bufsize={max(1, kbps // 2)}"),
+            "maxrate": str(self.max_bitrate),
+            "bufsize": str(max(1000, self.max_bitrate // 2)),
+            "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0",
         }
         ctx.profile = "Baseline"
         self._lock = threading.Lock()
@@ -58,6 +66,13 @@ class H264Encoder:
         self._last_pts = -1
         self.frames = 0
         self.keyframes = 0
+
+    def set_bitrate(self, bitrate: int) -> None:
+        """A new average target (bit/s) from the next frame on, capped at `max_bitrate`."""
+        bitrate = max(1000, min(int(bitrate), self.max_bitrate))
+        if bitrate != self.bitrate:
+            with self._lock:
+                self._context.bit_rate = self.bitrate = bitrate
 
     def request_key(self) -> None:
         """Make one of the next frames an IDR (at most one per MIN_KEY_SPACING_S)."""

@@ -152,11 +152,18 @@ def check_sdp(sdp: str, kind: Literal["offer", "answer"],
 
 
 class QosMeter:
-    """Call quality over the interval since the previous `measure()`."""
+    """Call quality over the interval since the previous `measure()`.
+
+    `pc` is the connection that receives the composed picture; `sending`, where a split call
+    (an SFU bridge) sends from other connections, the ones whose bytes, loss and round trip
+    count as sent (by default `pc` itself).
+    """
 
     def __init__(self, pc: RTCPeerConnection, sent: Callable[[], int],
-                 received: Callable[[], int]) -> None:
+                 received: Callable[[], int], *,
+                 sending: list[RTCPeerConnection] | None = None) -> None:
         self._pc = pc
+        self._sending = sending if sending is not None else [pc]
         self._sent = sent
         self._received = received
         self._last: dict[str, float] = {}
@@ -164,22 +171,26 @@ class QosMeter:
 
     async def measure(self) -> protocol.CallQos:
         report = await self._pc.getStats()
+        reports = [(report, self._pc in self._sending, True)] + [
+            (await pc.getStats(), True, False) for pc in self._sending if pc is not self._pc]
         now = time.monotonic()
         totals = {"sent": float(self._sent()), "received": float(self._received()),
                   "bytes_sent": 0.0, "bytes_received": 0.0, "in_packets": 0.0, "in_lost": 0.0}
         rtt: float | None = None
         loss_sent: float | None = None
         jitter: float | None = None
-        for stats in report.values():
+        for stats, sends, receives in ((stats, sends, receives)
+                                       for report, sends, receives in reports
+                                       for stats in report.values()):
             kind = getattr(stats, "kind", None)
             if stats.type == "transport":
-                totals["bytes_sent"] += stats.bytesSent
-                totals["bytes_received"] += stats.bytesReceived
-            elif stats.type == "remote-inbound-rtp" and kind == "video":
+                totals["bytes_sent"] += stats.bytesSent if sends else 0
+                totals["bytes_received"] += stats.bytesReceived if receives else 0
+            elif stats.type == "remote-inbound-rtp" and kind == "video" and sends:
                 if stats.roundTripTime is not None:
                     rtt = stats.roundTripTime * 1000
                 loss_sent = min(1.0, stats.fractionLost / 256)
-            elif stats.type == "inbound-rtp" and kind == "video":
+            elif stats.type == "inbound-rtp" and kind == "video" and receives:
                 totals["in_packets"] += stats.packetsReceived
                 totals["in_lost"] += max(0, stats.packetsLost)
                 jitter = stats.jitter / 90  # RTP units of the 90 kHz video clock

@@ -618,6 +618,12 @@ class CallQos(msgspec.Struct, frozen=True, omit_defaults=True):
     loss_sent: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     loss_received: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     jitter_ms: Rate | None = None
+    # What the sender's encoder is asked for now (adaptive bitrate follows the link): target
+    # bit rate and picture (a box's camera; the bridge's stats leave them out).
+    target_kbps: Rate | None = None
+    video_width: Annotated[int, msgspec.Meta(ge=0, le=8192)] | None = None
+    video_height: Annotated[int, msgspec.Meta(ge=0, le=8192)] | None = None
+    video_fps: Annotated[int, msgspec.Meta(ge=0, le=240)] | None = None
 
 
 class CallTelemetry(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -13,18 +13,24 @@ Layout under the root (default /opt/tiepdan):
     .lock                        flock for every change of the two above
 
 A trial is entered by `switch()`; each start of the trial slot consumes one attempt; the agent
-of the new version calls `commit()` once its health check passes, or `rollback()` when it
-fails; a guardian process, forked by the launcher, rolls back when no verdict came in time; a
-launch that finds the attempts used up rolls back before importing anything of the slot.
+of the new version has `commit()` called once its health check passes, or `rollback()` when it
+fails; a guard rolls back when no verdict came in time; a launch that finds the attempts used
+up rolls back before importing anything of the slot.
+
+Every change is made by whoever may write the root: on a box that is the updater process
+(`updater.py`), and the launcher, running as the agent's user, asks it over its socket
+(`started`); in development the launcher changes the state itself and forks the guard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +41,8 @@ STATE = "boot.json"
 CURRENT = "current"
 SLOTS = ("a", "b")
 LAUNCHER = "bin/tiepdan-agent"
+UPDATER = "bin/tiepdan-updater"
+UPDATER_SOCKET = "/run/tiepdan-updater/updater.sock"
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -193,35 +201,118 @@ def mark_reported(root: Path) -> None:
 # -- the launcher -----------------------------------------------------------------------------
 
 
-def launch(slot_dir: str, argv: list[str]) -> NoReturn:
-    """Entry point of `slots/<x>/bin/tiepdan-agent`."""
-    slot_path = Path(slot_dir)
-    root, slot = slot_path.parent.parent, slot_path.name
-    guard: float | None = None
+def begin(root: Path, slot: str) -> tuple[bool, float | None]:
+    """Boot accounting for a start of `slot`, under the lock: whether to run the current slot
+    instead, and the health deadline to guard (a trial start), if any."""
     with locked(root):
         state = read_state(root)
         trial = state["trial"]
         if trial is not None and trial["slot"] == slot:
             if current_slot(root) != slot:
-                _exec_current(root, argv)
+                return True, None
             if trial["attempts_left"] <= 0:
                 _rollback_locked(root, state, slot, (
                     f"no health verdict after {trial['attempts']} start(s): the new version "
                     "crashed or hung on start"))
-                _exec_current(root, argv)
+                return True, None
             trial["attempts_left"] -= 1
             write_state(root, state)
-            guard = float(trial["health_timeout"])
-        elif trial is not None and current_slot(root) == slot == state["committed"]:
+            return False, float(trial["health_timeout"])
+        if trial is not None and current_slot(root) == slot == state["committed"]:
             state["outcome"] = _outcome(trial, "interrupted", "the switch was interrupted")
             state["trial"] = None
             write_state(root, state)
-    if guard is not None:
+        return False, None
+
+
+def launch(slot_dir: str, argv: list[str]) -> NoReturn:
+    """Entry point of `slots/<x>/bin/tiepdan-agent`.
+
+    Without a trial there is nothing to count. With one, the boot state is changed here when
+    this process may write it (development, simulated boxes); on a box the agent's user may
+    not, and the updater process does the same accounting and guards the agent instead.
+    """
+    slot_path = Path(slot_dir)
+    root, slot = slot_path.parent.parent, slot_path.name
+    run_current, guard, local = False, None, True
+    if read_state(root)["trial"] is not None:
+        try:
+            run_current, guard = begin(root, slot)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            local = False
+            run_current = _ask_updater(root, slot, argv)
+    if run_current:
+        _exec_current(root, argv)
+    if guard is not None and local:
         _spawn_guardian(root, slot, guard, os.getpid())
     sys.path.insert(0, str(slot_path / "site"))
     from tiepdan.firmware.__main__ import main  # the slot's own code, from here on
 
     sys.exit(main(argv))
+
+
+def launch_updater(slot_dir: str, argv: list[str]) -> NoReturn:
+    """Entry point of `slots/<x>/bin/tiepdan-updater`: the updater runs the committed slot's
+    code whichever slot `current` points at, so a version on trial never owns the slots."""
+    root = Path(slot_dir).parent.parent
+    committed = read_state(root)["committed"]
+    site = root / "slots" / str(committed) / "site"
+    sys.path.insert(0, str(site if committed in SLOTS and site.is_dir()
+                           else Path(slot_dir) / "site"))
+    from tiepdan.firmware.update.daemon import main
+
+    sys.exit(main(argv))
+
+
+def updater_socket(argv: list[str]) -> str:
+    """The updater's socket, from the agent's configuration (`ota.updater_socket`)."""
+    import tomllib
+
+    config = os.environ.get("TIEPDAN_CONFIG", "/etc/tiepdan/agent.toml")
+    if "--config" in argv[:-1]:
+        config = argv[argv.index("--config") + 1]
+    try:
+        with open(config, "rb") as handle:
+            ota = tomllib.load(handle).get("ota", {})
+    except (OSError, ValueError):
+        ota = {}
+    found = ota.get("updater_socket", UPDATER_SOCKET) if isinstance(ota, dict) else None
+    return found if isinstance(found, str) and found else UPDATER_SOCKET
+
+
+def _ask_updater(root: Path, slot: str, argv: list[str]) -> bool:
+    """Ask the updater to count this start (it replies whether to run the current slot).
+
+    When it cannot be asked, run the committed slot's code without touching the boot state:
+    a version on trial never runs unguarded, and the updater rolls the trial back when it
+    comes up."""
+    path = updater_socket(argv)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30.0)
+            conn.connect(path)
+            conn.sendall(json.dumps({"op": "started", "slot": slot}).encode() + b"\n")
+            with conn.makefile("rb") as answers:
+                for line in answers:
+                    answer = json.loads(line)
+                    if answer.get("op") == "reply":
+                        break
+                else:
+                    raise ConnectionError("the updater closed the connection")
+        if not answer.get("ok"):
+            raise ConnectionError(str(answer.get("error")))
+        return bool(answer["result"]["run_current"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        committed = read_state(root)["committed"]
+        sys.stderr.write(f"tiepdan launcher: updater at {path} unavailable ({exc}); "
+                         f"running the committed slot {committed}\n")
+        sys.stderr.flush()
+        if committed is None or committed == slot:
+            return False
+        launcher = root / "slots" / committed / LAUNCHER
+        os.execv(sys.executable, [sys.executable, str(launcher), *argv])
 
 
 def _exec_current(root: Path, argv: list[str]) -> NoReturn:
@@ -249,7 +340,7 @@ def _spawn_guardian(root: Path, slot: str, timeout: float, agent: int) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            if not _alive(agent):
+            if not alive(agent):
                 os._exit(0)
         with locked(root):
             state = read_state(root)
@@ -260,7 +351,7 @@ def _spawn_guardian(root: Path, slot: str, timeout: float, agent: int) -> None:
         os._exit(0)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Is `pid` running? A zombie (dead, not yet reaped by its parent) is not."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -279,4 +370,16 @@ sys.path.insert(0, os.path.join(slot, "boot"))
 import tiepdan_boot  # noqa: E402
 
 tiepdan_boot.launch(slot, sys.argv[1:])
+"""
+
+UPDATER_TEMPLATE = """#!{python}
+# tiepdan updater launcher, written by tiepdan {version}. Do not edit: see ota/boot.py.
+import os
+import sys
+
+slot = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+sys.path.insert(0, os.path.join(slot, "boot"))
+import tiepdan_boot  # noqa: E402
+
+tiepdan_boot.launch_updater(slot, sys.argv[1:])
 """

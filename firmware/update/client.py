@@ -9,10 +9,9 @@ One job at a time, from the retained `jobs/notify`:
     failed: could not fetch, verify or install; the box never left its version
     rejected: the signed metadata does not allow it (unknown target, unsigned downgrade)
 
-Every trust decision comes from python-tuf's ngclient: signatures and thresholds, expiry,
-version rollback, freeze and mix-and-match of metadata, and the bundle's length and hash. This
-module only adds the policy TUF leaves to applications: a signed version must not be older
-than the running one unless the targets metadata marks it as an admin-signed downgrade.
+The fetch, the verification, the install, the switch and every change of the boot state are
+the updater's (`updater.py`): on a box a separate process that owns the slots, asked over its
+socket (`remote.py`); the agent keeps the MQTT side, the waiting and the health check.
 """
 
 from __future__ import annotations
@@ -20,27 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from packaging.version import InvalidVersion, Version
-from tuf.api import exceptions as tuf_errors
 
 import tiepdan
 from tiepdan.board.sensors import clock_synced
 from tiepdan.errors import Conflict
 from tiepdan.firmware import protocol
-from tiepdan.firmware.core.backoff import Backoff
 from tiepdan.firmware.core.mqtt import Inbound
-from tiepdan.firmware.update import boot, slots, window
+from tiepdan.firmware.update import boot, channel, slots, window
+from tiepdan.firmware.update.remote import RemoteUpdater
 
 if TYPE_CHECKING:
-    from tuf.api.metadata import TargetFile
-    from tuf.ngclient import Updater
-
     from tiepdan.firmware.agent.agent import Agent
-    from tiepdan.firmware.update.fetcher import ResumableFetcher
+    from tiepdan.firmware.update.updater import Updater
 
 # The TUF client, the fetcher and the self-test (camera, audio: numpy, PyAV) load only when an
 # update runs: a box's agent starts in a third of the time without them.
@@ -78,10 +72,24 @@ class OtaClient:
         self.version = tiepdan.__version__
         self._notified: protocol.JobDocument | None = None
         self._wake = asyncio.Event()
-        self._fetcher: ResumableFetcher | None = None
+        self.updater = self._updater()
         self._last_progress = (0.0, -100.0)
         self._step: str = "idle"
         self._waiting_for = ""
+
+    def _updater(self) -> Updater | RemoteUpdater:
+        """`tiepdan-updater` on its socket; the same work in this process where the agent may
+        write the slots anyway and no updater listens (development, simulated fleets, and boxes
+        installed before the updater existed, until their package brings its unit)."""
+        socket = self.config.updater_socket
+        if socket and (Path(socket).exists() or not os.access(self.root, os.W_OK)):
+            return RemoteUpdater(socket)
+        if socket:
+            log.warning("ota_updater_missing socket=%s root=%s detail=the agent may write its "
+                        "slots and updates them itself", socket, self.root)
+        from tiepdan.firmware.update.updater import Updater
+
+        return Updater(self.agent.config, self.work)
 
     def assume_slot(self, slot: slots.Slot) -> None:
         """For hosts that run many boxes' agents in one process (benchmarks, campaign tests):
@@ -119,7 +127,7 @@ class OtaClient:
 
     async def run(self) -> None:
         if self.slot is not None:
-            await asyncio.to_thread(slots.recover, self.root)
+            await self.updater.recover()
             state = boot.read_state(self.root)
             trial = state["trial"]
             if trial is not None and trial["slot"] == self.slot.name:
@@ -137,8 +145,7 @@ class OtaClient:
                 self._step = "idle"
                 self._waiting_for = ""
         finally:
-            if self._fetcher is not None:
-                self._fetcher.stop.set()
+            self.updater.stop()
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -190,7 +197,8 @@ class OtaClient:
                                 reason=f"{outcome['version']}: {reason}")
             with contextlib.suppress(Exception):
                 await done
-        await asyncio.to_thread(boot.mark_reported, self.root)
+        with contextlib.suppress(channel.Refused):
+            await self.updater.mark_reported()
 
     # -- health check (runs in the new version) --------------------------------------------------
 
@@ -206,13 +214,25 @@ class OtaClient:
 
         problem = await health.check(self.agent, timeout)
         if problem is None:
-            if await asyncio.to_thread(boot.commit, self.root, self.slot.name):
+            try:
+                committed = await self.updater.commit(self.slot.name)
+            except channel.Refused as exc:
+                log.error("ota_commit_failed device=%s slot=%s error=%s", self.agent.device,
+                          self.slot.name, exc.reason)
+                return
+            if committed:
                 log.info("ota_committed device=%s slot=%s version=%s", self.agent.device,
                          self.slot.name, self.version)
             return
         log.error("ota_health_failed device=%s slot=%s reason=%s", self.agent.device,
                   self.slot.name, problem)
-        if await asyncio.to_thread(boot.rollback, self.root, self.slot.name, problem):
+        try:
+            rolled_back = await self.updater.rollback(self.slot.name, problem)
+        except channel.Refused as exc:
+            log.error("ota_rollback_failed device=%s slot=%s error=%s", self.agent.device,
+                      self.slot.name, exc.reason)
+            rolled_back = False
+        if rolled_back:
             self.agent.request_stop(restart=True)
             await asyncio.Event().wait()  # the agent is stopping; the old version reports
 
@@ -265,7 +285,7 @@ class OtaClient:
         await self._wait(job, self._clock_ok, "clock synchronisation", "queued", "waiting")
         self._still(job)
         self._step = "downloading"
-        bundle, target = await self._fetch(job)
+        fetched = await self._fetch(job)
         self._report(job.job, "in_progress", step="downloaded", progress=100.0)
         self._step = "downloaded"
         await self._wait(job, lambda: self._may_install(job),
@@ -274,154 +294,53 @@ class OtaClient:
         self._step = "installing"
         self._report(job.job, "in_progress", step="installing")
         try:
-            installed = await asyncio.to_thread(slots.install, self.root, bundle)
-        except (slots.InstallError, OSError, ValueError) as exc:
-            raise self._finish(job.job, "failed", f"install failed: {exc}") from None
+            installed = await self.updater.install(channel.Install(
+                job.target, job=job.job, version=job.version, repository=job.repository))
+        except channel.Refused as exc:
+            raise self._finish(job.job, exc.status, exc.reason) from None
         if not self._may_install(job):  # a session may have started meanwhile
             await self._wait(job, lambda: self._may_install(job),
                              "maintenance window and no live session", "in_progress",
                              "installing")
         self._step = "restarting"
         try:
-            await asyncio.to_thread(boot.switch, self.root, installed.name,
-                                    version=str(target.custom["version"]), job=job.job,
-                                    attempts=self.config.boot_attempts,
-                                    health_timeout=self.config.health_timeout)
-        except (RuntimeError, OSError) as exc:
-            raise self._finish(job.job, "failed", f"switch failed: {exc}") from None
+            await self.updater.switch(installed, job.target, job.job)
+        except channel.Refused as exc:
+            raise self._finish(job.job, exc.status, exc.reason) from None
         sent = self._report(job.job, "in_progress", step="restarting")
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
                 await sent
         log.info("ota_switched device=%s slot=%s version=%s", self.agent.device,
-                 installed.name, target.custom["version"])
+                 installed, fetched["version"])
         self.agent.request_stop(restart=True)
         await asyncio.Event().wait()
 
     # -- fetching --------------------------------------------------------------------------------
 
-    async def _fetch(self, job: protocol.JobDocument) -> tuple[Path, TargetFile]:
-        """Refresh metadata, check policy, download and verify; bounded retries."""
-        attempts = self.config.download_attempts
-        backoff = Backoff(self.config.retry_delay, float("inf"))
-        loop = asyncio.get_running_loop()
-        for attempt in range(1, attempts + 1):
-            self._still(job)
-            try:
-                return await self._fetch_once(job, loop)
-            except JobEnded:
-                raise
-            except tuf_errors.RepositoryError as exc:
-                error = f"verification failed: {type(exc).__name__}: {exc}"
-            except tuf_errors.DownloadHTTPError as exc:
-                error = f"download failed: HTTP {exc.status_code}"
-            except tuf_errors.DownloadError as exc:
-                if getattr(exc, "stopping", False):  # fetcher.Stopped
-                    raise JobEnded("stopping") from None
-                error = f"download failed: {type(exc).__name__}: {exc}"
-            except OSError as exc:
-                raise self._finish(job.job, "failed", f"cannot store the download: {exc}") \
-                    from None
-            log.warning("ota_fetch_failed device=%s job=%s attempt=%d/%d error=%s",
-                        self.agent.device, job.job, attempt, attempts, error)
-            if attempt == attempts:
-                raise self._finish(job.job, "failed", f"{error} (after {attempts} attempts)")
-            await asyncio.sleep(backoff.next())
-        raise AssertionError("unreachable")
+    async def _fetch(self, job: protocol.JobDocument) -> dict[str, str]:
+        """The updater refreshes the metadata, checks the policy, downloads and verifies (with
+        bounded retries); the agent relays its progress, and stops when the job is withdrawn."""
+        from tiepdan.firmware.update.updater import Stopping
 
-    async def _fetch_once(self, job: protocol.JobDocument,
-                          loop: asyncio.AbstractEventLoop) -> tuple[Path, TargetFile]:
-        trusted = Path(self.config.trusted_root)
-        try:
-            bootstrap = await asyncio.to_thread(trusted.read_bytes)
-        except OSError as exc:
-            raise self._finish(job.job, "rejected",
-                               f"no trusted root metadata at {trusted}: {exc.strerror}") from None
-        from tuf.ngclient import Updater
-
-        from tiepdan.firmware.update.fetcher import ResumableFetcher
-
-        base = (self.config.repository or job.repository).rstrip("/")
-        received = [0, 1]
-
-        def on_bytes(count: int) -> None:
-            received[0] += count
-            loop.call_soon_threadsafe(self._progress, job.job,
-                                      min(100.0, 100.0 * received[0] / max(received[1], 1)))
-
-        from tiepdan.firmware.core.mqtt import LinkError, client_context
-
-        tls = None
-        if base.startswith("https://"):  # the controller's box listener: mutual TLS
-            try:
-                tls = await asyncio.to_thread(client_context, self.agent.config.box_tls())
-            except LinkError as exc:
-                raise self._finish(job.job, "failed", f"no TLS identity: {exc}") from None
-        fetcher = ResumableFetcher(self.work / "partial", targets_prefix=f"{base}/targets/",
-                                   timeout=self.config.http_timeout, on_bytes=on_bytes,
-                                   tls=tls)
-        self._fetcher = fetcher
-        for folder in ("metadata", "bundles"):
-            (self.work / folder).mkdir(parents=True, exist_ok=True)
-        updater = Updater(str(self.work / "metadata"), f"{base}/metadata/",
-                          str(self.work / "bundles"), f"{base}/targets/", fetcher=fetcher,
-                          bootstrap=bootstrap)
-
-        def resolve() -> TargetFile | None:
-            updater.refresh()
-            return updater.get_targetinfo(job.target)
-
-        target = await asyncio.to_thread(resolve)
-        if target is None:
-            raise self._finish(job.job, "rejected",
-                               f"{job.target} is not in the signed targets metadata")
-        self._check_policy(job, target)
-        cached = updater.find_cached_target(target)
-        if cached is not None:
-            return Path(cached), target
-        received[1] = target.length
         self._last_progress = (0.0, -100.0)
+        request = channel.Fetch(job=job.job, target=job.target, version=job.version,
+                                repository=job.repository)
+        work = asyncio.ensure_future(self.updater.fetch(
+            request, lambda percent: self._progress(job.job, percent)))
         try:
-            path = await asyncio.to_thread(self._download, updater, fetcher, target)
-        except tuf_errors.RepositoryError:
-            # Wrong length or hash: what we have is worthless, start the next try from zero.
-            fetcher.discard(fetcher.last_target_url)
-            raise
-        received[0] = target.length
-        return Path(path), target
-
-    @staticmethod
-    def _download(updater: Updater, fetcher: ResumableFetcher, target: TargetFile) -> str:
-        try:
-            path = updater.download_target(target)
-        except tuf_errors.DownloadLengthMismatchError:
-            fetcher.discard(fetcher.last_target_url)  # an oversized file is worthless
-            raise
-        fetcher.discard(fetcher.last_target_url)
-        return path
-
-    def _check_policy(self, job: protocol.JobDocument, target: TargetFile) -> None:
-        custom = target.custom if isinstance(target.custom, dict) else {}
-        signed = custom.get("version")
-        try:
-            wanted, running = Version(str(signed)), Version(self.version)
-        except InvalidVersion:
-            raise self._finish(job.job, "rejected",
-                               f"{job.target} carries no valid signed version ({signed!r})") \
-                from None
-        if not _valid(job.version) or Version(job.version) != wanted:
-            raise self._finish(job.job, "rejected", f"job names {job.version}, the signed "
-                                                    f"metadata says {signed}")
-        if wanted == running:
-            raise self._finish(job.job, "succeeded", f"already running {running}")
-        if wanted < running and custom.get("downgrade") is not True:
-            raise self._finish(job.job, "rejected", f"{signed} is older than the running "
-                                                    f"{running} and no downgrade was signed")
-
-
-def _valid(text: str) -> bool:
-    try:
-        Version(text)
-    except InvalidVersion:
-        return False
-    return True
+            while not work.done():
+                self._still(job)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL):
+                        await asyncio.shield(work)
+            return work.result()
+        except channel.Refused as exc:
+            raise self._finish(job.job, exc.status, exc.reason) from None
+        except Stopping:
+            raise JobEnded("stopping") from None
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work

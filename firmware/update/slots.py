@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import time
 import zipfile
@@ -46,7 +47,7 @@ from tiepdan.firmware.firstboot.enroll import main  # noqa: E402
 sys.exit(main())
 """
 # What a slot must hold for the units in firmware/systemd/ to start.
-ENTRY_POINTS = (boot.LAUNCHER, ENROLL)
+ENTRY_POINTS = (boot.LAUNCHER, boot.UPDATER, ENROLL)
 
 
 class InstallError(Unavailable, RuntimeError):
@@ -123,6 +124,8 @@ def install(root: Path, bundle: Path, *, slot: str | None = None,
 
         _write(building / boot.LAUNCHER, boot.LAUNCHER_TEMPLATE.format(
             python=python, version=installer).encode(), mode=0o755)
+        _write(building / boot.UPDATER, boot.UPDATER_TEMPLATE.format(
+            python=python, version=installer).encode(), mode=0o755)
         _write(building / ENROLL, ENROLL_TEMPLATE.format(
             python=python, version=installer).encode(), mode=0o755)
         _write(building / "slot.json", json.dumps({
@@ -131,6 +134,7 @@ def install(root: Path, bundle: Path, *, slot: str | None = None,
             "target": manifest.target,
             "dependencies": {d.name: d.version for d in manifest.dependencies},
         }, indent=1).encode())
+        seal(building)
         _sync_tree(building)
         checkpoint("synced")
     except OSError as exc:
@@ -161,7 +165,22 @@ def install_image(root: Path, bundle: Path, python: str = sys.executable) -> Slo
     with boot.locked(root):
         boot.write_state(root, {"committed": "a", "trial": None, "outcome": None})
         boot.point_current(root, "a")
+    seal(root)
     return installed
+
+
+def seal(top: Path) -> None:
+    """Nobody but the slots' owner may write them: no group or other write bit anywhere under
+    `top`, and, when installing as root, root owns everything (the agent's user then cannot
+    change the code it boots next; the updater, as root, can)."""
+    as_root = os.geteuid() == 0
+    for folder, dirs, files in os.walk(top):
+        for name in (folder, *(os.path.join(folder, n) for n in (*dirs, *files))):
+            info = os.lstat(name)
+            if as_root and (info.st_uid or info.st_gid):
+                os.lchown(name, 0, 0)
+            if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o022:
+                os.chmod(name, stat.S_IMODE(info.st_mode) & ~0o022)
 
 
 def _dependencies(root: Path, slot: str) -> dict[str, str]:

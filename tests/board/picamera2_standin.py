@@ -54,6 +54,7 @@ class H264Encoder:
         self.bitrate = bitrate
         self.repeat = repeat
         self.iperiod = iperiod
+        self.vd: Any = None
 
 
 class LibavH264Encoder(H264Encoder):
@@ -106,6 +107,10 @@ class Picamera2:
     def start_encoder(self, encoder: H264Encoder, output: Output, name: str = "main") -> None:
         assert self.config is not None and not self._running
         self.encoder, self.output = encoder, output
+        # picamera2's V4L2Encoder opens /dev/video11 here as `vd`; a host has none, and what
+        # stands in is a file that is no V4L2 device (its controls are refused, as a driver
+        # refuses one it does not know).
+        encoder.vd = open("/dev/null", "rb+", buffering=0)  # noqa: SIM115 - closed on stop
         output.start()
 
     def start(self) -> None:
@@ -193,6 +198,8 @@ class Picamera2:
     def stop_encoder(self, encoders: Any = None) -> None:
         if self.output is not None:
             self.output.stop()
+        if self.encoder is not None and self.encoder.vd is not None:
+            self.encoder.vd.close()
 
     def close(self) -> None:
         self.closed = True

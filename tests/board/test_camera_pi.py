@@ -160,3 +160,31 @@ async def test_the_hardware_path_still_gives_the_self_view_a_few_pictures(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_adaptive_bitrate_reaches_the_hardware_encoders_device(
+        picamera2: type[standin.Picamera2], caplog: pytest.LogCaptureFixture) -> None:
+    """The call's target goes to the encoder's V4L2 device (VIDIOC_S_CTRL); the stand-in's
+    device is no V4L2 device, so the control is refused: logged, and the stream goes on."""
+    from tiepdan.firmware.call.encoder import CameraEncoder
+    from tiepdan.firmware.media.bitrate import BitrateController, ladder
+
+    camera = open_camera(SPEC, label="pi")
+    assert camera.set_bitrate(300_000) is False  # not started: no device yet
+    control = BitrateController(ladder(320, 240, 30, floor=100_000, ceiling=800_000),
+                                floor=100_000, ceiling=800_000)
+    encoder = CameraEncoder(camera, bitrate=800_000, keyframe_interval=2.0, control=control)
+    packets = encoder.video.subscribe("test", capacity=100)
+    running = asyncio.ensure_future(encoder.run())
+    try:
+        assert await asyncio.wait_for(packets.get(), 10) is not None
+        control.on_remb(250_000)
+        for _ in range(3):  # still flowing after the refused control
+            assert await asyncio.wait_for(packets.get(), 10) is not None
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        packets.close()
+    refused = [r.getMessage() for r in caplog.records if "camera_bitrate_refused" in r.message]
+    assert any("bitrate=250000" in line for line in refused), refused
+    assert encoder.sending()[3] == 800_000  # telemetry keeps the rate the encoder took

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 from unittest import mock
 from zoneinfo import ZoneInfo
@@ -24,6 +26,7 @@ from tests.recording.ver_support import SESSION, build_archive
 from tests.sessions.points import BRIDGE, points
 from tests.support import eventually, make_controller_config, running_controller
 from tiepdan.controller.enrollment.provisioning import NewBox, material_for
+from tiepdan.controller.history.history import History
 from tiepdan.controller.updates.campaign import CampaignSpec, Wave
 from tiepdan.provisioning.material import initialise
 from tiepdan.tools.broker import Mosquitto
@@ -86,6 +89,7 @@ async def shoot(out: Path) -> None:
                                              auto_join=True)
                 await eventually(lambda: all(a.call.state == "live" for a in agents.values()),
                                  30)
+                seed_health(c.history, "pt-1")
                 c.updates.campaigns.create(CampaignSpec(
                     target=bundle.name, version="1.1.0", name="Bản 1.1.0",
                     waves=[Wave(5.0), Wave(25.0), Wave(100.0)], download_jitter=0.0), "quantri")
@@ -127,6 +131,20 @@ async def shoot(out: Path) -> None:
                     await browser.get(base + path)
                     await full_page(browser, out / f"{name}.png", width=390)
                 del token
+
+
+def seed_health(history: History, device: str) -> None:
+    """An hour of a box's reports for the box page's chart: idle, then a call warms it."""
+    now = time.time()
+    for k in range(360):
+        busy = k > 220
+        history.add(device, {
+            "cpu_percent": (55 if busy else 12) + 6 * math.sin(k / 7),
+            "mem_percent": 31 + (9 if busy else 0) + math.sin(k / 17),
+            "cpu_temp_c": (61 if busy else 48) + 2 * math.sin(k / 11), "load1": 0.4,
+            "disk_free_bytes": 21 * 10**9 - k * 10**6, "disk_total_bytes": 29 * 10**9,
+        }, at=now - (360 - k) * 10)
+    history.flush()
 
 
 async def _frames(browser: Chromium) -> bool:

@@ -104,8 +104,9 @@ def test_office_hours_are_vietnam_weekdays() -> None:
     assert not in_office_hours(OFFICE + 2 * 86400)  # Saturday
 
 
-async def test_fires_once_resolves_and_survives_a_webhook_that_is_down(tmp_path: Path) -> None:
-    db = Database(tmp_path / "controller.db")
+async def test_fires_once_resolves_and_survives_a_webhook_that_is_down(
+        database: Path | str) -> None:
+    db = Database(database)
     registry = Registry(db)
     metrics = Metrics(registry, db.conn, lambda: ({}, 0), dict, lambda: 0)
     async with receiver() as hook, aiohttp.ClientSession() as http:
@@ -136,8 +137,8 @@ async def test_fires_once_resolves_and_survives_a_webhook_that_is_down(tmp_path:
     db.close()
 
 
-async def test_a_lost_box_waits_its_ten_minutes_and_office_hours(tmp_path: Path) -> None:
-    db = Database(tmp_path / "controller.db")
+async def test_a_lost_box_waits_its_ten_minutes_and_office_hours(database: Path | str) -> None:
+    db = Database(database)
     registry = Registry(db)
     metrics = Metrics(registry, db.conn, lambda: ({}, 0), dict, lambda: 0)
     alerts = Alerts(db, AlertsSection(), metrics.collect, "central")

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import msgspec
 import pyrage
+import pytest
 import tomli_w
 
 from tests.recording.arc_support import ended_session, enroll, manifest_records, write_recording
 from tests.support import (
+    database_settings,
     eventually,
     init_ca,
     make_agent_config,
@@ -26,7 +28,10 @@ from tests.support import (
 )
 from tiepdan.controller.cli.main import main
 from tiepdan.controller.config import ControllerConfig
+from tiepdan.controller.migrations.transfer import is_empty, tables
+from tiepdan.controller.store import open_readonly
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.postgres import Postgres
 
 BOX = "xa-backup"
 
@@ -35,11 +40,32 @@ def cli(config_file: Path, *args: str) -> int:
     return main(["--config", str(config_file), *args])
 
 
-async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
-                                                          broker: Mosquitto) -> None:
+def holds_data(config: ControllerConfig) -> bool:
+    """Whether the controller's database exists with something in it (either backend)."""
+    if not config.database.url:
+        return (config.data_dir / "controller.db").exists()
+    with open_readonly(config.database.url) as conn:
+        return bool(tables(conn)) and not is_empty(conn)
+
+
+def wipe(config: ControllerConfig, request: pytest.FixtureRequest) -> None:
+    """The server is lost: its data folder, and its PostgreSQL database if it had one."""
+    shutil.rmtree(config.data_dir)
+    if config.database.url:
+        server: Postgres = request.getfixturevalue("postgres_server")
+        name = config.database.url.rsplit("/", 1)[1].split("?")[0]
+        server.drop_database(name)
+        server.create_database(name)
+
+
+async def test_backup_wipe_restore_and_the_box_carries_on(
+        tmp_path: Path, broker: Mosquitto, database: Path | str,
+        request: pytest.FixtureRequest) -> None:
+    """On SQLite, and on PostgreSQL, whose rows travel in the backup as a SQLite file."""
     config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2,
                                                                  "record_bridge": False},
-                                    boxes={"host": "127.0.0.1", "port": free_port()})
+                                    boxes={"host": "127.0.0.1", "port": free_port()},
+                                    database=database_settings(database))
     init_ca(config)
     config_file = tmp_path / "controller.toml"
     config_file.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
@@ -58,7 +84,8 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
     assert out.stat().st_mode & 0o077 == 0
     assert b"BEGIN PRIVATE KEY" not in out.read_bytes()  # encrypted, keys included
 
-    shutil.rmtree(config.data_dir)  # the server is lost
+    wipe(config, request)
+    assert not holds_data(config)
     stranger = base64.b64encode(bytes(32)).decode()
     other = pyrage.x25519.Identity.generate()
     (tmp_path / "other.key").write_text(str(other) + "\n")
@@ -70,16 +97,19 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                                 (out, "other.key", signer)):
         assert cli(config_file, "restore", str(file), "--identity", str(tmp_path / key_file),
                    "--signer", who) == 1
-        assert not (config.data_dir / "controller.db").exists()
+        assert not holds_data(config)
     assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
                "--signer", signer) == 0
     assert (config.data_dir / "signing.key").stat().st_mode & 0o077 == 0
+    assert holds_data(config)
+    assert (config.data_dir / "controller.db").exists() == (not config.database.url)
     # A second restore onto a controller that has a database again needs --replace.
     assert cli(config_file, "restore", str(out), "--identity", str(tmp_path / "offline.key"),
                "--signer", signer) == 1
 
     restored = msgspec.convert(msgspec.to_builtins(config), ControllerConfig)
     async with running_controller(restored) as c:
+        assert c.db.dialect == ("postgresql" if config.database.url else "sqlite")
         assert base64.b64encode(c.signing.public_raw()).decode() == signer
         assert list(c.archive.recipients) == recipients
         assert c.sessions.get(session) is not None
@@ -99,3 +129,4 @@ async def test_backup_wipe_restore_and_the_box_carries_on(tmp_path: Path,
                              timeout=30, what="the session closed by the restored controller")
         kinds = [r.kind for r in manifest_records(directory / "manifest.jsonl")]
         assert kinds.count("uploaded") == 2  # receipts checked with the pinned key
+

@@ -148,3 +148,23 @@ async def test_a_regular_reception_day_fills_the_calendar(tmp_path: Path,
         status, page = await b.post(f"/schedules/{schedule.id}/cancel", {})
         assert status == 200 and "định kỳ)" not in page
         assert c.sessions.find("scheduled") == []
+
+
+async def test_the_session_page_shows_what_each_camera_sends(tmp_path: Path,
+                                                             broker: Mosquitto) -> None:
+    """Adaptive bitrate: the box's call telemetry (target, picture) beside its point."""
+    async with console_controller(tmp_path, broker) as c, Browser(c) as b:
+        await announce_all(c, BOXES)
+        session = await c.sessions.open("tinh-nghe-an", ["xa-nghi-loc"])
+        c.registry.set_extra("xa-nghi-loc", "call", {"session": session.id, "state": "live"})
+        c.registry.set_extra("xa-nghi-loc", "call_qos", {
+            "kbps_sent": 281.0, "target_kbps": 183.1, "video_width": 212, "video_height": 120,
+            "video_fps": 10})
+        # Telemetry of another session says nothing about this one.
+        c.registry.set_extra("tinh-nghe-an", "call", {"session": "s-other", "state": "live"})
+        c.registry.set_extra("tinh-nghe-an", "call_qos", {"target_kbps": 600.0})
+        await b.login("lanhdao")
+        status, page = await b.get(f"/sessions/{session.id}")
+        assert status == 200, page
+        assert "camera 183 kbit/s, 212\u00d7120, 10 khung/giây" in page
+        assert page.count('data-field="sending"') == 1

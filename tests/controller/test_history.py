@@ -4,7 +4,7 @@ through the admin API; a box's own telemetry over the real broker ends up in it.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from tests.support import (
 )
 from tiepdan.controller.cli.client import ApiClient, ApiError
 from tiepdan.controller.config import HistorySection
+from tiepdan.controller.connection import driver_errors
 from tiepdan.controller.history.history import History
 from tiepdan.controller.store import Database
 from tiepdan.errors import BadInput
@@ -38,8 +39,10 @@ def health(cpu: float, free: int = 50, temp: float | None = 50.0, outbox: int = 
 
 
 @pytest.fixture
-def history(tmp_path: Path) -> History:
-    return History(Database(tmp_path / "controller.db"), HistorySection())
+def history(database: Path | str) -> Iterator[History]:
+    db = Database(database)
+    yield History(db, HistorySection())
+    db.close()
 
 
 def test_reports_fold_exactly_into_both_tiers(history: History) -> None:
@@ -88,15 +91,27 @@ def test_size_is_bounded_by_time(history: History) -> None:
     assert history._db.conn.execute("SELECT count(*) FROM device_health").fetchone()[0] == 0
 
 
+def fail_writes(db: Database) -> Callable[[], object]:
+    """Fault injection: every insert into the history fails as a full disk would, until healed."""
+    conn = db.conn
+    if db.dialect == "sqlite":
+        conn.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON device_health "
+                     "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        return lambda: conn.execute("DROP TRIGGER fail")
+    conn.execute("CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                 "RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; END $$")
+    conn.execute("CREATE TRIGGER fail BEFORE INSERT ON device_health "
+                  "FOR EACH ROW EXECUTE FUNCTION fail()")
+    return lambda: conn.execute("DROP TRIGGER fail ON device_health")
+
+
 def test_a_failed_write_keeps_the_reports_for_the_next_round(history: History) -> None:
     history.add("xa-a", health(10), at=T0)
-    history._db.conn.execute(
-        "CREATE TEMP TRIGGER fail BEFORE INSERT ON device_health "
-        "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+    heal = fail_writes(history._db)
+    with pytest.raises(driver_errors(), match="disk full"):
         history.flush()
     history.add("xa-a", health(30), at=T0 + 1)
-    history._db.conn.execute("DROP TRIGGER fail")
+    heal()
     point = history.query("xa-a", T0, T0 + 10, step=10, at=T0 + 10)["points"][0]
     assert point["reports"] == 2 and point["cpu_percent"] == 20.0
 

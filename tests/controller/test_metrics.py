@@ -106,8 +106,9 @@ async def test_box_figures_arrive_by_telemetry_and_commands_are_timed(
         assert refused.value.code == 401
 
 
-def test_campaigns_enrollments_and_certificates_come_from_the_database(tmp_path: Path) -> None:
-    db = Database(tmp_path / "controller.db")
+def test_campaigns_enrollments_and_certificates_come_from_the_database(
+        tmp_path: Path, database: Path | str) -> None:
+    db = Database(database)
     now = time.time()
     c = db.conn
     for cid, state in (("c-halt", "halted"), ("c-run", "running"), ("c-done", "completed")):

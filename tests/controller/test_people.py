@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,10 @@ FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "c.db")
+def db(database: Path | str) -> Iterator[Database]:
+    opened = Database(database)
+    yield opened
+    opened.close()
 
 
 def test_password_is_stored_as_argon2_and_checked(db: Database) -> None:
@@ -74,9 +76,9 @@ def test_disabled_user_cannot_sign_in(db: Database) -> None:
 def test_audit_log_is_append_only(db: Database) -> None:
     audit = AuditLog(db)
     audit.record("lan", "archive.export", "s1/box-1", out="x.mp4")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.conn.execute("UPDATE audit SET user='someone else'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(db.conn.IntegrityError, match="append-only"):
+        db.conn.execute("UPDATE audit SET \"user\"='someone else'")
+    with pytest.raises(db.conn.IntegrityError, match="append-only"):
         db.conn.execute("DELETE FROM audit")
     [entry] = audit.recent()
     assert (entry.user, entry.action, entry.target) == ("lan", "archive.export", "s1/box-1")
@@ -150,16 +152,19 @@ def test_roles_limits() -> None:
     assert not may("admin", "no.such.action")
 
 
-def test_cli_adds_the_first_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_adds_the_first_admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  database: Path | str) -> None:
     config = tmp_path / "controller.toml"
-    config.write_text(f'[controller]\ndata_dir = "{tmp_path / "data"}"\n')
+    url = database if isinstance(database, str) else ""
+    config.write_text(f'[controller]\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'[database]\nurl = "{url}"\n')
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("mat-khau-quan-tri\n"))
     assert cli_main(["--config", str(config), "user", "add", "quantri", "--role", "admin",
                      "--password-stdin"]) == 0
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
     assert cli_main(["--config", str(config), "user", "add", "other", "--role", "admin",
                      "--password-stdin"]) == 1
-    data = Database(tmp_path / "data" / "controller.db")
+    data = Database(database if url else tmp_path / "data" / "controller.db")
     user = Users(data).verify("quantri", "mat-khau-quan-tri")
     assert user is not None and user.role == "admin"
     assert [e.action for e in AuditLog(data).recent()] == ["user.add"]

@@ -30,7 +30,7 @@ from tiepdan.tools.packaging import artifact, deb
 
 pytestmark = pytest.mark.timeout(1200)
 
-UNITS = ("tiepdan-agent.service", "tiepdan-firstboot.service")
+UNITS = ("tiepdan-agent.service", "tiepdan-firstboot.service", "tiepdan-updater.service")
 # A small composed picture, as tests/sessions use: this is about deployment, not media.
 BRIDGE = {"width": 640, "height": 360, "fps": 10, "bitrate": 600_000, "media_timeout": 2.0,
           "connect_timeout": 8.0}
@@ -67,7 +67,16 @@ def test_the_package_installs_slot_a_the_user_and_the_units(installed: Path) -> 
     uid = int(user[2])
     state = (installed / "var/lib/tiepdan").stat()
     assert (state.st_uid, state.st_mode & 0o777) == (uid, 0o700)
-    assert (opt / "slots/a/site").stat().st_uid == uid  # the agent installs updates itself
+    # The slots are root's and no one else may write them: the agent only reads and runs
+    # them, the updater (root) installs updates.
+    for path in (opt, opt / "slots", opt / "slots/a", opt / "slots/a/site", opt / "boot.json",
+                 opt / "slots/a/site/tiepdan/__init__.py", opt / "slots/a/bin/tiepdan-agent"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o022) == (0, 0, 0), path
+    denied = chroot(installed, "sh", "-c", "echo owned >> /opt/tiepdan/slots/a/slot.json",
+                    user="tiepdan", check=False)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert (installed / "var/lib/tiepdan-updater").stat().st_mode & 0o777 == 0o700
     assert (installed / "etc/tiepdan").is_dir()
     wants = installed / "etc/systemd/system/multi-user.target.wants"
     for unit in UNITS:
@@ -230,6 +239,7 @@ def test_purge_removes_what_it_created_but_never_unarchived_recordings(
     (installed / "var/lib/tiepdan/tls").mkdir(exist_ok=True)
     chroot(installed, "dpkg", "--purge", "tiepdan-box")
     assert not (installed / "opt/tiepdan").exists()
+    assert not (installed / "var/lib/tiepdan-updater").exists()
     assert not (installed / "etc/tiepdan").exists()
     assert not (installed / "usr/lib/systemd/system/tiepdan-agent.service").exists()
     assert not (installed / "etc/systemd/system/multi-user.target.wants/tiepdan-agent.service"
@@ -319,7 +329,10 @@ async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
             assert init is not None
             firstboot = _show(init, "tiepdan-firstboot.service")
             agent = _show(init, "tiepdan-agent.service")
+            updater = _show(init, "tiepdan-updater.service")
             assert firstboot["Result"] == "success", firstboot
+            assert (updater["ActiveState"], updater["SubState"]) == ("active", "running"), \
+                updater
             assert (agent["ActiveState"], agent["SubState"]) == ("active", "running"), agent
             assert agent["User"] == "tiepdan" and agent["WatchdogUSec"] == "30s", agent
             assert agent["NRestarts"] == "0", agent
@@ -355,6 +368,12 @@ async def test_first_boot_under_systemd_in_nspawn_reaches_ready(
             assert agent["NRestarts"] == "0", agent
             assert json.loads((root / "opt/tiepdan/slots/b/slot.json").read_text())[
                 "dependencies"], "the update carried its dependencies"
+            # The updater fetched, verified and installed it, as root; the agent (read-only
+            # /opt/tiepdan) only asked.
+            assert list((root / "var/lib/tiepdan-updater/bundles").iterdir())
+            assert not (root / "var/lib/tiepdan/ota").exists()
+            slot_b = (root / "opt/tiepdan/slots/b/site").stat()
+            assert (slot_b.st_uid, slot_b.st_mode & 0o022) == (0, 0)
         finally:
             nspawn.terminate()  # the container halts as on a power button
             try:

@@ -31,8 +31,8 @@ def test_a_damaged_key_is_an_error_not_a_silent_new_identity(tmp_path: Path) -> 
         Identity(tmp_path).signing_key()
 
 
-def test_controller_binds_and_revokes_identities(tmp_path: Path) -> None:
-    identities = Identities(Database(tmp_path / "c.db"))
+def test_controller_binds_and_revokes_identities(tmp_path: Path, database: Path | str) -> None:
+    identities = Identities(Database(database))
     key = Identity(tmp_path / "box").signing_public_raw()
     bound = identities.bind("xa-a", key, cert_serial="0a")
     assert bound.trusted_at(bound.enrolled_at + 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import subprocess
 import threading
@@ -178,7 +179,7 @@ def box_settings(tmp: Path, broker: Mosquitto, device: str, root: Path, repo: Up
     return agent_settings(tmp, broker, device, ota={
         "root": str(root), "trusted_root": str(trusted), "clock_root": str(clock),
         "retry_delay": 0.2, "download_attempts": 2, "health_timeout": 60.0,
-        "boot_attempts": 2, **ota})
+        "boot_attempts": 2, "updater_socket": "", **ota})
 
 
 def new_box_root(tmp: Path, device: str, bundle: Path) -> Path:
@@ -193,12 +194,64 @@ def write_box_config(tmp: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-class SupervisedBox:
-    """Runs `<root>/current/bin/tiepdan-agent` as systemd would (Restart=always)."""
+def unprivileged(user: str = "nobody") -> list[str]:
+    """A command prefix that runs what follows as `user`, with its own group and no others."""
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
 
-    def __init__(self, root: Path, config: Path, restart_delay: float = 0.3) -> None:
+
+class UpdaterProcess:
+    """`<root>/current/bin/tiepdan-updater` as its unit runs it (as root, the test's user)."""
+
+    def __init__(self, root: Path, config: Path, socket: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}
         self.config = config
+        self.socket = socket
+        self.log = config.with_name(config.stem + "-updater.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> UpdaterProcess:
+        listening = self.output().count("updater_listening")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(self.root / boot.CURRENT / boot.UPDATER), "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        deadline = time.monotonic() + 60
+        while self.output().count("updater_listening") == listening:
+            assert self.proc.poll() is None, f"updater exited: {self.output()[-3000:]}"
+            assert time.monotonic() < deadline, f"updater not listening: {self.output()}"
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class SupervisedBox:
+    """Runs `<root>/current/bin/tiepdan-agent` as systemd would (Restart=always), optionally
+    under a command `prefix` (e.g. `unprivileged()`, as the unit's User= would)."""
+
+    def __init__(self, root: Path, config: Path, restart_delay: float = 0.3,
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.env = env or {}
+        self.config = config
+        self.prefix = prefix or []
         self.log = config.with_suffix(".log")
         self.restart_delay = restart_delay
         self.starts = 0
@@ -214,14 +267,14 @@ class SupervisedBox:
         return self
 
     def _supervise(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         while True:
             with self._lock:  # never start a process that stop() cannot see
                 if self._stop.is_set():
                     return
                 with self.log.open("ab") as out:
                     self.proc = subprocess.Popen(
-                        [str(self.root / boot.CURRENT / boot.LAUNCHER), "--config",
+                        [*self.prefix, str(self.root / boot.CURRENT / boot.LAUNCHER), "--config",
                          str(self.config)], stdout=out, stderr=subprocess.STDOUT, env=env,
                         cwd="/")
                 proc = self.proc

@@ -36,6 +36,7 @@ from tiepdan.board.profile import load_profile
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.update import boot
+from tiepdan.firmware.update.remote import RemoteUpdater
 from tiepdan.ota.repository import UpdateRepository
 from tiepdan.tools.broker import Mosquitto
 from tiepdan.tools.simbox import SimBox
@@ -260,3 +261,20 @@ async def test_update_waits_for_clock_window_and_session(
             assert step in steps
         progress = [u.progress for u in updates(obs, DEVICE, "j1") if u.step == "downloading"]
         assert progress == sorted(progress) and len(progress) <= 21  # throttled
+
+
+async def test_a_box_from_before_the_updater_updates_its_slots_itself(
+        tmp_path: Path, broker: Mosquitto, repo: UpdateRepository, server: RepoServer,
+        bundles: dict[str, Path]) -> None:
+    """Configured for `tiepdan-updater` (the default) but none listens, and the agent may write
+    its slots (a box whose package predates the updater): it keeps updating them itself rather
+    than failing every job; where it may not write them it never falls back (test_updater)."""
+    repo.add_bundle(bundles["good"])
+    missing = tmp_path / "no-updater.sock"
+    async with observer(broker) as obs, \
+            box(tmp_path, broker, repo, bundles, updater_socket=str(missing)) as simbox:
+        assert simbox.agent is not None
+        assert not isinstance(simbox.agent.ota.updater, RemoteUpdater)
+        result = await run_job(obs, server, "j1", "tiepdan-1.1.0.tar", "1.1.0")
+        assert result.status == "succeeded", result.reason
+        assert simbox.slot == "b" and simbox.version == "1.1.0"

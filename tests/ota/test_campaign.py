@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import tomli_w
 from tests.ota.harness import box_settings
 from tests.support import (
     admit_box,
+    database_settings,
     eventually,
     init_ca,
     make_controller_config,
@@ -122,9 +122,12 @@ async def test_a_failing_canary_halts_the_campaign_and_spares_the_rest(
 
 async def test_caps_abort_and_the_audit_log(tmp_path: Path, broker: Mosquitto,
                                             repo: UpdateRepository,
-                                            bundles: dict[str, Path]) -> None:
+                                            bundles: dict[str, Path],
+                                            database: Path | str) -> None:
+    """On SQLite and on PostgreSQL (the campaigns' store, its append-only audit)."""
     repo.add_bundle(bundles["good"])
-    config = make_controller_config(tmp_path, broker, ota=ota_settings(tmp_path, repo))
+    config = make_controller_config(tmp_path, broker, ota=ota_settings(tmp_path, repo),
+                                    database=database_settings(database))
     init_ca(config)
     now = time.localtime()
     closed = f"{(now.tm_hour + 2) % 24:02d}:00-{(now.tm_hour + 3) % 24:02d}:00"
@@ -159,9 +162,9 @@ async def test_caps_abort_and_the_audit_log(tmp_path: Path, broker: Mosquitto,
                          .get("in_progress") == 4, 60, what="re-notified after resume")
         actions = [(a["actor"], a["action"]) for a in reversed(campaigns.audit())]
         assert actions == [("alice", "started"), ("carol", "halted"), ("alice", "resumed")]
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        with pytest.raises(controller.db.conn.IntegrityError, match="append-only"):
             controller.db.conn.execute("UPDATE ota_audit SET actor='mallory'")
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        with pytest.raises(controller.db.conn.IntegrityError, match="append-only"):
             controller.db.conn.execute("DELETE FROM ota_audit")
 
 

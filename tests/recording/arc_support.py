@@ -14,7 +14,13 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support import init_ca, issue_box_tls, make_controller_config, running_controller
+from tests.support import (
+    database_settings,
+    init_ca,
+    issue_box_tls,
+    make_controller_config,
+    running_controller,
+)
 from tiepdan.controller.service import Controller
 from tiepdan.firmware import protocol
 from tiepdan.firmware.evidence.identity import Identity
@@ -27,18 +33,21 @@ def raw_public(key: Ed25519PrivateKey) -> bytes:
                                          serialization.PublicFormat.Raw)
 
 
-def controller_config(tmp_path: Path, broker: Mosquitto, **archive: Any) -> Any:
+def controller_config(tmp_path: Path, broker: Mosquitto, database: Path | str = "",
+                      **archive: Any) -> Any:
     """A controller with the archive's test settings and a provisioning CA (the box listener,
-    where boxes upload, needs it)."""
-    config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2, **archive})
+    where boxes upload, needs it); `database`: the `database` fixture's, for PostgreSQL."""
+    config = make_controller_config(tmp_path, broker, archive={"close_interval": 0.2, **archive},
+                                    database=database_settings(database))
     init_ca(config)
     return config
 
 
 @contextlib.asynccontextmanager
-async def archive_controller(tmp_path: Path, broker: Mosquitto,
+async def archive_controller(tmp_path: Path, broker: Mosquitto, database: Path | str = "",
                              **archive: Any) -> AsyncIterator[Controller]:
-    async with running_controller(controller_config(tmp_path, broker, **archive)) as c:
+    async with running_controller(controller_config(tmp_path, broker, database,
+                                                    **archive)) as c:
         yield c
 
 

@@ -85,8 +85,13 @@ class Archive:
 class Sources:
     """The four fanouts of a box's call, fed from a virtual clock (or real time if None)."""
 
-    def __init__(self, clock: VirtualClock | None, *, keyframe_interval: float = 4.0) -> None:
+    def __init__(self, clock: VirtualClock | None, *, keyframe_interval: float = 4.0,
+                 received_burst: int = 1) -> None:
         self.clock = clock or VirtualClock()
+        # The far end's pictures can come in bursts (a jittery link): each waits for the
+        # burst, so it arrives up to `received_burst - 1` frames after its own time.
+        self.received_burst = received_burst
+        self._held: list[av.VideoFrame] = []
         self.realtime = clock is None
         # Key requests reach this encoder only through its own fanout; a call's fanout asks
         # the (idle) camera encoder instead, so there a short interval stands in.
@@ -94,7 +99,7 @@ class Sources:
                                    keyframe_interval=keyframe_interval, min_key_spacing=0)
         self.sent_video: Fanout[av.Packet[Stream]] = Fanout(
             "camera", is_key=lambda p: bool(p.is_keyframe),
-            on_key_request=self.encoder.request_key)
+            on_key_request=self._request_key)  # whichever encoder is current
         self.sent_audio: Fanout[av.AudioFrame] = Fanout("microphone")
         self.received_video: Fanout[av.VideoFrame] = Fanout("received-video")
         self.received_audio: Fanout[av.AudioFrame] = Fanout("received-audio")
@@ -108,6 +113,14 @@ class Sources:
                 Track.video("received-video", self.received_video, fps=5, width=160,
                             height=90, bitrate=100_000),
                 Track.audio("received-audio", self.received_audio)]
+
+    def _request_key(self) -> None:
+        self.encoder.request_key()
+
+    def resize(self, width: int, height: int) -> None:
+        """The camera's encoder steps to another size (adaptive bitrate's ladder)."""
+        self.encoder = H264Encoder(width, height, FPS, 200_000, keyframe_interval=4.0,
+                                   min_key_spacing=0)
 
     def _picture(self, n: int) -> av.VideoFrame:
         y = np.full((HEIGHT, WIDTH), 16 + (n * 7) % 200, dtype=np.uint8)
@@ -141,7 +154,11 @@ class Sources:
                 if packet.is_keyframe:
                     self.key_times.append(self.clock.now)
                 self.sent_video.publish(packet)
-            self.received_video.publish(self._picture(self._tick + 1000))
+            self._held.append(self._picture(self._tick + 1000))
+            if self._tick == 0 or len(self._held) >= self.received_burst:
+                for held in self._held:
+                    self.received_video.publish(held)
+                self._held = []
             self._tick += 1
             target = self._tick * 90000 // FPS * AUDIO_RATE // 90000
             while self._audio < target:

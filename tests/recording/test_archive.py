@@ -53,8 +53,9 @@ async def _post(http: aiohttp.ClientSession, url: str,
         return reply.status, await reply.json()
 
 
-async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto) -> None:
-    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
+async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto,
+                                              database: Path | str) -> None:
+    async with archive_controller(tmp_path, broker, database) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
         c.identities.bind(BOX, raw_public(key))
@@ -124,8 +125,9 @@ async def test_records_good_path_and_refusals(tmp_path: Path, broker: Mosquitto)
 
 
 async def test_revoked_box_records_after_revocation_refused(tmp_path: Path,
-                                                            broker: Mosquitto) -> None:
-    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
+                                                            broker: Mosquitto,
+                                                            database: Path | str) -> None:
+    async with archive_controller(tmp_path, broker, database) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
         c.identities.bind(BOX, raw_public(key))
@@ -151,8 +153,9 @@ async def _head(http: aiohttp.ClientSession, url: str) -> tuple[int, int, str]:
 
 
 async def test_segments_resumable_idempotent_and_refusals(tmp_path: Path,
-                                                          broker: Mosquitto) -> None:
-    async with archive_controller(tmp_path, broker, max_segment_mb=1) as c, \
+                                                          broker: Mosquitto,
+                                                          database: Path | str) -> None:
+    async with archive_controller(tmp_path, broker, database, max_segment_mb=1) as c, \
             _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         key = Ed25519PrivateKey.generate()
@@ -259,9 +262,10 @@ async def test_segments_resumable_idempotent_and_refusals(tmp_path: Path,
 
 
 async def test_archive_restart_keeps_partial_and_stored(tmp_path: Path,
-                                                        broker: Mosquitto) -> None:
+                                                        broker: Mosquitto,
+                                                        database: Path | str) -> None:
     key = Ed25519PrivateKey.generate()
-    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
+    async with archive_controller(tmp_path, broker, database) as c, _client(c, tmp_path) as http:
         session = await ended_session(c, BOX, "box-b")
         c.identities.bind(BOX, raw_public(key))
         records = write_recording(tmp_path / "box", device=BOX, session=session, key=key,
@@ -275,7 +279,7 @@ async def test_archive_restart_keeps_partial_and_stored(tmp_path: Path,
             receipt = await reply.read()
         async with http.put(f"{url}/segments/{segs[1].name}", data=second[:5000]) as reply:
             assert reply.status == 202
-    async with archive_controller(tmp_path, broker) as c, _client(c, tmp_path) as http:
+    async with archive_controller(tmp_path, broker, database) as c, _client(c, tmp_path) as http:
         url = _base(c, session)
         assert await _head(http, f"{url}/segments/{segs[1].name}") == (200, 5000, "no")
         async with http.put(f"{url}/segments/{segs[0].name}", data=first) as reply:

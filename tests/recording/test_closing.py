@@ -16,13 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tests.recording.arc_support import (
     archive_controller,
     ended_session,
+    enroll,
     raw_public,
     write_recording,
 )
 from tests.sessions.points import BRIDGE, points
 from tests.support import (
     box_http,
+    database_settings,
     eventually,
+    init_ca,
     issue_box_tls,
     make_controller_config,
     running_controller,
@@ -171,3 +174,41 @@ async def test_bridge_records_a_real_session_into_the_archive(tmp_path: Path,
                          what="the bridge recording complete for the closer")
         assert _state(c, session.id) == "ended"
         assert any("pt-1" in p for p in c.closer.problems[session.id])
+
+
+async def test_a_live_session_records_and_closes(tmp_path: Path, broker: Mosquitto,
+                                                 database: Path | str) -> None:
+    """End to end on either database: two enrolled boxes join a live session through the
+    bridge, record and upload to the archive; once ended, the session closes with its signed
+    record, its state, log and archive index kept in the configured database."""
+    devices = ["pt-rhost", "pt-rguest"]
+    config = make_controller_config(tmp_path, broker, bridge=BRIDGE,
+                                    database=database_settings(database),
+                                    sessions={"invite_timeout": 5.0},
+                                    archive={"close_interval": 0.2, "segment_seconds": 1.0})
+    init_ca(config)  # the box listener, where boxes upload, needs the provisioning CA
+    async with running_controller(config) as c:
+        assert c.db.dialect == ("sqlite" if isinstance(database, Path) else "postgresql")
+        assert c.archive._db.dialect == c.db.dialect  # the archive index follows database.url
+        for device in devices:
+            enroll(c, tmp_path / device, device)
+        recording = {"archive_url": c.boxes.url, "segment_seconds": 1.0,
+                     "upload_retry_max": 0.5, "delete_grace": 0.0}
+        async with points(tmp_path, broker, devices, recording=recording) as agents:
+            await eventually(lambda: all(a.recipients.current() is not None
+                                         for a in agents.values()), 20,
+                             what="the archive's recipients on every box")
+            await eventually(lambda: all(c.registry.get(d) for d in devices), 10,
+                             what="every box registered")
+            session = await c.sessions.open(devices[0], devices[1:], auto_join=True)
+            await eventually(lambda: all(a.call.state == "live" for a in agents.values()), 30,
+                             what="every point live")
+            await eventually(lambda: all(len(c.archive.receipts(session.id, d)) >= 2
+                                         for d in devices), 30,
+                             what="every box's segments in the archive")
+            await c.sessions.end(session.id, "test")
+            await eventually(lambda: _state(c, session.id) == "closed", 60,
+                             what="the session closed")
+        whats = [e["what"] for e in c.sessions.history(session.id)]
+        assert whats[0] == "opened" and "live" in whats and whats[-1] == "closed", whats
+        assert c.archive.closed(session.id) is not None

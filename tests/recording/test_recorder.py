@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.recording.rec_support import (
     FPS,
+    HEIGHT,
     TITLES,
+    WIDTH,
     Archive,
     Sources,
     VirtualClock,
@@ -48,9 +50,9 @@ def make(directory: Path, archive: Archive, key: Ed25519PrivateKey, clock: Virtu
 
 
 async def record(directory: Path, archive: Archive, key: Ed25519PrivateKey,
-                 seconds: float, **kwargs: object) -> SegmentRecorder:
+                 seconds: float, received_burst: int = 1, **kwargs: object) -> SegmentRecorder:
     clock = VirtualClock()
-    sources = Sources(clock)
+    sources = Sources(clock, received_burst=received_burst)
     recorder = make(directory, archive, key, clock, sources, **kwargs)
     await recorder.start()
     await sources.play(seconds)
@@ -63,9 +65,15 @@ def segments(records: list[Record]) -> list[Segment]:
     return [r.segment for r in records if r.segment is not None]
 
 
-async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive) -> None:
+@pytest.mark.parametrize("received_burst", [1, 9], ids=["steady", "late-far-end"])
+async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive,
+                                               received_burst: int) -> None:
+    """Segments tile the timeline and every track of each plays from the segment's start,
+    also when the far end's pictures come in bursts, up to 600 ms after their time: each
+    late one joins the segment its time falls in."""
     key = Ed25519PrivateKey.generate()
-    recorder = await record(tmp_path / SESSION, archive, key, 7.0)
+    recorder = await record(tmp_path / SESSION, archive, key, 7.0,
+                            received_burst=received_burst)
     records = verified_records(tmp_path / SESSION, DEVICE, SESSION, key)
     kinds = [r.kind for r in records]
     assert kinds[0] == "start" and kinds[-1] == "stop" and kinds.count("segment") >= 3
@@ -102,6 +110,64 @@ async def test_segments_decrypt_play_and_chain(tmp_path: Path, archive: Archive)
             assert 2000 - 200 <= segment.duration_ms <= 2000 + 2 * FRAME_MS
     assert [s.index for s in segments(records)] == list(range(len(segments(records))))
     assert plaintext_free(tmp_path) == []
+
+
+MASTERS = {0x18538067, 0x1654AE6B, 0xAE, 0xE0}  # Segment, Tracks, TrackEntry, Video
+
+
+def declared_sizes(mkv: bytes) -> dict[str, tuple[int, int]]:
+    """Each video track's PixelWidth x PixelHeight as the Matroska header declares them
+    (a decoder reads the size from the stream itself, so it would not tell)."""
+    def vint(at: int, keep_marker: bool) -> tuple[int, int]:
+        length = 8 - mkv[at].bit_length() + 1
+        value = mkv[at] if keep_marker else mkv[at] & (0xFF >> length)
+        for byte in mkv[at + 1:at + length]:
+            value = value << 8 | byte
+        return value, at + length
+
+    found: dict[str, tuple[int, int]] = {}
+
+    def walk(at: int, end: int, entry: dict[str, int | str]) -> None:
+        while at < end:
+            element, at = vint(at, True)
+            size, at = vint(at, False)
+            stop = min(end, at + size)
+            if element in MASTERS:
+                child: dict[str, int | str] = {} if element == 0xAE else entry
+                walk(at, stop, child)
+                if element == 0xAE and "w" in child:
+                    found[str(child["name"])] = (int(child["w"]), int(child["h"]))
+            elif element == 0x536E:
+                entry["name"] = mkv[at:stop].decode()
+            elif element in (0xB0, 0xBA):
+                entry["w" if element == 0xB0 else "h"] = int.from_bytes(mkv[at:stop])
+            at = stop
+
+    walk(0, len(mkv), {})
+    return found
+
+
+async def test_each_segment_declares_the_camera_size_it_holds(tmp_path: Path,
+                                                               archive: Archive) -> None:
+    """Adaptive bitrate steps the camera's size down mid-recording: the segments after it
+    declare the new size, not the first one's."""
+    key = Ed25519PrivateKey.generate()
+    clock = VirtualClock()
+    sources = Sources(clock)
+    recorder = make(tmp_path / SESSION, archive, key, clock, sources)
+    await recorder.start()
+    await sources.play(3.0)
+    sources.resize(WIDTH // 2, HEIGHT // 2)
+    await sources.play(4.5)
+    await asyncio.sleep(0.05)
+    await recorder.stop()
+    sizes = []
+    for entry in verified_records(tmp_path / SESSION, DEVICE, SESSION, key):
+        if entry.segment is not None:
+            plaintext = decrypt_segment(tmp_path / SESSION, entry, archive)
+            sizes.append(declared_sizes(plaintext)["sent-video"])
+    assert sizes[0] == (WIDTH, HEIGHT)
+    assert sizes[-2:] == [(WIDTH // 2, HEIGHT // 2)] * 2, sizes
 
 
 @pytest.mark.skipif(shutil.which("age") is None, reason="the age CLI is not installed")

@@ -12,6 +12,7 @@ import av
 import numpy as np
 
 from tests.support import (
+    database_settings,
     make_agent_config,
     make_controller_config,
     running_agent,
@@ -45,14 +46,18 @@ def point_name(device: str) -> str:
     return f"UBND {device}"
 
 
-def controller_config(tmp_path: Path, broker: Mosquitto, **sessions: Any) -> Any:
+def controller_config(tmp_path: Path, broker: Mosquitto, database: Path | str = "",
+                      **sessions: Any) -> Any:
     return make_controller_config(tmp_path, broker, bridge=BRIDGE,
+                                  database=database_settings(database),
                                   sessions={"invite_timeout": 5.0, **sessions})
 
 
 @contextlib.asynccontextmanager
 async def points(tmp_path: Path, broker: Mosquitto, devices: list[str],
+                 recording: dict[str, Any] | None = None,
                  **call: Any) -> AsyncIterator[dict[str, Agent]]:
+    """`recording`: the boxes' `[recording]` settings (e.g. `archive_url`), to record."""
     profile = str(small_profile(tmp_path))
     async with contextlib.AsyncExitStack() as stack:
         agents = {}
@@ -61,7 +66,7 @@ async def points(tmp_path: Path, broker: Mosquitto, devices: list[str],
                 tmp_path, broker, device, board={"profile": profile},
                 device={"name": point_name(device)},
                 call={"media_timeout": 1.5, "join_timeout": 8.0, "qos_interval": 1.0,
-                      "video_bitrate": 300_000, **call})
+                      "video_bitrate": 300_000, **call}, recording=recording or {})
             running = await stack.enter_async_context(running_agent(config, profile_name=profile))
             agents[device] = running.agent
         yield agents

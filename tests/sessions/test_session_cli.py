@@ -27,8 +27,10 @@ async def run_cli(config: Path, capsys: pytest.CaptureFixture[str], *args: str) 
 
 
 async def test_open_schedule_list_show_and_end_from_the_cli(
-        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
-    config = controller_config(tmp_path, broker, invite_timeout=1.0)
+        tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str],
+        database: Path | str) -> None:
+    """On SQLite and on PostgreSQL: the sessions' and schedules' stores behind the CLI."""
+    config = controller_config(tmp_path, broker, database, invite_timeout=1.0)
     path = tmp_path / "controller.toml"
     path.write_text(tomli_w.dumps(msgspec.to_builtins(config)))
     async with running_controller(config) as controller, Observer(broker, "boxes") as boxes:

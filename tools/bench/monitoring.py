@@ -114,19 +114,19 @@ def run(boxes: int, rounds: int, events: int, workdir: Path) -> dict[str, float 
 
     # Migration of a database from before migrations (version 0), `events` rows in it.
     old = workdir / "old.db"
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.executescript(controller_db.BASELINE)
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO events (device, event_id, kind, ts, received, data) "
+    old_conn = sqlite3.connect(old, isolation_level=None)
+    old_conn.executescript(controller_db.BASELINE)
+    old_conn.execute("BEGIN")
+    old_conn.executemany("INSERT INTO events (device, event_id, kind, ts, received, data) "
                      "VALUES (?, ?, 'button', 0, 0, '{}')",
                      ((f"xa-{i % boxes:05d}", f"e{i}") for i in range(events)))
-    conn.execute("COMMIT")
+    old_conn.execute("COMMIT")
     start = time.perf_counter()
     copy = sqlite3.connect(workdir / "floor.bak")
-    conn.backup(copy)
+    old_conn.backup(copy)
     copy.close()
     backup = time.perf_counter() - start
-    conn.close()
+    old_conn.close()
     result["migration_rows"] = events
     result["migration_db_mb"] = round(old.stat().st_size / 2**20, 1)
     start = time.perf_counter()

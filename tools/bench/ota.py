@@ -77,7 +77,9 @@ def box_config(workdir: Path, port: int, n: int) -> AgentConfig:
         "log": {"level": "warning"},
         "ota": {"root": str(workdir / "boxes" / device / "root"),
                 "trusted_root": str(workdir / "trusted-root.json"), "clock": "trust",
-                "retry_delay": 2.0, "health_timeout": 120.0},
+                "retry_delay": 2.0, "health_timeout": 120.0,
+                # Many boxes in one process: each does its updater's work itself.
+                "updater_socket": ""},
     }, AgentConfig)
 
 

@@ -41,7 +41,7 @@ def _session_id(request: web.Request) -> str:
 def _trust(request: web.Request) -> tuple[KeyLookup, Ed25519PublicKey]:
     c = controller(request)
     key = Ed25519PublicKey.from_public_bytes(c.signing.public_raw())
-    identities = load_identities(c.config.data_dir / "controller.db")
+    identities = load_identities(c.config.controller_db)
     return key_lookup(identities, controller_recorder=c.archive.recorder_id,
                       controller_key=key), key
 

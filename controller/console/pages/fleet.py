@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
 
 from tiepdan.controller.console.context import (
-    HISTORY_KEY,
     audit,
     caller,
     controller,
@@ -34,6 +34,47 @@ def device_row(d: Device) -> dict[str, Any]:
         "state": d.state, "online": d.online, "firmware": d.firmware,
         "cpu": health.get("cpu_percent"), "temp": health.get("cpu_temp_c"),
         "last_seen": d.last_seen,
+    }
+
+
+# The box page's health history: the last hour in the fine tier, or the last day in the coarse.
+WINDOWS = {"hour": (3600, 10), "day": (86_400, 300)}
+CHART_W, CHART_H = 600, 120
+SERIES = (("cpu_percent", "cpu"), ("mem_percent", "mem"), ("cpu_temp_c", "temp"))
+
+
+def health_history(request: web.Request, device: str) -> dict[str, Any]:
+    """The persistent history (`controller/history/`) of one box, as a chart and a table.
+
+    The chart is SVG drawn here: percentages and degrees share one 0-100 axis, a gap in the
+    reports is a gap in the line.
+    """
+    window = request.query.get("history", "hour")
+    span, step = WINDOWS.get(window, WINDOWS["hour"])
+    until = time.time()
+    since = until - span
+    points = controller(request).history.query(device, since, until, step)["points"]
+    lines: dict[str, list[str]] = {}
+    for field, css in SERIES:
+        runs: list[list[str]] = []
+        last: float | None = None
+        for point in points:
+            value = point[field]
+            if value is None:
+                last = None
+                continue
+            if last is None or point["t"] - last > 2 * step:
+                runs.append([])
+            last = point["t"]
+            x = (point["t"] - since) / span * CHART_W
+            y = CHART_H - max(0.0, min(100.0, float(value))) / 100 * CHART_H
+            runs[-1].append(f"{x:.1f},{y:.1f}")
+        lines[css] = [" ".join(run) for run in runs]
+    return {
+        "window": window if window in WINDOWS else "hour", "windows": list(WINDOWS),
+        "step": step, "width": CHART_W, "height": CHART_H, "since": since, "until": until,
+        "lines": lines,
+        "recent": list(reversed(points[-12:])),
     }
 
 
@@ -73,9 +114,9 @@ async def fleet(request: web.Request) -> web.Response:
 async def box(request: web.Request) -> web.Response:
     d = find_device(request, request.match_info["id"])
     c = controller(request)
-    history = request.app[HISTORY_KEY].of(d.id)
     return page(request, "box.html", d=d, row=device_row(d), health=d.health or {},
-                history=history, events=c.registry.events(d.id, 50), commands=COMMANDS,
+                history=health_history(request, d.id), events=c.registry.events(d.id, 50),
+                commands=COMMANDS,
                 may_command=caller(request).may("fleet.command"), result=None)
 
 
@@ -87,7 +128,7 @@ async def command(request: web.Request) -> web.Response:
     c = controller(request)
     base: dict[str, Any] = {
         "d": d, "row": device_row(d), "health": d.health or {},
-        "history": request.app[HISTORY_KEY].of(d.id), "events": c.registry.events(d.id, 50),
+        "history": health_history(request, d.id), "events": c.registry.events(d.id, 50),
         "commands": COMMANDS, "may_command": True,
     }
     if name not in COMMANDS:

@@ -266,8 +266,11 @@ async def session_page(request: web.Request) -> web.Response:
         qos = {d: protocol.to_builtins(q) for d, q in (await media.stats()).items()}
     points = c.sessions.points(session.id)
     names = {p.device: getattr(c.registry.get(p.device), "name", "") for p in points}
+    # What each box's camera sends now (adaptive bitrate), from its own call telemetry.
+    sending = {p.device: _sending(c.registry.get(p.device), session.id) for p in points}
     who = caller(request)
     return page(request, "session.html", s=session, points=points, names=names, qos=qos,
+                sending={d: v for d, v in sending.items() if v},
                 log=c.sessions.history(session.id)[-30:], media=media is not None,
                 may_manage=who.may("sessions.manage"), may_join=who.may("sessions.join"))
 
@@ -298,3 +301,14 @@ def routes() -> list[web.RouteDef]:
         web.post("/sessions/{id}/end", end),
         web.post("/schedules/{id}/cancel", cancel_schedule),
     ]
+
+
+def _sending(device: Any, session_id: str) -> dict[str, Any] | None:
+    """The box's latest call telemetry for this session, if it says what the camera sends."""
+    if device is None:
+        return None
+    call = device.extra.get("call") or {}
+    qos = device.extra.get("call_qos") or {}
+    if call.get("session") != session_id or qos.get("target_kbps") is None:
+        return None
+    return dict(qos)
