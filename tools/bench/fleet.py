@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,7 +204,8 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def run(agents: int, procs: int, interval: float, window: float, pings: int) -> dict[str, Any]:
+def run(agents: int, procs: int, interval: float, window: float, pings: int,
+        keep: bool = False) -> dict[str, Any]:
     raise_fd_limit()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if nofile < agents + 200:  # the broker holds one socket per agent, and inherits this limit
@@ -290,6 +292,8 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
         published = sum(value.value for value in sent)
         p50, p99 = percentile(commands, 50) * 1e3, percentile(commands, 99) * 1e3
         f50, f99 = percentile(floor, 50) * 1e3, percentile(floor, 99) * 1e3
+        if keep:
+            print(f"work folder: {workdir}", file=sys.stderr)
         return {
             "benchmark": "fleet",
             "agents": agents,
@@ -327,9 +331,17 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
                 worker.join(60)
             if worker.is_alive():
                 worker.kill()
-        controller.terminate()
-        controller.wait(15)
-        broker.stop()
+        try:
+            controller.terminate()
+            try:
+                controller.wait(15)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+                controller.wait(5)
+        finally:
+            broker.stop()  # whatever happened above: no broker outlives the benchmark
+            if not keep:  # 10,000 boxes' state folders
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=20.0,
                         help="seconds over which telemetry and CPU are measured")
     parser.add_argument("--pings", type=int, default=300, help="command round trips sampled")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (logs, the boxes' state) and print it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.agents, args.procs, args.interval, args.window, args.pings)
+    result = run(args.agents, args.procs, args.interval, args.window, args.pings, args.keep)
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
