@@ -2,14 +2,20 @@
 
 The agents are the real `Agent` class, each with its own MQTT connection, hosted many to a
 process (the lightweight mode: a quiet panel and canned sensor readings instead of gpiozero
-threads and psutil). The controller runs as its own `tiepdan-controller run` process. Printed:
-connected count and time to connect, telemetry messages/s arriving at the controller, command
-round trip p50/p99 (a requester -> broker -> agent -> broker -> requester), and, measured in the
-same run under the same load, the raw Mosquitto publish -> subscribe round trip as the floor.
+threads and psutil) and spread over `--procs` processes, so that at 10,000 agents no single
+event loop of the simulator is what the figures measure. The controller runs as its own
+`tiepdan-controller run` process. Printed: connected count and time to connect, telemetry
+messages/s arriving at the controller, the share of every health report sent that the
+controller received (counted after the agents stop), command round trip p50/p99 (a requester
+-> broker -> agent -> broker -> requester) and, interleaved with it in the same run under the
+same load, the raw Mosquitto publish -> subscribe round trip as the floor; CPU and memory of
+the broker, the controller and each agents process.
 
     python -m tiepdan.tools.bench.fleet --agents 1000
+    python -m tiepdan.tools.bench.fleet --agents 10000 --procs 2 --pings 500
 
-The last line of output is one JSON object with the figures.
+Goal (issue 16): at 10,000 agents, command p99 within 3x the floor's p99 and every health
+report delivered. The last line of output is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +81,15 @@ class QuietPanel:
 
 
 class CannedSensors:
+    """Fixed readings; `reads` counts them, which is the number of health reports sent (the
+    agent reads its sensors once per report, and only while connected)."""
+
+    reads = 0
+    _lock = threading.Lock()  # agents read their sensors in worker threads
+
     def read(self) -> Readings:
+        with CannedSensors._lock:
+            CannedSensors.reads += 1
         return Readings(cpu_temp_c=48.0, throttled=0, under_voltage=False, cpu_percent=7.0,
                       mem_percent=31.0, disk_free_bytes=20 * 2**30, disk_total_bytes=32 * 2**30,
                       load1=0.3, uptime_s=1000.0, clock_synced=True)
@@ -97,8 +113,9 @@ def agent_config(workdir: Path, port: int, n: int, interval: float) -> AgentConf
 
 
 def host_agents(workdir: Path, port: int, first: int, count: int, interval: float,
-                ready: Any, stop: Any) -> None:
-    """A worker process hosting `count` agents until `stop` is set."""
+                ready: Any, stop: Any, sent: Any) -> None:
+    """A worker process hosting `count` agents until `stop` is set; `sent` gets the number of
+    health reports they published."""
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING)
     profile = load_profile("sim")
@@ -116,6 +133,7 @@ def host_agents(workdir: Path, port: int, first: int, count: int, interval: floa
                 await asyncio.sleep(0.05)
         ready.set()
         await asyncio.to_thread(stop.wait)
+        sent.value = CannedSensors.reads  # stopping agents publish no health report
         for agent in agents:
             agent.request_stop()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -123,9 +141,11 @@ def host_agents(workdir: Path, port: int, first: int, count: int, interval: floa
     asyncio.run(run())
 
 
-async def raw_round_trips(port: int, count: int) -> list[float]:
-    """The floor: the same request -> reply -> response shape as a command, between two plain
-    MQTT 5 connections that do nothing but echo."""
+async def round_trips(port: int, devices: list[str], count: int) -> tuple[list[float],
+                                                                         list[float]]:
+    """Command round trips (requester -> broker -> agent -> broker -> requester, a `ping`)
+    and the floor, interleaved one for one so both see the same load: the same request ->
+    reply -> response shape between two plain MQTT 5 connections that do nothing but echo."""
     loop = asyncio.get_running_loop()
     waiting: dict[bytes, asyncio.Future[float]] = {}
     links: list[MqttLink] = []
@@ -141,48 +161,42 @@ async def raw_round_trips(port: int, count: int) -> list[float]:
     for client_id, handler in (("bench-floor-req", got), ("bench-floor-echo", answer)):
         links.append(MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id,
                                            session_expiry=0), on_message=handler))
+    requester = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id="bench-requester",
+                                      session_expiry=0),
+                         on_message=lambda m: rpc.on_response(
+                             protocol.parse_topic(m.topic).device, m))
+    rpc = CommandClient(requester, "bench-requester")
+    links.append(requester)
     tasks = [asyncio.create_task(link.run()) for link in links]
     for link in links:
         await link.wait_connected(10)
     await links[0].subscribe(("bench/res", 1))
     await links[1].subscribe(("bench/req", 1))
-    samples = []
+    await requester.subscribe((rpc.response_filter, 1))
+    commands: list[float] = []
+    floor: list[float] = []
+    failures = 0
     for i in range(count):
+        device = devices[(i * 7919) % len(devices)]
+        start = time.perf_counter()
+        response = await rpc.request(device, "ping", timeout=10)
+        if response.ok:
+            commands.append(time.perf_counter() - start)
+        else:
+            failures += 1
         key = f"{i}".encode()
         waiting[key] = loop.create_future()
         start = time.perf_counter()
         links[0].publish("bench/req", key, qos=1)
         async with asyncio.timeout(10):
-            samples.append(await waiting[key] - start)
+            floor.append(await waiting[key] - start)
+        del waiting[key]
     for link in links:
         await link.stop()
     await asyncio.gather(*tasks)
-    return samples
-
-
-async def command_round_trips(port: int, devices: list[str], count: int) -> list[float]:
-    link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id="bench-requester",
-                                 session_expiry=0),
-                    on_message=lambda m: rpc.on_response(protocol.parse_topic(m.topic).device, m))
-    rpc = CommandClient(link, "bench-requester")
-    task = asyncio.create_task(link.run())
-    await link.wait_connected(10)
-    await link.subscribe((rpc.response_filter, 1))
-    samples = []
-    failures = 0
-    for i in range(count):
-        device = devices[(i * 7919) % len(devices)]
-        start = time.perf_counter()
-        answer = await rpc.request(device, "ping", timeout=10)
-        if answer.ok:
-            samples.append(time.perf_counter() - start)
-        else:
-            failures += 1
-    await link.stop()
-    await task
     if failures:
         log.warning("bench_command_failures count=%d", failures)
-    return samples
+    return commands, floor
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -190,10 +204,15 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def run(agents: int, procs: int, interval: float, window: float, pings: int) -> dict[str, Any]:
+def run(agents: int, procs: int, interval: float, window: float, pings: int,
+        keep: bool = False) -> dict[str, Any]:
     raise_fd_limit()
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile < agents + 200:  # the broker holds one socket per agent, and inherits this limit
+        raise SystemExit(f"open files limit {nofile} is too low for {agents} agents "
+                         "(raise the hard limit: ulimit -Hn)")
     workdir = Path(tempfile.mkdtemp(prefix="tiepdan-bench-"))
-    broker = Mosquitto(workdir / "broker")
+    broker = Mosquitto(workdir / "broker")  # no max_connections: unlimited, as deployed
     broker.start()
     http_port = free_port()
     ctl_config = workdir / "controller.toml"
@@ -210,21 +229,27 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     workers = []
+    sent: list[Any] = []
+    ready: list[Any] = []
+    stopped = False
     try:
         token = workdir / "controller" / "admin.token"
         deadline = time.monotonic() + 30
         while not token.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         api = ApiClient(f"http://127.0.0.1:{http_port}", token.read_text().strip())
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         share = -(-agents // procs)
         for k in range(procs):
             first, count = k * share, min(share, agents - k * share)
             if count <= 0:
                 break
-            ready = ctx.Event()
+            # Kept referenced: a spawned child opens these by name after start() returns.
+            ready.append(ctx.Event())
+            sent.append(ctx.Value("q", 0))
             worker = ctx.Process(target=host_agents, args=(workdir, broker.port, first, count,
-                                                           interval, ready, stop))
+                                                           interval, ready[-1], stop, sent[-1]))
             worker.start()
             workers.append(worker)
         online = 0
@@ -234,6 +259,8 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
                 online = api.get("/api/stats")["online"]
             if online >= agents:
                 break
+            if any(w.exitcode is not None for w in workers):
+                raise SystemExit("an agents process died; see its traceback above")
             time.sleep(0.5)
         connect_s = time.monotonic() - started
 
@@ -248,12 +275,25 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
         after = api.get("/api/stats")["received"].get("tele", 0)
         cpu = {name: round(p.cpu_percent(), 1) for name, p in watched.items()}
         memory = {name: round(p.memory_info().rss / 2**20, 1) for name, p in watched.items()}
+        broker_files = watched["broker"].num_fds()
 
         devices = [f"bench-{n:05d}" for n in range(agents)]
-        commands = asyncio.run(command_round_trips(broker.port, devices, pings))
-        floor = asyncio.run(raw_round_trips(broker.port, pings))
+        commands, floor = asyncio.run(round_trips(broker.port, devices, pings))
+        load_after = os.getloadavg()[0]
+
+        # Delivery over the whole run: every health report the agents sent against every one
+        # the controller received, counted once the agents have stopped.
+        stop.set()
+        for worker in workers:
+            worker.join(120)
+        stopped = True
+        time.sleep(1.0)
+        received = api.get("/api/stats")["received"].get("tele", 0)
+        published = sum(value.value for value in sent)
         p50, p99 = percentile(commands, 50) * 1e3, percentile(commands, 99) * 1e3
         f50, f99 = percentile(floor, 50) * 1e3, percentile(floor, 99) * 1e3
+        if keep:
+            print(f"work folder: {workdir}", file=sys.stderr)
         return {
             "benchmark": "fleet",
             "agents": agents,
@@ -263,26 +303,45 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int) -> 
             "telemetry_interval_s": interval,
             "telemetry_msgs_per_s": round((after - before) / window, 1),
             "telemetry_expected_per_s": round(agents / interval, 1),
+            "telemetry_sent": published,
+            "telemetry_received": received,
+            "telemetry_delivered_percent": round(100 * received / published, 2)
+            if published else None,
             "command_rtt_p50_ms": round(p50, 2),
             "command_rtt_p99_ms": round(p99, 2),
             "command_samples": len(commands),
             "floor_rtt_p50_ms": round(f50, 2),
             "floor_rtt_p99_ms": round(f99, 2),
             "command_vs_floor_p50": round(p50 / f50, 2),
+            "command_vs_floor_p99": round(p99 / f99, 2),
+            "goal_p99_within_3x_floor": p99 <= 3 * f99,
+            "goal_telemetry_all_delivered": bool(published) and received >= published,
             "cpu_percent": cpu,
             "rss_mib": memory,
             "mean_agent_rss_kib": round(sum(v for k, v in memory.items() if k.startswith("agents"))
                                         * 1024 / max(agents, 1), 1),
+            "broker_open_files": broker_files,
+            "open_files_limit": nofile,
+            "load_1min_before_after": [round(load_before, 2), round(load_after, 2)],
         }
     finally:
         stop.set()
         for worker in workers:
-            worker.join(60)
+            if not stopped:
+                worker.join(60)
             if worker.is_alive():
                 worker.kill()
-        controller.terminate()
-        controller.wait(15)
-        broker.stop()
+        try:
+            controller.terminate()
+            try:
+                controller.wait(15)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+                controller.wait(5)
+        finally:
+            broker.stop()  # whatever happened above: no broker outlives the benchmark
+            if not keep:  # 10,000 boxes' state folders
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,15 +349,17 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=100)
-    parser.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                        help="processes hosting the agents (default: cores - 1)")
+    parser.add_argument("--procs", type=int, default=2,
+                        help="processes hosting the agents (default: 2)")
     parser.add_argument("--interval", type=float, default=10.0, help="telemetry interval, s")
     parser.add_argument("--window", type=float, default=20.0,
                         help="seconds over which telemetry and CPU are measured")
     parser.add_argument("--pings", type=int, default=300, help="command round trips sampled")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (logs, the boxes' state) and print it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.agents, args.procs, args.interval, args.window, args.pings)
+    result = run(args.agents, args.procs, args.interval, args.window, args.pings, args.keep)
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

@@ -1,29 +1,40 @@
 """Session benchmark: 1 host + N points through the bridge, against a naive relay, same run.
 
-Every box is a real agent in its own process on the simulated board (synthetic camera
-640x360 at 15 fps with its burned-in tag, a tone for a microphone); the bridge is the real
-controller in its own process. A probe in each box process counts the composed pictures it
-decodes and, once a second, reads the tag in every tile of the newest one (from a queue of one
-picture, so the probe's own lateness is not counted): the tag's capture time against the
-receiver's clock is the latency camera -> encode -> bridge (decode, compose, encode) ->
-decode, all on one host clock.
+The points come two ways (`--points-as`, both in turn if asked):
 
-Up to three bridges, measured one after the other for each N, with the same boxes and settings:
+- replayers (the default): light points (`tools/bench/replayer.py`) that send H.264 and Opus
+  recorded once at start and count what they receive without decoding it, so the figure is
+  the bridge's. Only the host measures: it sends its live synthetic camera (640x360 at 15 fps,
+  encoded as a box does, with its burned-in tag) and decodes the composed picture, reading the
+  tag in its own tile. The host is alone in one process; the other points share
+  `--replayer-procs` processes.
+- boxes: every box is a real agent in its own process on the simulated board (synthetic camera
+  with its tag, a tone for a microphone, recording on). A probe in each box process counts the
+  composed pictures it decodes and, once a second, reads the tag in every tile of the newest one
+  (from a queue of one picture, so the probe's own lateness is not counted).
+
+Either way the tag's capture time against the receiver's clock is the latency camera -> encode
+-> bridge (decode, compose, encode) -> decode, all on one host clock. The bridge is the real
+controller in its own process.
+
+Up to three bridges, measured one after the other for each N, with the same points and settings:
 - shared: the built-in aiortc bridge, which encodes the composed picture once for everybody;
 - naive: the same bridge with one encoder per receiver (what aiortc's MediaRelay gives);
-- janus: the Janus backend (Debian's janus in a `jan` network namespace; needs root): Janus
+- janus: the Janus backend (Debian's janus in a `tben` network namespace; needs root): Janus
   forwards and mixes, the controller's compositor decodes, composes and encodes once. Its
-  bridge CPU is the controller's plus Janus's.
+  bridge CPU is the controller's plus Janus's. In the default list wherever it can run.
 
-    python -m tiepdan.tools.bench.session --points 2 4 8 --window 15
-    python -m tiepdan.tools.bench.session --points 8 16 --bridges janus shared naive
-    python -m tiepdan.tools.bench.session --points 4 --bridges shared --box-recording reencode
+    python -m tiepdan.tools.bench.session --points 8 16 32 --window 15
+    python -m tiepdan.tools.bench.session --points 8 --points-as replayers boxes
+    python -m tiepdan.tools.bench.session --points 4 --bridges shared --points-as boxes \\
+        --box-recording reencode
 
-`--box-recording` chooses how boxes record the received picture (`copy`, the default, or
+`--box-recording` chooses how full boxes record the received picture (`copy`, the default, or
 `reencode`): box CPU before and after recording it as it arrives.
 
 Printed per N and bridge: received fps at every point (min / median), latency p50 / p95,
-bridge CPU per point, box CPU; then the naive / shared ratios. The last line is one JSON
+bridge CPU per point, the points' CPU, the load average before and after the window; then the
+ratios against the naive relay and the largest N holding 14.5 fps. The last line is one JSON
 object with every figure.
 """
 
@@ -61,8 +72,9 @@ from tiepdan.firmware.media.fanout import Subscription
 from tiepdan.firmware.media.h264 import H264Encoder
 from tiepdan.firmware.media.rtc import PacketTrack
 from tiepdan.tools import netns
+from tiepdan.tools.bench.replayer import ReplayPoint, record_clip
 from tiepdan.tools.broker import Mosquitto, free_port
-from tiepdan.tools.janus import Janus
+from tiepdan.tools.janus import Janus, JanusError, janus_binary
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +179,47 @@ async def run_box(config_path: Path, out: Path) -> None:
     await asyncio.to_thread(out.write_text, json.dumps({"arrivals": arrivals, "ages": ages}))
 
 
+async def run_replayers(port: int, devices: list[str], measure: bool, out: Path) -> None:
+    """A process of light points (`tools/bench/replayer.py`); the first is the host."""
+    clip = await asyncio.to_thread(record_clip)
+    points = [ReplayPoint(device, _point_name(device), "127.0.0.1", port, clip,
+                          kind="central" if _is_host(device) else "commune", measure=measure)
+              for device in devices]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(point.run()) for point in points]
+    status = out.with_suffix(".receiving")
+    while not stop.is_set():  # how many points see the composed picture, for the orchestra
+        now = time.time()
+        receiving = sum(1 for p in points if p.figures.arrivals and
+                        now - p.figures.arrivals[-1] < 2.0)
+        await asyncio.to_thread(status.write_text, f"{receiving}\n")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    figures = {p.device: {"arrivals": p.figures.arrivals, "ages": p.figures.ages}
+               for p in points}
+    await asyncio.to_thread(out.write_text, json.dumps(figures))
+
+
+def _receiving(output: Path) -> int:
+    try:
+        return int(output.with_suffix(".receiving").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _point_name(device: str) -> str:
+    return f"Điểm {int(device.rsplit('-', 1)[1])}"
+
+
+def _is_host(device: str) -> bool:
+    return device.endswith("-00")
+
+
 def install_recipients(state_dir: Path) -> None:
     """What enrollment leaves on a box (a controller key, recipients it signed), so the bench's
     boxes really record and seal (to a throwaway archive key)."""
@@ -183,14 +236,26 @@ def install_recipients(state_dir: Path) -> None:
 # -- the orchestra ----------------------------------------------------------------------------
 
 
+def janus_present() -> bool:
+    try:
+        janus_binary()
+    except JanusError:
+        return False
+    return True
+
+
 def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", "tiepdan.tools.bench.session", *args]
 
 
 def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: float,
             size: tuple[int, int], janus: Janus | None = None,
-            box_recording: str = "copy") -> dict[str, Any]:
-    run_dir = workdir / f"{mode}-{points}"
+            box_recording: str = "copy", points_as: str = "replayers",
+            replayer_procs: int = 2) -> dict[str, Any]:
+    """1 + `points` through bridge `mode`; the points are full boxes (one agent process each)
+    or replayers (the measuring host alone in one process, the others in `replayer_procs`)."""
+    light = points_as == "replayers"
+    run_dir = workdir / f"{mode}-{points}-{points_as}"
     run_dir.mkdir(parents=True)
     http_port = free_port()
     ctl = run_dir / "controller.toml"
@@ -214,12 +279,21 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         children.append(child)
         return child
 
-    devices = [f"b{points}-{mode[0]}-{n:02d}" for n in range(points + 1)]
+    devices = [f"b{points}-{mode[0]}{points_as[0]}-{n:02d}" for n in range(points + 1)]
+    outputs: list[Path] = []
     try:
         bridge = spawn("controller", _python("bridge", "--config", str(ctl), "--mode",
                                              "shared" if mode == "janus" else mode))
         boxes = []
-        for n, device in enumerate(devices):
+        if light:
+            shares = [devices[1 + k::replayer_procs] for k in range(replayer_procs)]
+            groups = [devices[:1], *(share for share in shares if share)]
+            for k, group in enumerate(groups):
+                outputs.append(run_dir / f"replay-{k}.json")
+                boxes.append(spawn(f"replay-{k}", _python(
+                    "replay", "--port", str(broker.port), "--devices", ",".join(group),
+                    "--out", str(outputs[-1]), *(["--measure"] if k == 0 else []))))
+        for n, device in enumerate(devices if not light else []):
             cfg = run_dir / f"{device}.toml"
             cfg.write_text(tomli_w.dumps({
                 "device": {"id": device, "name": f"Điểm {n}",
@@ -232,8 +306,9 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
                 "log": {"level": "warning"},
             }))
             install_recipients(run_dir / device)
+            outputs.append(run_dir / f"{device}.json")
             boxes.append(spawn(device, _python("box", "--config", str(cfg), "--out",
-                                               str(run_dir / f"{device}.json"))))
+                                               str(outputs[-1]))))
         token = run_dir / "controller" / "admin.token"
         deadline = time.monotonic() + 120
         while not token.exists() and time.monotonic() < deadline:
@@ -252,12 +327,21 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             if all(p["state"] == "live" for p in state["points"]):
                 break
             time.sleep(0.5)
-        else:
-            waiting = {p["device"]: p["state"] for p in state["points"]
-                       if p["state"] != "live"}
+        # A bridge that cannot keep every point live (they drop and rejoin) is measured all
+        # the same: the points it lost show as the minimum fps.
+        not_live = sorted(p["device"] for p in state["points"] if p["state"] != "live")
+        if len(not_live) == len(devices):
             tail = (logs / "controller.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"{mode} N={points}: not every point went live: {waiting}\n"
-                               + "\n".join(tail))
+            raise RuntimeError(f"{mode} N={points}: no point went live\n" + "\n".join(tail))
+        # Live at the bridge is not yet receiving (Janus: the view leg comes after the
+        # publisher's): replay points say how many of them see the composed picture.
+        receiving = len(devices)
+        wait_until = time.monotonic() + 60
+        while light and time.monotonic() < wait_until:
+            receiving = sum(_receiving(output) for output in outputs)
+            if receiving >= len(devices):
+                break
+            time.sleep(0.5)
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
         if mode == "janus" and janus is not None and janus.process is not None:
@@ -267,35 +351,49 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         start, started = time.time(), time.monotonic()
         time.sleep(window)
         end, elapsed = time.time(), time.monotonic() - started
+        load_after = os.getloadavg()[0]
         after = [p.cpu_times() for p in processes]
         cpu = [((a.user + a.system) - (b.user + b.system)) / elapsed * 100
                for a, b in zip(after, before, strict=True)]
-        janus_cpu = cpu.pop() if len(cpu) > len(devices) + 1 else 0.0
+        janus_cpu = cpu.pop() if len(cpu) > len(boxes) + 1 else 0.0
         for box in boxes:
             box.send_signal(signal.SIGTERM)
         for box in boxes:
             box.wait(30)
+        seen: dict[str, Any] = {}
+        for output in outputs:
+            data = json.loads(output.read_text())
+            seen |= data if light else {output.stem: data}
         fps, ages = [], []
         for device in devices:
-            data = json.loads((run_dir / f"{device}.json").read_text())
+            data = seen.get(device, {"arrivals": [], "ages": []})
             fps.append(sum(1 for t in data["arrivals"] if start <= t < end) / (end - start))
             ages += [age for t, age in data["ages"] if start <= t < end]
         ages.sort()
         sealed = sum(1 for device in devices
                      for path in (run_dir / device).glob("recordings/*/*")
                      if path.name != "manifest.jsonl")
+        point_cpu = cpu[1:]
         return {
-            "points": points, "bridge": mode,
+            "points": points, "bridge": mode, "points_as": points_as,
             "fps_min": round(min(fps), 2), "fps_median": round(statistics.median(fps), 2),
             "latency_p50_ms": ages[len(ages) // 2] if ages else None,
             "latency_p95_ms": ages[int(len(ages) * 0.95)] if ages else None,
+            "latency_samples": len(ages),
+            # Points not live when the window opened (120 s after the session did).
+            "not_live_at_start": len(not_live),
+            "not_receiving_at_start": len(devices) - receiving,
             "bridge_cpu_per_point": round((cpu[0] + janus_cpu) / len(devices), 1),
             "bridge_cpu": round(cpu[0] + janus_cpu, 1),
             "janus_cpu": round(janus_cpu, 1),
-            "box_cpu": round(statistics.mean(cpu[1:]), 1),
-            "box_recording": box_recording,
+            # Full boxes: the mean box process. Replayers: the measuring host's process, and
+            # the others' processes per point they carry.
+            "box_cpu": round(point_cpu[0] if light else statistics.mean(point_cpu), 1),
+            "replayer_cpu_per_point": round(sum(point_cpu[1:]) / points, 1) if light else None,
+            "box_recording": None if light else box_recording,
             "box_segments": sealed,
             "load_1min": round(load, 2),
+            "load_1min_after": round(load_after, 2),
         }
     finally:
         for child in reversed(children):
@@ -318,12 +416,28 @@ def main(argv: list[str] | None = None) -> int:
     box = sub.add_parser("box")
     box.add_argument("--config", type=Path, required=True)
     box.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--points", type=int, nargs="+", default=[2, 4, 8])
+    replay = sub.add_parser("replay")
+    replay.add_argument("--port", type=int, required=True)
+    replay.add_argument("--devices", required=True)
+    replay.add_argument("--out", type=Path, required=True)
+    replay.add_argument("--measure", action="store_true")
+    parser.add_argument("--points", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--composed", default="1280x720",
                         help="size of the composed picture (the bridge's width x height)")
-    parser.add_argument("--bridges", nargs="+", default=["shared", "naive"],
-                        choices=["shared", "naive", "janus"])
+    parser.add_argument("--bridges", nargs="+", choices=["shared", "naive", "janus"],
+                        help="default: janus (where it can run: root, Debian's janus), "
+                             "shared, naive")
+    parser.add_argument("--points-as", nargs="+", choices=["replayers", "boxes"],
+                        default=["replayers"],
+                        help="light replay points, full box processes, or both in turn")
+    parser.add_argument("--boxes-points", type=int, nargs="+",
+                        help="with --points-as ... boxes: the N to run with full boxes "
+                             "(default: the --points)")
+    parser.add_argument("--replayer-procs", type=int, default=2,
+                        help="processes carrying the replay points besides the measuring host")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep every process's log here (default: a temporary directory)")
     parser.add_argument("--box-recording", choices=["copy", "reencode"], default="copy")
     args = parser.parse_args(argv)
     if args.role == "bridge":
@@ -332,53 +446,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "box":
         asyncio.run(run_box(args.config, args.out))
         return 0
+    if args.role == "replay":
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(run_replayers(args.port, args.devices.split(","), args.measure, args.out))
+        return 0
     logging.basicConfig(level=logging.WARNING)
+    if args.bridges is None:
+        args.bridges = ["janus", "shared", "naive"] if netns.available() and janus_present() \
+            else ["shared", "naive"]
+    runs = [(points, points_as) for points_as in args.points_as
+            for points in (args.boxes_points or args.points
+                           if points_as == "boxes" else args.points)]
     width, _, height = args.composed.partition("x")
     size = (int(width), int(height))
     results: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="tiepdan-bench-") as tmp, \
-            contextlib.ExitStack() as stack:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="tiepdan-bench-")))
         broker = stack.enter_context(Mosquitto(workdir / "broker"))
         janus = None
         if "janus" in args.bridges:
-            ns = stack.enter_context(netns.namespace("jan", index=7))
+            ns = stack.enter_context(netns.namespace("tben", index=7))
             janus = stack.enter_context(Janus(workdir / "janus", netns=ns))
-        for points in args.points:
+        for points, points_as in runs:
             for mode in args.bridges:
                 try:
                     result = measure(workdir, broker, points, mode, args.window, size, janus,
-                                     args.box_recording)
+                                     args.box_recording, points_as, args.replayer_procs)
                 except RuntimeError as exc:  # one bridge failing must not lose the others
                     first = str(exc).splitlines()[0]
-                    print(f"N={points:<2} {mode:6}  FAILED: {first}", flush=True)
-                    failures.append({"points": points, "bridge": mode, "error": first})
+                    print(f"N={points:<2} {mode:6} {points_as:9}  FAILED: {first}", flush=True)
+                    failures.append({"points": points, "bridge": mode, "points_as": points_as,
+                                     "error": first})
                     continue
                 results.append(result)
-                print(f"N={points:<2} {mode:6}  fps min/median {result['fps_min']:5.1f} / "
-                      f"{result['fps_median']:5.1f}  latency p50/p95 "
-                      f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms  "
+                print(f"N={points:<2} {mode:6} {points_as:9}  fps min/median "
+                      f"{result['fps_min']:5.1f} / {result['fps_median']:5.1f}  latency p50/p95 "
+                      f"{result['latency_p50_ms']} / {result['latency_p95_ms']} ms "
+                      f"({result['latency_samples']})  not live / receiving at start "
+                      f"{result['not_live_at_start']} / {result['not_receiving_at_start']}  "
                       f"bridge {result['bridge_cpu']:5.1f}% "
-                      f"({result['bridge_cpu_per_point']:.1f}%/point)  "
-                      f"box {result['box_cpu']:.1f}%  load {result['load_1min']}", flush=True)
-    ratios: dict[int, dict[str, float | None]] = {}
-    for points in args.points:
-        by_mode = {r["bridge"]: r for r in results if r["points"] == points}
+                      f"({result['bridge_cpu_per_point']:.1f}%/point, janus "
+                      f"{result['janus_cpu']:.1f}%)  measuring/box {result['box_cpu']:.1f}%  "
+                      f"replayers {result['replayer_cpu_per_point']}%/point  "
+                      f"load {result['load_1min']} -> {result['load_1min_after']}", flush=True)
+    ratios: dict[str, dict[str, float | None]] = {}
+    for points, points_as in runs:
+        by_mode = {r["bridge"]: r for r in results
+                   if r["points"] == points and r["points_as"] == points_as}
         naive = by_mode.get("naive")
-        ratios[points] = {}
+        key = f"{points}-{points_as}"
+        ratios[key] = {}
         for mode in ("shared", "janus"):
             if mode not in by_mode or naive is None:
                 continue
             mine = by_mode[mode]
-            ratios[points][f"bridge_cpu_per_point_{mode}_over_naive"] = round(
+            ratios[key][f"bridge_cpu_per_point_{mode}_over_naive"] = round(
                 mine["bridge_cpu_per_point"] / naive["bridge_cpu_per_point"], 2) \
                 if naive["bridge_cpu_per_point"] else None
-            ratios[points][f"fps_min_{mode}_over_naive"] = round(
+            ratios[key][f"fps_min_{mode}_over_naive"] = round(
                 mine["fps_min"] / naive["fps_min"], 2) if naive["fps_min"] else None
-        print(f"N={points:<2} ratios (same run): {ratios[points]}")
-    holding = {mode: max((r["points"] for r in results if r["bridge"] == mode and
-                          r["fps_min"] >= 14.5), default=None) for mode in args.bridges}
+        print(f"N={points:<2} {points_as} ratios (same run): {ratios[key]}")
+    holding = {f"{mode}-{points_as}": max(
+        (r["points"] for r in results if r["bridge"] == mode and r["points_as"] == points_as
+         and r["fps_min"] >= 14.5), default=None)
+        for mode in args.bridges for points_as in args.points_as}
     print(f"largest N holding 14.5 fps at every point: {holding}")
     print(json.dumps({"bench": "session", "camera": "640x360@15",
                       "composed": f"{args.composed}@{FPS}", "results": results,
