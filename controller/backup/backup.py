@@ -23,6 +23,7 @@ backup also moves a controller between the two.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -116,17 +117,13 @@ def _label(name: str) -> str:
     return "controller" if name == CONTROLLER_DB else "archive"
 
 
-def _snapshot_postgresql(url: str, label: str, target: Path) -> None:
-    """The PostgreSQL database's rows into a new SQLite file of the same schema."""
-    copy = open_database(target, label)
-    try:
-        source = open_database(url, label, readonly=True)
-        try:
-            copy_rows(source, copy, label=label)
-        finally:
-            source.close()
-    finally:
-        copy.close()
+def _copy_rows(source: str | Path, target: str | Path, label: str, *,
+               readonly: bool = False) -> None:
+    """Every row of one database into another of the same schema (either may be PostgreSQL;
+    a SQLite copy made by an older release is brought to this release's schema on opening)."""
+    with contextlib.closing(open_database(source, label, readonly=readonly)) as rows, \
+            contextlib.closing(open_database(target, label)) as into:
+        copy_rows(rows, into, label=label)
 
 
 def _check_empty(url: str, label: str) -> None:
@@ -139,20 +136,6 @@ def _check_empty(url: str, label: str) -> None:
                 "controller's role as owner)")
     finally:
         target.close()
-
-
-def _restore_postgresql(url: str, label: str, copy: Path) -> None:
-    """The backup's rows into the empty PostgreSQL database (a copy made by an older release
-    is brought to this release's schema first)."""
-    source = open_database(copy, label)
-    try:
-        target = open_database(url, label)
-        try:
-            copy_rows(source, target, label=label)
-        finally:
-            target.close()
-    finally:
-        source.close()
 
 
 def _header_bytes(header: dict[str, object]) -> bytes:
@@ -180,7 +163,7 @@ def backup(config: ControllerConfig, out: Path, recipients: list[str]) -> dict[s
         for db in _databases(config):
             copy = Path(tmp) / db.path.name
             if config.database.url:
-                _snapshot_postgresql(config.database.url, _label(db.name), copy)
+                _copy_rows(config.database.url, copy, _label(db.name), readonly=True)
             elif db.path.exists():
                 _snapshot_db(db.path, copy)
             else:
@@ -276,7 +259,7 @@ def restore(config: ControllerConfig, path: Path, identity: Path, signer: str,
         for db in restored:  # both empty before either is written
             _check_empty(config.database.url, _label(db.name))
         for db in restored:
-            _restore_postgresql(config.database.url, _label(db.name), staged / db.name)
+            _copy_rows(staged / db.name, config.database.url, _label(db.name))
             (staged / db.name).unlink()
             written += 1
         for file in sorted(p for p in staged.rglob("*") if p.is_file()):
