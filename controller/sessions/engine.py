@@ -99,7 +99,7 @@ class Sessions:
     and `on_layout`, which the composition root connects to the ingest, registry and bridge."""
 
     def __init__(self, db: Database, config: SessionsSection, registry: Registry,
-                 rpc: CommandClient, link: MqttLink, bridge: Bridge,
+                 rpc: CommandClient, link: MqttLink, bridge: Bridge[Any],
                  bridge_config: BridgeSection) -> None:
         self._db = db
         self._config = config

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import av
 from av.stream import Stream
@@ -54,15 +54,31 @@ class BridgeSession(abc.ABC):
     async def stats(self) -> dict[str, protocol.CallQos]:
         """Per point, seen from the bridge."""
 
+    @property
+    @abc.abstractmethod
+    def frames_composed(self) -> int: ...
+
+    @abc.abstractmethod
+    async def leave(self, device: str) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=BridgeSession)
+
 
 MediaListener = Callable[[str, BridgeSession], None]
 
 
-class Bridge(abc.ABC):
+class Bridge(abc.ABC, Generic[S]):
+    """Keeps the sessions' media (`S` per session) and tells listeners what happens."""
+
     # How points connect (`protocol.MediaPlan`), told to every box in its invitation.
     plan: protocol.MediaPlan = "single"
 
     def __init__(self) -> None:
+        self._sessions: dict[str, S] = {}
         self._media_listeners: list[MediaListener] = []
         self._peer_listeners: list[PeerListener] = []
         self._layout_listeners: list[LayoutListener] = []
@@ -99,18 +115,25 @@ class Bridge(abc.ABC):
         """The point's answer to a leg the bridge offered (`on_offer`)."""
         raise BridgeError("bad_request", f"this bridge offers no {leg} leg")
 
-    @abc.abstractmethod
     async def leave(self, session_id: str, device: str) -> None:
         """Disconnect a point and drop its tile; nothing if it is not there."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            await session.leave(device)
 
-    @abc.abstractmethod
-    async def close_session(self, session_id: str) -> None: ...
+    async def close_session(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            await session.close()
+            log.info("bridge_session_closed session=%s frames=%d", session_id,
+                     session.frames_composed)
 
-    @abc.abstractmethod
-    def session(self, session_id: str) -> BridgeSession | None: ...
+    def session(self, session_id: str) -> S | None:
+        return self._sessions.get(session_id)
 
-    @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        for session_id in list(self._sessions):
+            await self.close_session(session_id)
 
     def _media_started(self, session: BridgeSession) -> None:
         for callback in self._media_listeners:
@@ -131,7 +154,7 @@ class Bridge(abc.ABC):
             _safely(callback, session_id, device, attempt, leg, sdp)
 
 
-def build_bridge(config: BridgeSection) -> Bridge:
+def build_bridge(config: BridgeSection) -> Bridge[Any]:
     """The backend the configuration names (`bridge.backend`)."""
     if config.backend == "janus":
         from tiepdan.controller.sessions.bridge.janus_bridge import JanusBridge

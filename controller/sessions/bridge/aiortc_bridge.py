@@ -111,7 +111,11 @@ class AiortcSession(BridgeSession):
                        asyncio.ensure_future(self._mix_loop()),
                        asyncio.ensure_future(self._watch_loop())]
         self._layout: protocol.CallLayout | None = None
-        self.frames_composed = 0
+        self._frames_composed = 0
+
+    @property
+    def frames_composed(self) -> int:
+        return self._frames_composed
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -305,7 +309,7 @@ class AiortcSession(BridgeSession):
                                                             gutter, pts, self.target_bitrate())
             except RuntimeError:  # the worker was shut down with the session
                 return
-            self.frames_composed += 1
+            self._frames_composed += 1
             self.composed_frames.publish(frame)
             for packet in packets:
                 self.composed_video.publish(packet)
@@ -379,16 +383,12 @@ class AiortcSession(BridgeSession):
         return result
 
 
-class AiortcBridge(Bridge):
+class AiortcBridge(Bridge[AiortcSession]):
     session_class: type[AiortcSession] = AiortcSession
 
     def __init__(self, config: BridgeSection) -> None:
         super().__init__()
         self.config = config
-        self._sessions: dict[str, AiortcSession] = {}
-
-    def session(self, session_id: str) -> AiortcSession | None:
-        return self._sessions.get(session_id)
 
     async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
                    attempt: int, offer: str, leg: protocol.Leg = "main") -> str:
@@ -403,22 +403,6 @@ class AiortcBridge(Bridge):
                      self.config.width, self.config.height, self.config.fps)
             self._media_started(session)
         return await session.join(device, name, role, attempt, offer)
-
-    async def leave(self, session_id: str, device: str) -> None:
-        session = self._sessions.get(session_id)
-        if session is not None:
-            await session.leave(device)
-
-    async def close_session(self, session_id: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is not None:
-            await session.close()
-            log.info("bridge_session_closed session=%s frames=%d", session_id,
-                     session.frames_composed)
-
-    async def close(self) -> None:
-        for session_id in list(self._sessions):
-            await self.close_session(session_id)
 
 
 async def _every_frame(track: MediaStreamTrack) -> AsyncIterator[object]:

@@ -352,7 +352,7 @@ class JanusSession(BridgeSession):
         return result
 
 
-class JanusBridge(Bridge):
+class JanusBridge(Bridge[JanusSession]):
     plan: protocol.MediaPlan = "split"
 
     def __init__(self, config: BridgeSection) -> None:
@@ -360,7 +360,6 @@ class JanusBridge(Bridge):
         if not config.janus_url:
             raise ValueError("bridge.backend = \"janus\" needs bridge.janus_url")
         self.config = config
-        self._sessions: dict[str, JanusSession] = {}
         self._connection: JanusConnection | None = None
         self._lock = asyncio.Lock()
 
@@ -375,9 +374,6 @@ class JanusBridge(Bridge):
                     from None
             self._connection = connection
         return self._connection
-
-    def session(self, session_id: str) -> JanusSession | None:
-        return self._sessions.get(session_id)
 
     async def join(self, session_id: str, device: str, name: str, role: protocol.PointRole,
                    attempt: int, offer: str, leg: protocol.Leg = "main") -> str:
@@ -408,21 +404,8 @@ class JanusBridge(Bridge):
             raise BridgeError("not_found", f"no media for session {session_id}")
         await session.accept(device, attempt, leg, answer)
 
-    async def leave(self, session_id: str, device: str) -> None:
-        session = self._sessions.get(session_id)
-        if session is not None:
-            await session.leave(device)
-
-    async def close_session(self, session_id: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is not None:
-            await session.close()
-            log.info("bridge_session_closed session=%s frames=%d", session_id,
-                     session.frames_composed)
-
     async def close(self) -> None:
-        for session_id in list(self._sessions):
-            await self.close_session(session_id)
+        await super().close()
         if self._connection is not None:
             await self._connection.close()
 
