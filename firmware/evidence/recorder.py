@@ -466,8 +466,6 @@ class SegmentRecorder:
             return
         if index != self._primary and self._primary >= 0:
             segment = self._route(index, ts, key, segment)
-            if segment is None:
-                return
         if track.is_video and not segment.started[index]:
             if not key:
                 self.counters.skipped += 1
@@ -476,7 +474,7 @@ class SegmentRecorder:
         segment.items.append((index, packet, ts))
         segment.end_ms = max(segment.end_ms, ts)
 
-    def _route(self, index: int, ts: int, key: bool, open_: _Open) -> _Open | None:
+    def _route(self, index: int, ts: int, key: bool, open_: _Open) -> _Open:
         """The segment a non-primary packet belongs to: by its time, not by when it came.
 
         A packet timed before the last cut joins the segment that cut closed, while that one
@@ -565,8 +563,9 @@ class SegmentRecorder:
     def _mux(self, closed: _Closed) -> bytes:
         """The segment as a Matroska file in RAM (in the sealing thread).
 
-        A video stream takes its parameter sets and its size from its first packet (a key
-        frame, by construction); a track with nothing in this segment's time is absent from it.
+        A video stream takes its parameter sets from its first packet (a key frame, by
+        construction), a copied one its size too (our own encoders' size is fixed); a track
+        with nothing in this segment's time is absent from it.
         """
         present = {index for index, _, _ in closed.items}
         buffer = io.BytesIO()
@@ -577,7 +576,7 @@ class SegmentRecorder:
                 size, opus = self._sizes[index], closed.audio[index]
                 if index not in present:
                     continue
-                if track.is_video:  # adaptive bitrate may have changed the size since
+                if track.mode == "copy":  # adaptive bitrate may have changed its size since
                     first = next(packet for i, packet, _ in closed.items if i == index)
                     with contextlib.suppress(ValueError, av.FFmpegError):
                         size = _h264_size(first)
