@@ -14,6 +14,7 @@ only when a `postgresql://` URL is opened, so a controller on SQLite needs nothi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -158,6 +159,7 @@ class SqliteConnection(Connection):
         self.raw.close()
 
 
+@functools.lru_cache(maxsize=1024)  # the stores' statements are few and fixed
 def postgresql_sql(sql: str) -> str:
     """`?` placeholders to psycopg's `%s` (and a literal `%` to `%%`), outside quoted text."""
     out: list[str] = []
@@ -201,7 +203,6 @@ class PostgresConnection(Connection):
         self.readonly = readonly
         self.schema = schema
         self.IntegrityError = psycopg.IntegrityError
-        self._translated: dict[str, str] = {}
         self._streams = 0
         self._depth = 0  # open transaction blocks: never reconnect inside one
         self._closed = False
@@ -246,20 +247,14 @@ class PostgresConnection(Connection):
             self.reconnects += 1
         return self._raw
 
-    def _sql(self, sql: str) -> str:
-        found = self._translated.get(sql)
-        if found is None:
-            found = self._translated[sql] = postgresql_sql(sql)
-        return found
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if not params:  # without parameters psycopg sends the text as it is (`%` too)
             return self.raw.execute(sql)
-        return self.raw.execute(self._sql(sql), params)
+        return self.raw.execute(postgresql_sql(sql), params)
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         with self.raw.cursor() as cursor:
-            cursor.executemany(self._sql(sql), params)
+            cursor.executemany(postgresql_sql(sql), params)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
