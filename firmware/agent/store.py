@@ -3,6 +3,10 @@
 TinyDB's default storage rewrites its file in place, so a power cut mid-write leaves a torn
 file. `AtomicJSONStorage` writes a temporary file, fsyncs it, renames it over the old one and
 fsyncs the directory: after a cut the file is either the old state or the new one.
+
+TinyDB reads the whole file for every query (a command's idempotency check, the outbox length in
+each health report). The agent is the file's only writer, so the storage keeps the bytes it last
+read or wrote and parses those instead: the card is read once per start, written on changes.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ class AtomicJSONStorage(Storage):
     def __init__(self, path: str | os.PathLike[str], **_: Any) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw: bytes | None = None
 
     def read(self) -> dict[str, dict[str, Any]] | None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
+        raw = self._raw
+        if raw is None:
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return None
         if not raw:
             return None
         try:
@@ -46,11 +53,14 @@ class AtomicJSONStorage(Storage):
             return None
         if not isinstance(data, dict):
             return None
+        self._raw = raw
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        self._raw = None  # a failed write leaves the file as it was: read it again
         write_atomic(self.path, payload, 0o600)
+        self._raw = payload
 
     def close(self) -> None:
         pass

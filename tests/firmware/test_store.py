@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tiepdan.firmware.agent import store as store_module
 from tiepdan.firmware.agent.store import AtomicJSONStorage, BoxStore
 
 
@@ -69,3 +73,46 @@ def test_response_memory_is_bounded(tmp_path: Path) -> None:
         store.remember_response(f"c{i}", b"{}")
     assert store.response_for("c0") is None
     assert store.response_for(f"c{BoxStore.RESPONSES_KEPT + 9}") == b"{}"
+
+
+def test_queries_read_the_card_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's idempotency check and each health report's outbox length query the store;
+    the agent is the file's only writer, so they are answered from what it last read or wrote."""
+    path = tmp_path / "state.json"
+    BoxStore(path).put("desired_version", 7)
+    reads: list[Path] = []
+    real = Path.read_bytes
+
+    def counted(self: Path) -> bytes:
+        reads.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    store = BoxStore(path)
+    for n in range(50):
+        assert store.get("desired_version") == 7
+        assert store.response_for(f"c{n}") is None
+        assert store.outbox_len() == 0
+    store.put("desired_version", 8)
+    assert store.get("desired_version") == 8
+    assert reads.count(path) == 1
+
+
+def test_a_write_that_fails_after_the_rename_reads_the_card_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure late in a write (the directory's fsync) may leave the new state on the card;
+    the store must then answer from the card, not from its memory of the old state."""
+    path = tmp_path / "state.json"
+    store = BoxStore(path)
+    store.put("desired_version", 7)
+    real = store_module.write_atomic
+
+    def fails_late(target: Path, data: bytes, mode: int) -> None:
+        real(target, data, mode)
+        raise OSError(errno.EIO, "fsync of the directory failed")
+
+    monkeypatch.setattr(store_module, "write_atomic", fails_late)
+    with pytest.raises(OSError):
+        store.put("desired_version", 8)
+    monkeypatch.undo()
+    assert store.get("desired_version") == 8 == BoxStore(path).get("desired_version")
