@@ -36,13 +36,7 @@ class Telemetry:
         self._wake.set()
 
     async def read(self) -> protocol.Health:
-        h = await asyncio.to_thread(self._sensors)
-        backlog = None
-        if self._backlog is not None:
-            try:
-                backlog = await asyncio.to_thread(self._backlog)
-            except Exception:
-                log.exception("telemetry_backlog_failed device=%s", self._device)
+        h, backlog = await asyncio.to_thread(self._gather)
         self.latest = protocol.Health(
             ts=protocol.now_ms(),
             uptime_s=h.uptime_s,
@@ -59,6 +53,17 @@ class Telemetry:
             recording_backlog_s=backlog,
         )
         return self.latest
+
+    def _gather(self) -> tuple[Readings, float | None]:
+        """Both blocking reads in one worker call: a thread hop per report, not two."""
+        readings = self._sensors()
+        if self._backlog is None:
+            return readings, None
+        try:
+            return readings, self._backlog()
+        except Exception:
+            log.exception("telemetry_backlog_failed device=%s", self._device)
+            return readings, None
 
     async def run(self) -> None:
         topic = protocol.tele_topic(self._device, "health")
