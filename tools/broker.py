@@ -45,13 +45,16 @@ class Mosquitto:
     """
 
     def __init__(self, workdir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 listeners: str | None = None) -> None:
+                 listeners: str | None = None, autosave_interval: int = 1) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port or free_port(host)
         self.listeners = listeners or (
             f"listener {self.port} {host}\nallow_anonymous true\n"
         )
+        # Tests save every second so that a killed broker loses little; a deployed Mosquitto keeps
+        # Debian's 1800 s: each save writes every session and stalls the broker meanwhile.
+        self.autosave_interval = autosave_interval
         self.conf = workdir / "mosquitto.conf"
         self.logfile = workdir / "mosquitto.log"
         self.pidfile = workdir / "mosquitto.pid"
@@ -64,7 +67,7 @@ class Mosquitto:
             f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
-            "autosave_interval 1\n"
+            f"autosave_interval {self.autosave_interval}\n"
             "autosave_on_changes false\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 100\n"
