@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 
-def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
+from tiepdan.tools import netns
+
+
+@pytest.mark.parametrize("bridge", [
+    "aiortc",
+    pytest.param("janus", marks=pytest.mark.skipif(
+        shutil.which("janus") is None or not netns.available(),
+        reason="needs Debian's janus and root (a network namespace)"))])
+def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path, bridge: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tiepdan.tools.demo", "--duration", "20",
-         "--workdir", str(tmp_path)],
+         "--workdir", str(tmp_path), "--bridge", bridge],
         capture_output=True, text=True, timeout=120, check=False,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fleet: 5/5 online" in result.stdout
+    assert f"bridge {bridge}" in result.stdout
     login = re.search(r"web console: (http://127\.0\.0\.1:\d+/)\s+sign in as demo / (\S+)",
                       result.stdout)
     assert login, result.stdout[:3000]
@@ -45,6 +56,11 @@ def test_demo_runs_for_a_duration_with_every_box_online(tmp_path: Path) -> None:
                  "xa-quynh-luu"):
         log = (tmp_path / "logs" / f"{name}.log").read_text()
         assert "agent_stop" in log, f"{name} did not stop cleanly"
+    controller_log = (tmp_path / "logs" / "controller.log").read_text()
+    # The session's media went through the engine asked for (Janus: the one the demo started).
+    assert ("janus_compositor_start" in controller_log) == (bridge == "janus")
+    if bridge == "janus":
+        assert len(re.findall(r"janus_bridge bridge_join session=", controller_log)) >= 5
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ the real thing too: the demo creates the provisioning CA as `tiepdan-provision c
 the broker accepts mutual TLS only, and each box is provisioned like a new one (claim token and
 first-boot folder from the controller) and enrolls itself with `tiepdan-enroll` before its agent
 starts; the demo writes no box setting itself, enrollment does. Ctrl-C stops everything;
-`--duration` stops it after that many seconds, for scripts.
+`--duration` stops it after that many seconds, for scripts. `--bridge janus` runs the session
+through the Janus backend: Debian's janus started in a network namespace of its own, as the
+tests start it (needs root).
 The exit status is 0 when every box was seen online.
 """
 
@@ -44,7 +46,9 @@ from tiepdan.controller.enrollment.provisioning import material_for
 from tiepdan.firmware.evidence.identity import write_private
 from tiepdan.firmware.screen.presenter import SNAPSHOT_ENV
 from tiepdan.provisioning.material import initialise
+from tiepdan.tools import netns
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.janus import Janus, JanusError, janus_binary
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +295,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
     points = demo_points(args.boxes)
     session: dict[str, Any] | None = None
     went_live = False
+    media = contextlib.ExitStack()
     try:
         http_port = free_port()
         settings = controller_settings(workdir, broker, http_port)
+        if args.bridge == "janus":
+            janus = media.enter_context(Janus(workdir / "janus",
+                                              netns=media.enter_context(
+                                                  netns.namespace("tdemo"))))
+            settings["bridge"] = {**settings.get("bridge", {}), "backend": "janus",
+                                  "janus_url": janus.url, "janus_api_secret": janus.api_secret}
         ctl_config = write_toml(workdir / "controller.toml", settings)
         secure_broker(workdir, broker, msgspec.convert(settings, ControllerConfig))
         broker.start()
@@ -321,7 +332,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                                        str(workdir / f"{point.id}.toml")], env=env)
         started = time.monotonic()
         header = Text.assemble(
-            ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  ",
+            ("tiepdan demo", "bold"), f"  broker 127.0.0.1:{broker.port}  bridge {args.bridge}  ",
             f"console http://127.0.0.1:{http_port}/ ({DEMO_USER} / {password})  mutual TLS, "
             f"{len(points) - len(failed)}/{len(points)} boxes enrolled  logs {logdir}",
         )
@@ -359,6 +370,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         processes.stop()
         broker.stop()
+        media.close()
     console.print()
     missing = sorted({p.id for p in points} - seen_online)
     if missing:
@@ -389,9 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screens", action="store_true",
                         help="give every box a simulated HDMI display and keep what it shows "
                              "in <workdir>/screens/<box>.png")
+    parser.add_argument("--bridge", choices=["aiortc", "janus"], default="aiortc",
+                        help="the session's media engine (default %(default)s; janus needs root "
+                             "and Debian's janus)")
     args = parser.parse_args(argv)
     if args.boxes < 1:
         parser.error("--boxes must be at least 1")
+    if args.bridge == "janus":
+        try:
+            janus_binary()
+        except JanusError as exc:
+            parser.error(str(exc))
+        if not netns.available():
+            parser.error("--bridge janus runs Janus in a network namespace: run as root")
     return run(args, Console())
 
 
