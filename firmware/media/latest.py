@@ -13,6 +13,10 @@ seconds late. Two bounds, on the box and on the bridge alike:
   packets waiting for a lost one (seconds of video at a box's bitrate) before giving up. A
   gap older than `MAX_GAP_S` is skipped with the frame after it and a PLI asks for a key frame;
   decoding goes on meanwhile (concealed) rather than freeze the picture.
+- `bound_decoder(pc)` also drops a video frame timed before one already received: a late
+  retransmission that aiortc's jitter buffer takes for a sender restart (a packet more than 100
+  behind its head resets it) would otherwise be decoded and shown seconds late, after newer
+  pictures, by a receiver short of CPU. Newest wins by the picture's own time, not by arrival.
 - `latest_frames(track)`: iterates a track's decoded frames skipping all but the newest
   waiting one, so a consumer slower than the sender sees fewer frames, not older ones.
 - `bound_socket_age(pc)`: an event loop short of CPU reads its UDP sockets late and the
@@ -45,6 +49,10 @@ MAX_BACKLOG = 3  # encoded video frames (200 ms at 15 fps) waiting for the decod
 MAX_AUDIO_BACKLOG = 10  # 20 ms Opus packets
 MAX_GAP_S = 0.2  # a lost video packet (NACK round trips included) waited for this long at most
 MAX_SOCKET_AGE_S = 0.25  # an RTP packet older than this in the kernel's buffer is dropped
+VIDEO_CLOCK = 90_000  # RTP timestamp units a second, H.264 and VP8
+# A frame timed up to this much before the newest received is stale; further back, the sender
+# restarted its clock (a new encoder or a switched stream) and the frame is the new newest.
+STALE_WINDOW = 60 * VIDEO_CLOCK
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _JITTER = "_RTCRtpReceiver__jitter_buffer"
 _ERROR = "_RTCRtpReceiver__decoder_error"
@@ -89,12 +97,20 @@ class DroppingQueue(queue.Queue[Any]):
         # Video starts at a key frame: what comes before it would only decode to garbage.
         self._resyncing = kind == "video"
         self._asked = False
+        self.stale = 0
+        self._newest: int | None = None  # RTP timestamp of the newest video frame received
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is None:  # the receiver stopping: always delivered
             super().put(item, block, timeout)
             return
         codec, frame = item
+        if self.kind == "video" and self._behind(int(frame.timestamp)):
+            self.stale += 1
+            log.warning("receiver_stale_frame_dropped kind=video behind_ms=%d stale=%d",
+                        ((self._newest or 0) - int(frame.timestamp)) % 2**32 * 1000 // VIDEO_CLOCK,
+                        self.stale)
+            return
         if self.tap is not None and self.kind == "video":
             self.tap(str(getattr(codec, "name", "")), bytes(frame.data), int(frame.timestamp))
         if self.kind == "video":
@@ -119,6 +135,14 @@ class DroppingQueue(queue.Queue[Any]):
         elif self.qsize() >= self.limit:
             self._drain(keep=self.limit // 2)
         super().put(item, block, timeout)
+
+    def _behind(self, timestamp: int) -> bool:
+        """Whether a frame is timed before the newest one received (and becomes it if not)."""
+        newest = self._newest
+        if newest is not None and 0 < (newest - timestamp) % 2**32 <= STALE_WINDOW:
+            return True
+        self._newest = timestamp
+        return False
 
     def _drain(self, keep: int = 0) -> None:
         with self.mutex:

@@ -77,21 +77,47 @@ def test_decoder_backlog_is_dropped_up_to_the_next_key_frame() -> None:
     error = threading.Event()
     h264 = SimpleNamespace(name="H264")
     frames = DroppingQueue("video", error)
-    frames.put((h264, SimpleNamespace(data=P_FRAME)))  # before any key: useless
+    clock = iter(range(0, 10**9, 6000))  # 15 fps at 90 kHz
+    # before any key: useless
+    frames.put((h264, SimpleNamespace(data=P_FRAME, timestamp=next(clock))))
     assert frames.qsize() == 0 and error.is_set()
     error.clear()
-    frames.put((h264, SimpleNamespace(data=IDR)))
+    frames.put((h264, SimpleNamespace(data=IDR, timestamp=next(clock))))
     for _ in range(MAX_BACKLOG - 1):
-        frames.put((h264, SimpleNamespace(data=P_FRAME)))
+        frames.put((h264, SimpleNamespace(data=P_FRAME, timestamp=next(clock))))
     assert frames.qsize() == MAX_BACKLOG  # the decoder is behind, but not too far
-    frames.put((h264, SimpleNamespace(data=P_FRAME)))  # one too many: drop all, resync
+    # one too many: drop all, resync
+    frames.put((h264, SimpleNamespace(data=P_FRAME, timestamp=next(clock))))
     assert frames.qsize() == 0 and error.is_set()  # error -> the receiver sends a PLI
-    frames.put((h264, SimpleNamespace(data=P_FRAME)))
+    frames.put((h264, SimpleNamespace(data=P_FRAME, timestamp=next(clock))))
     assert frames.qsize() == 0
-    frames.put((h264, SimpleNamespace(data=IDR)))
+    frames.put((h264, SimpleNamespace(data=IDR, timestamp=next(clock))))
     assert frames.qsize() == 1
     frames.put(None)  # the receiver stopping always gets through
     assert frames.qsize() == 2
+
+
+def test_a_frame_timed_before_one_already_received_is_dropped() -> None:
+    """A late retransmission completes a picture seconds old after newer ones went through
+    (aiortc's jitter buffer takes a packet far behind its head for a sender restart): it is
+    neither decoded nor recorded. A clock that jumps far back is a restarted sender, kept."""
+    h264 = SimpleNamespace(name="H264")
+    recorded: list[int] = []
+    frames = DroppingQueue("video", threading.Event(), tap=lambda _c, _d, ts: recorded.append(ts))
+    second = 90_000
+    base = 2**32 - 2 * second  # the 32-bit RTP clock wraps during the test
+    for ts in (base, base + 6000, (base + 3 * second) % 2**32):
+        frames.put((h264, SimpleNamespace(data=IDR, timestamp=ts)))
+    frames.put((h264, SimpleNamespace(data=IDR, timestamp=base + 12000)))  # 2.9 s behind
+    decoded = [frames.get_nowait()[1].timestamp for _ in range(frames.qsize())]
+    assert decoded == recorded == [base, base + 6000, (base + 3 * second) % 2**32]
+    assert frames.stale == 1
+    restarted = (base + 3 * second - 600 * second) % 2**32  # ten minutes back: a new clock
+    frames.put((h264, SimpleNamespace(data=IDR, timestamp=restarted)))
+    frames.put((h264, SimpleNamespace(data=P_FRAME, timestamp=restarted + 6000)))
+    decoded = [frames.get_nowait()[1].timestamp for _ in range(frames.qsize())]
+    assert decoded == recorded[-2:] == [restarted, restarted + 6000]
+    assert frames.stale == 1
 
 
 def test_packet_kinds() -> None:
