@@ -6,9 +6,10 @@ queueing delay as it fills, then drops) on each end of the box's veth (uplink in
 namespace, downlink on the host's end), plus random loss from iptables (`-m statistic --mode
 random`) on the UDP the box sends and receives. Needs root, iproute2, iptables.
 
-`LinkWatch` samples one box of an aiortc-bridge session: what its encoder is asked for and
-sends (the box's call telemetry), how many of its pictures the bridge decodes, and what the
-bridge's composed picture is encoded at and the box receives of it.
+`LinkWatch` samples one box of a session: what its encoder is asked for and sends (the box's
+call telemetry), how many of its pictures the bridge decodes, and what the composed picture it
+receives is encoded at (the aiortc bridge's one adaptive rate, or the Janus backend's full or
+light rendition, whichever the box receives) and the box receives of it.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Phase:
     target_kbps: float | None
     sent_kbps: float | None
     heights: list[int] = field(default_factory=list)
-    composed_kbps: float | None = None  # the bridge's encoder target for the composed picture
+    composed_kbps: float | None = None  # the encoder target of the composed picture it gets
     received_fps: float | None = None  # the composed pictures the box decodes
     frozen_s: int = 0  # whole seconds in which the bridge decoded none of the box's pictures
 
@@ -109,7 +110,7 @@ class Phase:
 
 
 class LinkWatch:
-    """Samples one box in an aiortc-bridge session, once a second."""
+    """Samples one box in a session, once a second."""
 
     def __init__(self, controller: Any, session_id: str, device: str) -> None:
         self._controller = controller
@@ -123,6 +124,9 @@ class LinkWatch:
 
     def composed_kbps(self) -> float | None:
         session = self._controller.bridge.session(self._session_id)
+        per_point = getattr(session, "composed_bitrate", None)
+        if per_point is not None:
+            return round(float(per_point(self._device)) / 1000, 1)
         target = getattr(session, "target_bitrate", None)
         return None if target is None else round(target() / 1000, 1)
 
