@@ -96,6 +96,7 @@ class Phase:
     composed_kbps: float | None = None  # the encoder target of the composed picture it gets
     received_fps: float | None = None  # the composed pictures the box decodes
     frozen_s: int = 0  # whole seconds in which the bridge decoded none of the box's pictures
+    loss_received: float | None = None  # the share of the composed picture's packets it lost
 
     @property
     def fps(self) -> float:
@@ -106,6 +107,7 @@ class Phase:
                 "fps_at_bridge": round(self.fps, 2), "target_kbps": self.target_kbps,
                 "sent_kbps": self.sent_kbps, "heights": sorted(set(self.heights)),
                 "composed_kbps": self.composed_kbps, "received_fps": self.received_fps,
+                "loss_received": self.loss_received,
                 "frozen_s": self.frozen_s}
 
 
@@ -152,6 +154,7 @@ class LinkWatch:
         heights: list[int] = []
         composed: list[float] = []
         received: list[float] = []
+        lost: list[float] = []
         frames = frozen = 0
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -168,11 +171,14 @@ class LinkWatch:
                 heights.append(int(qos["video_height"]))
             if qos.get("fps_received") is not None:
                 received.append(float(qos["fps_received"]))
+            if qos.get("loss_received") is not None:
+                lost.append(float(qos["loss_received"]))
             kbps = self.composed_kbps()
             if kbps is not None:
                 composed.append(kbps)
         return Phase(name, time.monotonic() - started, frames, _median(targets),
-                     _median(sent), heights, _median(composed), _median(received), frozen)
+                     _median(sent), heights, _median(composed), _median(received), frozen,
+                     None if not lost else round(statistics.median(lost), 3))
 
 
 def _median(values: list[float]) -> float | None:
