@@ -65,6 +65,16 @@ class BridgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # receiver's RTCP feedback, but no lower than min_bitrate (false: a constant bitrate).
     adaptive_bitrate: bool = True
     min_bitrate: Annotated[int, msgspec.Meta(ge=50_000, le=50_000_000)] = 300_000
+    # The Janus backend's light rendition of the composed picture, for points whose downlink
+    # cannot carry the full one (`sessions/bridge/rendition.py`): encoded from the same composed
+    # frame, only while a point receives it. A point moves to it after two call-quality reports
+    # losing light_loss of the picture or more, back after light_hold seconds under half that.
+    light_rendition: bool = True
+    light_width: Annotated[int, msgspec.Meta(ge=160, le=3840, multiple_of=2)] = 640
+    light_height: Annotated[int, msgspec.Meta(ge=90, le=2160, multiple_of=2)] = 360
+    light_bitrate: Annotated[int, msgspec.Meta(ge=50_000, le=50_000_000)] = 300_000
+    light_loss: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.15
+    light_hold: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 20.0
     media_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     # The Janus backend: its WebSocket API and the api_secret every request carries.

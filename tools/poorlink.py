@@ -6,9 +6,10 @@ queueing delay as it fills, then drops) on each end of the box's veth (uplink in
 namespace, downlink on the host's end), plus random loss from iptables (`-m statistic --mode
 random`) on the UDP the box sends and receives. Needs root, iproute2, iptables.
 
-`LinkWatch` samples one box of an aiortc-bridge session: what its encoder is asked for and
-sends (the box's call telemetry), how many of its pictures the bridge decodes, and what the
-bridge's composed picture is encoded at and the box receives of it.
+`LinkWatch` samples one box of a session: what its encoder is asked for and sends (the box's
+call telemetry), how many of its pictures the bridge decodes, and what the composed picture it
+receives is encoded at (the aiortc bridge's one adaptive rate, or the Janus backend's full or
+light rendition, whichever the box receives) and the box receives of it.
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ class Phase:
     target_kbps: float | None
     sent_kbps: float | None
     heights: list[int] = field(default_factory=list)
-    composed_kbps: float | None = None  # the bridge's encoder target for the composed picture
+    composed_kbps: float | None = None  # the encoder target of the composed picture it gets
     received_fps: float | None = None  # the composed pictures the box decodes
     frozen_s: int = 0  # whole seconds in which the bridge decoded none of the box's pictures
+    loss_received: float | None = None  # the share of the composed picture's packets it lost
 
     @property
     def fps(self) -> float:
@@ -105,11 +107,12 @@ class Phase:
                 "fps_at_bridge": round(self.fps, 2), "target_kbps": self.target_kbps,
                 "sent_kbps": self.sent_kbps, "heights": sorted(set(self.heights)),
                 "composed_kbps": self.composed_kbps, "received_fps": self.received_fps,
+                "loss_received": self.loss_received,
                 "frozen_s": self.frozen_s}
 
 
 class LinkWatch:
-    """Samples one box in an aiortc-bridge session, once a second."""
+    """Samples one box in a session, once a second."""
 
     def __init__(self, controller: Any, session_id: str, device: str) -> None:
         self._controller = controller
@@ -123,6 +126,9 @@ class LinkWatch:
 
     def composed_kbps(self) -> float | None:
         session = self._controller.bridge.session(self._session_id)
+        per_point = getattr(session, "composed_bitrate", None)
+        if per_point is not None:
+            return round(float(per_point(self._device)) / 1000, 1)
         target = getattr(session, "target_bitrate", None)
         return None if target is None else round(target() / 1000, 1)
 
@@ -148,6 +154,7 @@ class LinkWatch:
         heights: list[int] = []
         composed: list[float] = []
         received: list[float] = []
+        lost: list[float] = []
         frames = frozen = 0
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -164,11 +171,14 @@ class LinkWatch:
                 heights.append(int(qos["video_height"]))
             if qos.get("fps_received") is not None:
                 received.append(float(qos["fps_received"]))
+            if qos.get("loss_received") is not None:
+                lost.append(float(qos["loss_received"]))
             kbps = self.composed_kbps()
             if kbps is not None:
                 composed.append(kbps)
         return Phase(name, time.monotonic() - started, frames, _median(targets),
-                     _median(sent), heights, _median(composed), _median(received), frozen)
+                     _median(sent), heights, _median(composed), _median(received), frozen,
+                     None if not lost else round(statistics.median(lost), 3))
 
 
 def _median(values: list[float]) -> float | None:

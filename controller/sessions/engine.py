@@ -450,6 +450,7 @@ class Sessions:
             "ts": telemetry.ts})
         if telemetry.qos is not None:
             registry.set_extra(topic.device, "call_qos", protocol.to_builtins(telemetry.qos))
+            self.bridge.link_report(telemetry.session, topic.device, telemetry.qos)
 
     # -- bridge -> engine ------------------------------------------------------------------------
 

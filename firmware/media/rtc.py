@@ -191,9 +191,10 @@ class QosMeter:
                     rtt = stats.roundTripTime * 1000
                 loss_sent = min(1.0, stats.fractionLost / 256)
             elif stats.type == "inbound-rtp" and kind == "video" and receives:
-                totals["in_packets"] += stats.packetsReceived
-                totals["in_lost"] += max(0, stats.packetsLost)
                 jitter = stats.jitter / 90  # RTP units of the 90 kHz video clock
+        received_packets, lost_packets, media_jitter = inbound_video(self._pc)
+        totals["in_packets"], totals["in_lost"] = received_packets, lost_packets
+        jitter = media_jitter if media_jitter is not None else jitter
         elapsed = max(1e-3, now - self._at)
         delta = {k: v - self._last.get(k, 0.0) for k, v in totals.items()}
         self._last, self._at = totals, now
@@ -209,6 +210,35 @@ class QosMeter:
             else None,
             jitter_ms=None if jitter is None else round(max(0.0, jitter), 1),
         )
+
+
+def inbound_video(pc: RTCPeerConnection) -> tuple[float, float, float | None]:
+    """Packets received and lost, and jitter (ms), of the video `pc` receives, retransmission
+    streams left out.
+
+    aiortc's getStats gives every SSRC a receiver sees the same inbound-rtp id, so once a
+    retransmission (RTX) stream appears its counters replace the media stream's in the report
+    (and stop moving when retransmissions do: no loss figure at all afterwards). Its receiver
+    keeps each SSRC's statistics apart; this reads them (aiortc's own RTCP uses the same).
+    """
+    received = lost = 0.0
+    jitter: float | None = None
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind != "video" or receiver is None:
+            continue
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+        rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", None)
+        if not isinstance(streams, dict) or not isinstance(rtx, dict):
+            continue
+        media = set(rtx.values()) & set(streams) or set(streams) - set(rtx)
+        for ssrc, stream in list(streams.items()):
+            if ssrc not in media:
+                continue
+            received += stream.packets_received
+            lost += max(0, stream.packets_lost)
+            jitter = stream.jitter / 90
+    return received, lost, jitter
 
 
 async def close_quietly(pc: RTCPeerConnection, timeout: float = 5.0) -> None:

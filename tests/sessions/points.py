@@ -80,13 +80,16 @@ async def session_controller(tmp_path: Path, broker: Mosquitto,
 
 
 def tags_seen(agent: Agent, frame: av.VideoFrame) -> dict[str, int]:
-    """Which points' tags a composed picture shows: device -> label hash, per layout tile."""
+    """Which points' tags a composed picture shows: device -> label hash, per layout tile
+    (scaled: a light rendition of the picture is smaller than the layout says)."""
     layout = agent.call.layout
     assert layout is not None, "no layout received"
     luma = frame.to_ndarray()[: frame.height]
+    sx, sy = frame.width / layout.width, frame.height / layout.height
     found = {}
     for tile in layout.tiles:
-        tag = read_tag(luma[tile.y:tile.y + tile.height, tile.x:tile.x + tile.width])
+        x, y = round(tile.x * sx), round(tile.y * sy)
+        tag = read_tag(luma[y:y + round(tile.height * sy), x:x + round(tile.width * sx)])
         if tag is not None:
             found[tile.device] = tag.label_hash
     return found

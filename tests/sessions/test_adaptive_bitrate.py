@@ -11,14 +11,16 @@ reaching the box, and when the limit is lifted the bitrate climbs back. Outcomes
 never timings.
 
 The same through the Janus backend (Janus on this host, gathering on the box's veth only): the
-box adapts to Janus's receiver reports (Janus's REMB is only the room's cap). Janus ends the
-boxes' RTCP for the composed picture, so nothing adapts that stream there: its downlink is not
-limited in that run.
+box adapts to Janus's receiver reports (Janus's REMB is only the room's cap). Janus cannot thin
+the one composed stream, so the compositor publishes a light rendition beside it and the bridge
+switches the box's view leg onto it while the box reports losing much of the full one (its call
+telemetry), and back to the full one once the limit is lifted; the other point stays on full.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -52,6 +54,9 @@ LINK_KBIT = 300
 DOWNLINK_KBIT = 250
 LOSS = 0.05
 CEILING = 600_000
+# The Janus backend's light rendition, under the downlink with the AudioBridge's Opus (~60
+# kbit/s with RTP); back to full after 8 s clear (the default 20 s would only lengthen the run).
+LIGHT = {"light_width": 320, "light_height": 180, "light_bitrate": 120_000, "light_hold": 8.0}
 
 
 def grainy_profile(tmp_path: Path) -> Path:
@@ -69,7 +74,8 @@ def media_engine(backend: str, tmp_path: Path, ns: netns.Netns) -> Iterator[dict
         yield {"min_bitrate": 60_000}  # under the 250 kbit/s downlink with 96 kbit/s of Opus
         return
     with Janus(tmp_path / "janus", ice_interface=ns.host_if) as janus:
-        yield {"backend": "janus", "janus_url": janus.url, "janus_api_secret": janus.api_secret}
+        yield {"backend": "janus", "janus_url": janus.url, "janus_api_secret": janus.api_secret,
+               **LIGHT}
 
 
 @pytest.mark.parametrize("backend", [
@@ -77,9 +83,11 @@ def media_engine(backend: str, tmp_path: Path, ns: netns.Netns) -> Iterator[dict
     pytest.param("janus", marks=pytest.mark.skipif(shutil.which("janus") is None,
                                                    reason="needs Debian's janus"))])
 async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
-        backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tiepdan.controller.sessions.bridge")
     mqtt_port = free_port()
-    downlink = DOWNLINK_KBIT if backend == "aiortc" else None
+    janus = backend == "janus"
     with netns.namespace("tabr", index=1, subnet=234) as ns, \
             media_engine(backend, tmp_path, ns) as engine:
         # The bridge and the host point: the host's end of the veth, which the box reaches.
@@ -120,7 +128,8 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
                                  what="the box's call telemetry")
                 clear = await watch.phase("clear", 4)
 
-                with poorlink.poor_link(ns, LINK_KBIT, LOSS, downlink_kbit=downlink):
+                bridge = controller.bridge.session(session.id)
+                with poorlink.poor_link(ns, LINK_KBIT, LOSS, downlink_kbit=DOWNLINK_KBIT):
                     await eventually(
                         lambda: (watch.qos().get("target_kbps") or CEILING) < LINK_KBIT, 60,
                         interval=0.5, what="the box's target under the link rate")
@@ -140,9 +149,13 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
                     states = (controller.sessions.point(session.id, POOR).state,
                               (controller.registry.get(POOR).extra.get("call") or {})
                               .get("state"))
+                    host_rendition = bridge.rendition(HOST) if janus else None
                 low = limited.target_kbps or 0.0
                 await eventually(lambda: (watch.qos().get("target_kbps") or 0) > 1.5 * low, 90,
                                  interval=0.5, what="the bitrate climbing after the limit")
+                if janus:  # a clear link for light_hold, or twice or more after failed tries
+                    await eventually(lambda: bridge.rendition(POOR) == "full", 150,
+                                     interval=0.5, what="the full picture back after the limit")
                 recovered = await watch.phase("recovered", 4)
         finally:
             if process is not None and process.poll() is None:
@@ -171,12 +184,23 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
     assert recovered.target_kbps is not None and recovered.target_kbps > limited.target_kbps, \
         figures
     assert "bitrate_step" in log_text
-    # The box kept decoding the composed picture; the aiortc bridge brought it down under the
-    # box's downlink.
+    # The box kept decoding the composed picture, which came down under the box's downlink:
+    # the aiortc bridge's one encoder, or the Janus backend's light rendition.
     assert limited.received_fps is not None and limited.received_fps > 0, figures
-    if backend == "aiortc":
-        assert clear.composed_kbps is not None and limited.composed_kbps is not None, figures
-        assert limited.composed_kbps < DOWNLINK_KBIT < clear.composed_kbps, figures
+    assert clear.composed_kbps is not None and limited.composed_kbps is not None, figures
+    assert limited.composed_kbps < DOWNLINK_KBIT < clear.composed_kbps, figures
+    if janus:
+        # Back on the full picture once the limit was lifted, still decoding it; the point on
+        # a clear link never left it.
+        assert recovered.composed_kbps is not None and \
+            recovered.composed_kbps > DOWNLINK_KBIT, figures
+        assert recovered.received_fps is not None and recovered.received_fps > 0, figures
+        assert host_rendition == "full"
+        switches = [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith("composed_rendition ")]
+        assert any(f"device={POOR} to=light" in m for m in switches), switches
+        assert f"device={POOR} to=full" in switches[-1], switches
+        assert not any(f"device={HOST}" in m for m in switches), switches
 
 
 def _moving(counters: list[int]) -> bool:

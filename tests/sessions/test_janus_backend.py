@@ -1,25 +1,42 @@
 """A session through the Janus backend: VideoRoom forwards, AudioBridge mixes, one composed
-picture; every point sees and hears the others (never itself), and the bridge records."""
+picture; every point sees and hears the others (never itself), and the bridge records. A point
+whose downlink is poor is switched onto the light rendition of the picture and back, and what
+it records of it (copied as it arrives) stays verifiable and playable across the switches."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 from pathlib import Path
 
+import av
 import pytest
 
+from tests.recording.rec_support import Archive, decrypt_segment, verified_records
 from tests.sessions.janus_fixture import janus, janus_bridge, requires_janus
 from tests.sessions.points import (
     BRIDGE,
     hashes,
     hears,
     latest_picture,
+    point_name,
     points,
+    small_profile,
     tags_seen,
 )
-from tests.support import eventually, make_controller_config, running_controller
+from tests.support import (
+    eventually,
+    make_agent_config,
+    make_controller_config,
+    running_agent,
+    running_controller,
+)
 from tiepdan.controller.sessions.bridge import BridgeError
+from tiepdan.controller.sessions.bridge.janus_bridge import JanusSession
+from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.tools.broker import Mosquitto
 from tiepdan.tools.janus import Janus
 
@@ -81,3 +98,103 @@ async def test_janus_bridge_refuses_legs_out_of_order(tmp_path: Path, broker: Mo
         with pytest.raises(BridgeError):
             await bridge.accept("s-x", "jp-1", 1, "view", "v=0")
         assert bridge.session("s-x") is not None  # the session's media goes on
+
+
+LIGHT = {"light_width": 320, "light_height": 180, "light_bitrate": 120_000, "light_hold": 1.0}
+FULL_SIZE = (int(BRIDGE["width"]), int(BRIDGE["height"]))
+LIGHT_SIZE = (int(LIGHT["light_width"]), int(LIGHT["light_height"]))
+
+
+async def test_a_point_on_a_poor_downlink_gets_the_light_picture_and_records_it(
+        tmp_path: Path, broker: Mosquitto, janus: Janus) -> None:
+    """The rule's reports are given here (the boxes' own report rarely); the poor-link test
+    drives the same switch from a real limited link and the box's own telemetry."""
+    archive = Archive.create()
+    profile = str(small_profile(tmp_path))
+    devices = ["jl-host", "jl-1"]
+    config = make_controller_config(tmp_path, broker,
+                                    bridge={**BRIDGE, **janus_bridge(janus), **LIGHT},
+                                    sessions={"invite_timeout": 5.0},
+                                    archive={"record_bridge": False})
+    async with running_controller(config) as controller, contextlib.AsyncExitStack() as stack:
+        agents = {}
+        for device in devices:
+            box = make_agent_config(
+                tmp_path, broker, device, board={"profile": profile},
+                device={"name": point_name(device)},
+                call={"media_timeout": 3.0, "join_timeout": 8.0, "video_bitrate": 300_000,
+                      "qos_interval": 600.0},
+                recording={"segment_seconds": 1.0, "reserve_mb": 0})
+            archive.install_on_box(box.state_dir)
+            running = await stack.enter_async_context(running_agent(box, profile_name=profile))
+            agents[device] = (running.agent, box)
+        await eventually(lambda: all(controller.registry.get(d) for d in devices), 10,
+                         what="every box registered")
+        session = await controller.sessions.open("jl-host", devices[1:], auto_join=True)
+        poor, box = agents["jl-1"]
+        host = agents["jl-host"][0]
+        await eventually(lambda: all(a.call.state == "live" for a, _ in agents.values()), 40,
+                         what="every point live")
+        media = controller.bridge.session(session.id)
+        assert isinstance(media, JanusSession)
+        compositor = media.compositor
+        expected = hashes(devices)
+
+        async def receives(agent: Agent, size: tuple[int, int]) -> bool:
+            picture = await latest_picture(agent)
+            return (picture.width, picture.height) == size and \
+                tags_seen(agent, picture).get("jl-host") == expected["jl-host"]
+
+        await eventually(lambda: receives(poor, FULL_SIZE), 20, what="the full picture")
+        assert compositor.light_encoder is None, "the light picture encoded for nobody"
+        await eventually(lambda: poor.recording.status().get("segments", 0) >= 2, 30,
+                         what="segments of the full picture at the box")
+
+        def report(loss: float) -> None:
+            controller.bridge.link_report(session.id, "jl-1",
+                                          protocol.CallQos(loss_received=loss))
+
+        report(0.5)
+        assert media.rendition("jl-1") == "full"  # one poor report is not enough
+        report(0.5)
+        await eventually(lambda: receives(poor, LIGHT_SIZE), 20,
+                         what="the light picture, decodable from the switch's key frame")
+        assert media.rendition("jl-1") == "light"
+        assert compositor.light_viewers == {"jl-1"} and compositor.light_encoder is not None
+        assert await receives(host, FULL_SIZE), "the host left the full picture too"
+        # The light picture moves on: the host's tag counter advances in it.
+        first = compositor.light_encoder.frames
+        segments = poor.recording.status().get("segments", 0)
+        await eventually(lambda: poor.recording.status().get("segments", 0) >= segments + 2,
+                         30, what="segments of the light picture at the box")
+        assert compositor.light_encoder.frames > first
+        # Clear reports for light_hold: back to the full picture; the light one stops.
+        report(0.0)
+        await asyncio.sleep(LIGHT["light_hold"] + 0.2)
+        report(0.0)
+        await eventually(lambda: receives(poor, FULL_SIZE), 20, what="the full picture back")
+        assert media.rendition("jl-1") == "full"
+        assert compositor.light_encoder is None and not compositor.light_viewers
+        segments = poor.recording.status().get("segments", 0)
+        await eventually(lambda: poor.recording.status().get("segments", 0) >= segments + 2,
+                         30, what="segments of the full picture again")
+        await controller.sessions.end(session.id, "test")
+        await eventually(lambda: poor.recording.recorder is None, 15, what="recording stopped")
+    # The box's recording across both switches verifies (hashes, chain, signatures) and every
+    # segment of the copied picture plays, at the size it arrived in.
+    directory = box.recording_dir / session.id
+    records = verified_records(directory, "jl-1", session.id,
+                               Identity(box.state_dir).signing_key())
+    sizes: list[tuple[int, int]] = []
+    for record in records:
+        if record.segment is None:
+            continue
+        with av.open(io.BytesIO(decrypt_segment(directory, record, archive))) as container:
+            for stream in container.streams.video:
+                if stream.metadata.get("title") == "received-video":
+                    frames = [(f.width, f.height) for f in container.decode(stream)]
+                    assert frames, record.segment.name
+                    sizes.extend(frames)
+    changes = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
+    assert changes[:1] == [FULL_SIZE] and LIGHT_SIZE in changes and changes[-1] == FULL_SIZE, \
+        changes

@@ -23,11 +23,15 @@ Up to three bridges, measured one after the other for each N, with the same poin
 - janus: the Janus backend (Debian's janus in a `tben` network namespace; needs root): Janus
   forwards and mixes, the controller's compositor decodes, composes and encodes once. Its
   bridge CPU is the controller's plus Janus's. In the default list wherever it can run.
+- janus-light (only when asked): the same with `--light-points` points (not the host) moved
+  onto the light rendition of the composed picture, by the bridge's own rule fed reports of
+  heavy loss: the controller's added cost of the second, light encode (ratio against janus).
 
     python -m tiepdan.tools.bench.session --points 8 16 32 --window 15
     python -m tiepdan.tools.bench.session --points 8 --points-as replayers boxes
     python -m tiepdan.tools.bench.session --points 4 --bridges shared --points-as boxes \\
         --box-recording reencode
+    python -m tiepdan.tools.bench.session --points 2 --bridges janus janus-light --window 20
 
 `--box-recording` chooses how full boxes record the received picture (`copy`, the default, or
 `reencode`): box CPU before and after recording it as it arrives.
@@ -115,7 +119,7 @@ class NaiveSession(AiortcSession):
         return PacketTrack(source), encoder.request_key
 
 
-async def run_bridge(config_path: Path, mode: str) -> None:
+async def run_bridge(config_path: Path, mode: str, light: int = 0) -> None:
     from tiepdan.controller.config import load_config
     from tiepdan.controller.service import Controller
     from tiepdan.firmware.core import logs
@@ -127,7 +131,34 @@ async def run_bridge(config_path: Path, mode: str) -> None:
         controller.bridge.session_class = NaiveSession  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, controller.request_stop)
-    await controller.run()
+    forcing = asyncio.ensure_future(force_light(controller, light)) if light else None
+    try:
+        await controller.run()
+    finally:
+        if forcing is not None:
+            forcing.cancel()
+
+
+async def force_light(controller: Any, count: int) -> None:
+    """Keep `count` points (never the host) of every Janus session on the light rendition,
+    through the bridge's own rule: reports of heavy loss, as a box on a poor link sends."""
+    from tiepdan.firmware import protocol
+
+    heavy = protocol.CallQos(loss_received=1.0)
+    confirmed: set[str] = set()
+    while True:
+        await asyncio.sleep(0.5)
+        for media in list(controller.bridge._sessions.values()):
+            guests = sorted(d for d, p in media.points.items()
+                            if p.role != "host" and p.view is not None)
+            for device in guests[:count]:
+                if media.rendition(device) != "light":
+                    media.link_report(device, heavy)
+            viewers = media.compositor.light_viewers
+            if viewers and media.id not in confirmed:
+                confirmed.add(media.id)  # the log is at warning: say it at that level
+                logging.getLogger("bench").warning("bench_light_on session=%s points=%s",
+                                                   media.id, ",".join(sorted(viewers)))
 
 
 # -- the box with its probe -------------------------------------------------------------------
@@ -251,10 +282,11 @@ def _python(*args: str) -> list[str]:
 def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: float,
             size: tuple[int, int], janus: Janus | None = None,
             box_recording: str = "copy", points_as: str = "replayers",
-            replayer_procs: int = 2) -> dict[str, Any]:
+            replayer_procs: int = 2, light_points: int = 1) -> dict[str, Any]:
     """1 + `points` through bridge `mode`; the points are full boxes (one agent process each)
     or replayers (the measuring host alone in one process, the others in `replayer_procs`)."""
     light = points_as == "replayers"
+    is_janus = mode in ("janus", "janus-light")
     run_dir = workdir / f"{mode}-{points}-{points_as}"
     run_dir.mkdir(parents=True)
     http_port = free_port()
@@ -265,7 +297,8 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         "http": {"host": "127.0.0.1", "port": http_port},
         "bridge": {"width": size[0], "height": size[1], "fps": FPS, **(
             {"backend": "janus", "janus_url": janus.url, "janus_api_secret": janus.api_secret}
-            if mode == "janus" and janus is not None else {})},
+            if is_janus and janus is not None else {}), **(
+            {"light_hold": 3600.0} if mode == "janus-light" else {})},
         "log": {"level": "warning"},
         "archive": {"trial_identity": True},  # a benchmark, not a deployment
     }))
@@ -279,11 +312,13 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
         children.append(child)
         return child
 
-    devices = [f"b{points}-{mode[0]}{points_as[0]}-{n:02d}" for n in range(points + 1)]
+    letter = "l" if mode == "janus-light" else mode[0]
+    devices = [f"b{points}-{letter}{points_as[0]}-{n:02d}" for n in range(points + 1)]
     outputs: list[Path] = []
     try:
-        bridge = spawn("controller", _python("bridge", "--config", str(ctl), "--mode",
-                                             "shared" if mode == "janus" else mode))
+        bridge = spawn("controller", _python(
+            "bridge", "--config", str(ctl), "--mode", "shared" if is_janus else mode,
+            *(["--light", str(light_points)] if mode == "janus-light" else [])))
         boxes = []
         if light:
             shares = [devices[1 + k::replayer_procs] for k in range(replayer_procs)]
@@ -344,7 +379,7 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             time.sleep(0.5)
         time.sleep(3.0)  # past the first key frames and the jitter buffers' start
         processes = [psutil.Process(c.pid) for c in [bridge, *boxes]]
-        if mode == "janus" and janus is not None and janus.process is not None:
+        if is_janus and janus is not None and janus.process is not None:
             processes.append(psutil.Process(janus.process.pid))
         load = os.getloadavg()[0]
         before = [p.cpu_times() for p in processes]
@@ -385,7 +420,10 @@ def measure(workdir: Path, broker: Mosquitto, points: int, mode: str, window: fl
             "not_receiving_at_start": len(devices) - receiving,
             "bridge_cpu_per_point": round((cpu[0] + janus_cpu) / len(devices), 1),
             "bridge_cpu": round(cpu[0] + janus_cpu, 1),
+            "controller_cpu": round(cpu[0], 1),
             "janus_cpu": round(janus_cpu, 1),
+            "light_points": light_points if mode == "janus-light" else 0,
+            "light_on": "bench_light_on" in (logs / "controller.log").read_text(errors="replace"),
             # Full boxes: the mean box process. Replayers: the measuring host's process, and
             # the others' processes per point they carry.
             "box_cpu": round(point_cpu[0] if light else statistics.mean(point_cpu), 1),
@@ -413,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     bridge = sub.add_parser("bridge")
     bridge.add_argument("--config", type=Path, required=True)
     bridge.add_argument("--mode", choices=["shared", "naive"], required=True)
+    bridge.add_argument("--light", type=int, default=0)
     box = sub.add_parser("box")
     box.add_argument("--config", type=Path, required=True)
     box.add_argument("--out", type=Path, required=True)
@@ -425,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--composed", default="1280x720",
                         help="size of the composed picture (the bridge's width x height)")
-    parser.add_argument("--bridges", nargs="+", choices=["shared", "naive", "janus"],
+    parser.add_argument("--bridges", nargs="+",
+                        choices=["shared", "naive", "janus", "janus-light"],
                         help="default: janus (where it can run: root, Debian's janus), "
                              "shared, naive")
     parser.add_argument("--points-as", nargs="+", choices=["replayers", "boxes"],
@@ -439,9 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path,
                         help="keep every process's log here (default: a temporary directory)")
     parser.add_argument("--box-recording", choices=["copy", "reencode"], default="copy")
+    parser.add_argument("--light-points", type=int, default=1,
+                        help="janus-light: the points moved onto the light rendition")
     args = parser.parse_args(argv)
     if args.role == "bridge":
-        asyncio.run(run_bridge(args.config, args.mode))
+        asyncio.run(run_bridge(args.config, args.mode, args.light))
         return 0
     if args.role == "box":
         asyncio.run(run_box(args.config, args.out))
@@ -466,14 +508,15 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="tiepdan-bench-")))
         broker = stack.enter_context(Mosquitto(workdir / "broker"))
         janus = None
-        if "janus" in args.bridges:
+        if "janus" in args.bridges or "janus-light" in args.bridges:
             ns = stack.enter_context(netns.namespace("tben", index=7))
             janus = stack.enter_context(Janus(workdir / "janus", netns=ns))
         for points, points_as in runs:
             for mode in args.bridges:
                 try:
                     result = measure(workdir, broker, points, mode, args.window, size, janus,
-                                     args.box_recording, points_as, args.replayer_procs)
+                                     args.box_recording, points_as, args.replayer_procs,
+                                     args.light_points)
                 except RuntimeError as exc:  # one bridge failing must not lose the others
                     first = str(exc).splitlines()[0]
                     print(f"N={points:<2} {mode:6} {points_as:9}  FAILED: {first}", flush=True)
@@ -488,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{result['not_live_at_start']} / {result['not_receiving_at_start']}  "
                       f"bridge {result['bridge_cpu']:5.1f}% "
                       f"({result['bridge_cpu_per_point']:.1f}%/point, janus "
-                      f"{result['janus_cpu']:.1f}%)  measuring/box {result['box_cpu']:.1f}%  "
+                      f"{result['janus_cpu']:.1f}%, controller {result['controller_cpu']:.1f}%)  "
+                      f"measuring/box {result['box_cpu']:.1f}%  "
                       f"replayers {result['replayer_cpu_per_point']}%/point  "
                       f"load {result['load_1min']} -> {result['load_1min_after']}", flush=True)
     ratios: dict[str, dict[str, float | None]] = {}
@@ -507,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                 if naive["bridge_cpu_per_point"] else None
             ratios[key][f"fps_min_{mode}_over_naive"] = round(
                 mine["fps_min"] / naive["fps_min"], 2) if naive["fps_min"] else None
+        full, lighter = by_mode.get("janus"), by_mode.get("janus-light")
+        if full is not None and lighter is not None and full["controller_cpu"]:
+            ratios[key]["controller_cpu_janus-light_over_janus"] = round(
+                lighter["controller_cpu"] / full["controller_cpu"], 2)
         print(f"N={points:<2} {points_as} ratios (same run): {ratios[key]}")
     holding = {f"{mode}-{points_as}": max(
         (r["points"] for r in results if r["bridge"] == mode and r["points_as"] == points_as

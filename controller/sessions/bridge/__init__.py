@@ -115,6 +115,10 @@ class Bridge(abc.ABC, Generic[S]):
         """The point's answer to a leg the bridge offered (`on_offer`)."""
         raise BridgeError("bad_request", f"this bridge offers no {leg} leg")
 
+    def link_report(self, session_id: str, device: str, qos: protocol.CallQos) -> None:
+        """A point's own call-quality report (its `tele/call`), for a bridge that adapts what
+        it sends the point by it (the Janus backend's renditions; aiortc has RTCP for that)."""
+
     async def leave(self, session_id: str, device: str) -> None:
         """Disconnect a point and drop its tile; nothing if it is not there."""
         session = self._sessions.get(session_id)

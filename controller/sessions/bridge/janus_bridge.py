@@ -11,6 +11,11 @@ One `JanusCompositor` per session subscribes to the points' feeds and publishes 
 feed; one `MixTap` joins the AudioBridge muted and receives the full mix. Both feed the
 bridge's recording as the aiortc bridge does (`composed_video`, `mixed_audio`).
 
+A point whose downlink cannot carry the composed picture (its call telemetry, `link_report`,
+judged by `RenditionRule`) has its view leg switched (VideoRoom "switch": same peer
+connection, no renegotiation, Janus asks the new source for a key frame) onto the light
+rendition, and back once its link has been clear for a while.
+
 Janus's WebSocket API (`bridge.janus_url`, `bridge.janus_api_secret`) is driven from asyncio.
 A point goes live when Janus receives its video (or the compositor decodes a picture of it),
 and is lost when Janus has received no video from it for `bridge.media_timeout` (Janus's own
@@ -40,8 +45,9 @@ from tiepdan.controller.sessions.bridge.janus_api import (
     JanusHandle,
     Json,
 )
-from tiepdan.controller.sessions.bridge.janus_compositor import COMPOSED_FEED, JanusCompositor
+from tiepdan.controller.sessions.bridge.janus_compositor import JanusCompositor
 from tiepdan.controller.sessions.bridge.janus_mix import MixTap
+from tiepdan.controller.sessions.bridge.rendition import Rendition, RenditionRule, Switch
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.rtc import check_sdp, describe
@@ -67,6 +73,14 @@ class JanusPoint:
     view: JanusHandle | None = None
     # Janus's own view of the point's video (its `media` events): when it stopped arriving.
     silent_since: float | None = None
+    # Which rendition of the composed picture its view leg receives, by its downlink.
+    rule: RenditionRule | None = None
+    view_mid: str = "0"  # the view leg's video stream, which a switch names
+    switching: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def rendition(self) -> Rendition:
+        return "full" if self.rule is None else self.rule.rendition
 
     def handles(self) -> list[JanusHandle]:
         return [h for h in (self.publisher, self.audio, self.view) if h is not None]
@@ -152,6 +166,8 @@ class JanusSession(BridgeSession):
         if point is None:
             self._next_feed += 1
             point = self.points[device] = JanusPoint(device, name, role, self._next_feed)
+            if self.config.light_rendition:
+                point.rule = RenditionRule(self.config.light_loss, self.config.light_hold)
             self.compositor.add(device, name, role, point.feed)
         else:
             await self._disconnect(point, "replaced")
@@ -180,23 +196,38 @@ class JanusSession(BridgeSession):
         return answer
 
     async def _offer_view(self, point: JanusPoint, attempt: int) -> None:
-        """Offer the point its view leg: a subscription to the composed feed."""
+        """Offer the point its view leg: a subscription to the composed feed (the light one if
+        its link has been poor: a rejoin after a loss keeps what its downlink carries)."""
+        async with point.switching:  # a switch waits for the leg, and applies to it after
+            jsep = await self._subscribe_view(point, attempt)
+        if jsep is not None:
+            self._bridge._offer_leg(self.id, point.device, attempt, "view", str(jsep["sdp"]))
+
+    async def _subscribe_view(self, point: JanusPoint, attempt: int) -> Json | None:
+        light = point.rendition == "light"
+        publisher = self.compositor.light if light else self.compositor.full
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                await self.compositor.published.wait()
+                await publisher.published.wait()
             if point.view is not None:
                 await point.view.detach()
             handle = point.view = await self._connection.attach(VIDEOROOM)
-            _, jsep = await handle.message({"request": "join", "room": self.room,
-                                            "ptype": "subscriber",
-                                            "streams": [{"feed": COMPOSED_FEED}]})
+            data, jsep = await handle.message({"request": "join", "room": self.room,
+                                               "ptype": "subscriber",
+                                               "streams": [{"feed": publisher.feed}]})
         except (JanusApiError, TimeoutError) as exc:
             log.error("bridge_view_failed session=%s device=%s error=%s", self.id,
                       point.device, describe(exc))
-            return
+            return None
         if jsep is None or point.attempt != attempt:
-            return
-        self._bridge._offer_leg(self.id, point.device, attempt, "view", str(jsep["sdp"]))
+            return None
+        point.view_mid = next((str(s["mid"]) for s in data.get("streams", [])
+                               if s.get("type") == "video" and s.get("mid") is not None), "0")
+        if light:
+            self.compositor.want_light(point.device)
+            log.info("composed_rendition session=%s device=%s to=light feed=%d reason=%s",
+                     self.id, point.device, publisher.feed, "a new view leg, still poor")
+        return jsep
 
     async def accept(self, device: str, attempt: int, leg: protocol.Leg, answer: str) -> None:
         point = self.points.get(device)
@@ -285,6 +316,7 @@ class JanusSession(BridgeSession):
     async def _disconnect(self, point: JanusPoint, why: str) -> None:
         handles = point.handles()
         point.publisher = point.audio = point.view = None
+        self.compositor.release_light(point.device)  # its next view leg asks again
         await self.compositor.drop_picture(point.device)
         for handle in handles:
             await handle.hangup()
@@ -302,6 +334,55 @@ class JanusSession(BridgeSession):
         self._publish_layout()
         log.info("bridge_leave session=%s device=%s members=%d", self.id, device,
                  len(self.points))
+
+    # -- renditions ------------------------------------------------------------------------------
+
+    def link_report(self, device: str, qos: protocol.CallQos) -> None:
+        """The point's call telemetry: move its view leg if its downlink calls for it."""
+        point = self.points.get(device)
+        if point is None or point.rule is None or point.view is None:
+            return
+        switch = point.rule.report(time.monotonic(), qos.loss_received)
+        if switch is not None:
+            self._spawn(self._switch(point, point.attempt, switch))
+
+    async def _switch(self, point: JanusPoint, attempt: int, switch: Switch) -> None:
+        async with point.switching:
+            view = point.view
+            if view is None or point.attempt != attempt:
+                return  # a fresh view leg subscribes to the rule's rendition itself
+            light = switch.to == "light"
+            publisher = self.compositor.light if light else self.compositor.full
+            if light:
+                self.compositor.want_light(point.device)
+            try:
+                data, _ = await view.message({"request": "switch", "streams": [
+                    {"feed": publisher.feed, "mid": publisher.mid, "sub_mid": point.view_mid}]})
+                if not data.get("changes"):
+                    raise JanusApiError(f"janus switched nothing: {str(data)[:200]}")
+            except JanusApiError as exc:
+                log.error("composed_rendition_failed session=%s device=%s to=%s error=%s",
+                          self.id, point.device, switch.to, describe(exc))
+                if light:  # it stays where it is; the rule tries again on its next reports
+                    self.compositor.release_light(point.device)
+                if point.rule is not None:
+                    point.rule.rendition = "full" if light else "light"
+                return
+            # Janus asked the new source for a key frame; ask too, in case its PLI waits.
+            publisher.video.request_key()
+            if not light:
+                self.compositor.release_light(point.device)
+            log.info("composed_rendition session=%s device=%s to=%s feed=%d reason=%s",
+                     self.id, point.device, switch.to, publisher.feed, switch.reason)
+
+    def rendition(self, device: str) -> Rendition:
+        point = self.points.get(device)
+        return "full" if point is None else point.rendition
+
+    def composed_bitrate(self, device: str) -> int:
+        """The bit rate of the composed picture `device` receives (full or light)."""
+        light = self.rendition(device) == "light"
+        return self.config.light_bitrate if light else self.config.bitrate
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -403,6 +484,11 @@ class JanusBridge(Bridge[JanusSession]):
         if session is None:
             raise BridgeError("not_found", f"no media for session {session_id}")
         await session.accept(device, attempt, leg, answer)
+
+    def link_report(self, session_id: str, device: str, qos: protocol.CallQos) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.link_report(device, qos)
 
     async def close(self) -> None:
         await super().close()

@@ -7,6 +7,11 @@ feed that every point's view leg subscribes to; Janus copies those packets to ev
 the Python side pays one encode and one outgoing SRTP stream whatever the session size.
 Janus forwards the viewers' PLIs to this publisher, where they force a key frame.
 
+A second, light rendition (`bridge.light_*`, feed `LIGHT_FEED`) is published beside it for
+points whose downlink cannot carry the full picture; the bridge switches their view legs onto
+it. It is encoded from the same composed frame (scaled, no second composition), and only while
+at least one point receives it (`want_light` / `release_light`): otherwise its publisher idles.
+
 Latency stays bounded under CPU shortage: the picture is taken from the newest decoded frame
 (older ones are skipped, never queued), and a compose tick that falls behind skips ahead.
 """
@@ -27,25 +32,19 @@ from av.stream import Stream
 
 from tiepdan.controller.config import BridgeSection
 from tiepdan.controller.sessions.bridge.compositor import Compositor, TileView, grid
-from tiepdan.controller.sessions.bridge.janus_api import JanusApiError, JanusConnection, Json
+from tiepdan.controller.sessions.bridge.janus_api import JanusApiError, JanusConnection
 from tiepdan.controller.sessions.bridge.janus_api import JanusHandle as Handle
+from tiepdan.controller.sessions.bridge.janus_publisher import JanusPublisher
 from tiepdan.firmware import protocol
 from tiepdan.firmware.media.fanout import Fanout
 from tiepdan.firmware.media.h264 import VIDEO_TIME_BASE, H264Encoder
 from tiepdan.firmware.media.latest import bound_decoder, bound_socket_age, latest_frames
-from tiepdan.firmware.media.rtc import (
-    LIVE_MAX_AGE_S,
-    LIVE_VIDEO_QUEUE,
-    PacketTrack,
-    close_quietly,
-    on_keyframe_request,
-    peer_connection,
-    prefer_h264,
-)
+from tiepdan.firmware.media.rtc import close_quietly, peer_connection
 
 log = logging.getLogger(__name__)
 
 COMPOSED_FEED = 1  # the VideoRoom publisher id of the composed picture
+LIGHT_FEED = 2  # ... and of its light rendition
 
 
 @dataclass
@@ -80,6 +79,14 @@ class JanusCompositor:
         self.composed_video: Fanout[av.Packet[Stream]] = Fanout(
             f"composed-{session_id}", is_key=lambda p: bool(p.is_keyframe),
             on_key_request=self.encoder.request_key)
+        self.full = JanusPublisher(session_id, "composed", COMPOSED_FEED, self.composed_video)
+        # The light rendition: its encoder exists while `light_viewers` is not empty.
+        self.light_video: Fanout[av.Packet[Stream]] = Fanout(
+            f"composed-light-{session_id}", is_key=lambda p: bool(p.is_keyframe),
+            on_key_request=self._light_key)
+        self.light = JanusPublisher(session_id, "composed-light", LIGHT_FEED, self.light_video)
+        self.light_viewers: set[str] = set()
+        self.light_encoder: H264Encoder | None = None
         self.feeds: dict[str, Feed] = {}
         self.speaker: str | None = None
         self.frames_composed = 0
@@ -87,41 +94,49 @@ class JanusCompositor:
         self._compositor = Compositor(config.width, config.height)
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"jcompose-{session_id}")
-        self._publisher: Handle | None = None
-        self.published = asyncio.Event()  # Janus has the composed feed (webrtcup)
-        self._pc: RTCPeerConnection | None = None
+        self.published = self.full.published  # Janus has the composed feed (webrtcup)
         self._tasks: list[asyncio.Future[None]] = []
 
     async def start(self) -> None:
-        """Publish the composed feed; returns once Janus has answered."""
+        """Publish the composed feed (and the idle light one); returns once Janus answered."""
         self._tasks.append(asyncio.ensure_future(self._compose_loop()))
-        self._publisher = await self._connection.attach("janus.plugin.videoroom",
-                                                        self._publisher_event)
-        pc = self._pc = peer_connection()
-        track = PacketTrack(self.composed_video.subscribe("janus", capacity=LIVE_VIDEO_QUEUE,
-                                                        max_age=LIVE_MAX_AGE_S))
-        transceiver = pc.addTransceiver(track, direction="sendonly")
-        prefer_h264(transceiver)
-        on_keyframe_request(transceiver.sender, self.composed_video.request_key)
-        await pc.setLocalDescription(await pc.createOffer())
-        _, jsep = await self._publisher.message(
-            {"request": "joinandconfigure", "room": self.room, "ptype": "publisher",
-             "id": COMPOSED_FEED, "display": "composed", "audio": False, "video": True},
-            {"type": "offer", "sdp": pc.localDescription.sdp})
-        if jsep is None:
-            raise JanusApiError("janus published the composed feed without an answer")
-        await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], jsep["type"]))
-        log.info("janus_compositor_start session=%s room=%d size=%dx%d fps=%d",
+        await self.full.start(self._connection, self.room)
+        if self.config.light_rendition:
+            await self.light.start(self._connection, self.room)
+        log.info("janus_compositor_start session=%s room=%d size=%dx%d fps=%d light=%s",
                  self.session_id, self.room, self.config.width, self.config.height,
-                 self.config.fps)
+                 self.config.fps, f"{self.config.light_width}x{self.config.light_height}"
+                 if self.config.light_rendition else "off")
 
-    def _publisher_event(self, event: Json) -> None:
-        if event.get("janus") == "webrtcup":
-            self.published.set()
-        elif event.get("janus") == "hangup":
-            self.published.clear()
-            log.error("janus_compositor_hangup session=%s reason=%s", self.session_id,
-                      event.get("reason"))
+    # -- the light rendition ---------------------------------------------------------------------
+
+    def want_light(self, device: str) -> None:
+        """`device` receives the light rendition: encode it (a fresh encoder starts with a key
+        frame; a running one is asked for one, as the point's switch needs it)."""
+        self.light_viewers.add(device)
+        if self.light_encoder is None:
+            c = self.config
+            self.light_encoder = H264Encoder(c.light_width, c.light_height, c.fps,
+                                             c.light_bitrate,
+                                             keyframe_interval=c.keyframe_interval,
+                                             preset=c.preset)
+            log.info("composed_light_start session=%s size=%dx%d bitrate=%d", self.session_id,
+                     c.light_width, c.light_height, c.light_bitrate)
+        else:
+            self.light_encoder.request_key()
+
+    def release_light(self, device: str) -> None:
+        """`device` no longer receives the light rendition; the last one stops its encoding."""
+        self.light_viewers.discard(device)
+        if not self.light_viewers and self.light_encoder is not None:
+            encoder, self.light_encoder = self.light_encoder, None
+            log.info("composed_light_stop session=%s frames=%d", self.session_id,
+                     encoder.frames)
+
+    def _light_key(self) -> None:
+        encoder = self.light_encoder
+        if encoder is not None:
+            encoder.request_key()
 
     # -- feeds -----------------------------------------------------------------------------------
 
@@ -228,14 +243,17 @@ class JanusCompositor:
             views = [TileView(rect, f.name, f.frame, f.device == self.speaker)
                      for rect, f in zip(rects, feeds, strict=True)]
             pts = round((loop.time() - started) * 90000)
+            light = self.light_encoder
             try:
-                packets = await loop.run_in_executor(self._worker, self._render, views, gutter,
-                                                     pts)
+                packets, light_packets = await loop.run_in_executor(
+                    self._worker, self._render, views, gutter, pts, light)
             except RuntimeError:  # the worker was shut down with the session
                 return
             self.frames_composed += 1
             for packet in packets:
                 self.composed_video.publish(packet)
+            for packet in light_packets:
+                self.light_video.publish(packet)
             tick += 1
             due = started + tick * period
             now = loop.time()
@@ -244,10 +262,18 @@ class JanusCompositor:
                 due = started + tick * period
             await asyncio.sleep(max(0.0, due - now))
 
-    def _render(self, views: list[TileView], gutter: int, pts: int) -> list[av.Packet[Stream]]:
+    def _render(self, views: list[TileView], gutter: int, pts: int,
+                light: H264Encoder | None) -> tuple[list[av.Packet[Stream]],
+                                                    list[av.Packet[Stream]]]:
+        """Compose once; encode the full picture, and the light one from the same frame."""
         frame = self._compositor.compose(views, gutter)
         frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
-        return self.encoder.encode(frame)
+        packets = self.encoder.encode(frame)
+        if light is None:
+            return packets, []
+        scaled = frame.reformat(width=light.width, height=light.height, format="yuv420p")
+        scaled.pts, scaled.time_base = pts, VIDEO_TIME_BASE
+        return packets, light.encode(scaled)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -255,9 +281,6 @@ class JanusCompositor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for device in list(self.feeds):
             await self.remove(device)
-        if self._pc is not None:
-            await close_quietly(self._pc)
-        if self._publisher is not None:
-            await self._publisher.detach()
-        self.composed_video.close()
+        await self.full.close()
+        await self.light.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
