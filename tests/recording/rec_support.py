@@ -269,3 +269,22 @@ CRASH_SEGMENT_S = 0.5
 
 if __name__ == "__main__":
     asyncio.run(_record_forever(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]))
+
+
+def received_video_sizes(state_dir: Path, recording_dir: Path, device: str, session: str,
+                         archive: Archive) -> list[tuple[int, int]]:
+    """Every frame of the received picture a box recorded for `session`, decoded from its
+    segments once their manifest verified (hashes, chain, signatures): its size, in order."""
+    directory = recording_dir / session
+    records = verified_records(directory, device, session, Identity(state_dir).signing_key())
+    sizes: list[tuple[int, int]] = []
+    for record in records:
+        if record.segment is None:
+            continue
+        with av.open(io.BytesIO(decrypt_segment(directory, record, archive))) as container:
+            for stream in container.streams.video:
+                if stream.metadata.get("title") == "received-video":
+                    frames = [(f.width, f.height) for f in container.decode(stream)]
+                    assert frames, f"{record.segment.name}: no received picture decodes"
+                    sizes.extend(frames)
+    return sizes

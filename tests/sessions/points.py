@@ -11,6 +11,7 @@ from typing import Any
 import av
 import numpy as np
 
+from tests.recording.rec_support import Archive
 from tests.support import (
     database_settings,
     make_agent_config,
@@ -22,6 +23,7 @@ from tiepdan.board.audio.synthetic import dominant_tones, tone_for
 from tiepdan.board.camera.tag import label_hash, read_tag
 from tiepdan.controller.service import Controller
 from tiepdan.firmware.agent.agent import Agent
+from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.tools.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,22 +56,47 @@ def controller_config(tmp_path: Path, broker: Mosquitto, database: Path | str = 
 
 
 @contextlib.asynccontextmanager
-async def points(tmp_path: Path, broker: Mosquitto, devices: list[str],
-                 recording: dict[str, Any] | None = None,
-                 **call: Any) -> AsyncIterator[dict[str, Agent]]:
-    """`recording`: the boxes' `[recording]` settings (e.g. `archive_url`), to record."""
+async def _boxes(tmp_path: Path, broker: Mosquitto, devices: list[str], call: dict[str, Any],
+                 recording: dict[str, Any], archive: Archive | None = None
+                 ) -> AsyncIterator[dict[str, tuple[Agent, AgentConfig]]]:
     profile = str(small_profile(tmp_path))
     async with contextlib.AsyncExitStack() as stack:
         agents = {}
         for device in devices:
-            config = make_agent_config(
-                tmp_path, broker, device, board={"profile": profile},
-                device={"name": point_name(device)},
-                call={"media_timeout": 1.5, "join_timeout": 8.0, "qos_interval": 1.0,
-                      "video_bitrate": 300_000, **call}, recording=recording or {})
-            running = await stack.enter_async_context(running_agent(config, profile_name=profile))
-            agents[device] = running.agent
+            box = make_agent_config(tmp_path, broker, device, board={"profile": profile},
+                                    device={"name": point_name(device)}, call=call,
+                                    recording=recording)
+            if archive is not None:
+                archive.install_on_box(box.state_dir)
+            running = await stack.enter_async_context(running_agent(box, profile_name=profile))
+            agents[device] = (running.agent, box)
         yield agents
+
+
+@contextlib.asynccontextmanager
+async def recording_points(tmp_path: Path, broker: Mosquitto, devices: list[str],
+                           archive: Archive, *, call: dict[str, Any] | None = None,
+                           recording: dict[str, Any] | None = None
+                           ) -> AsyncIterator[dict[str, tuple[Agent, AgentConfig]]]:
+    """Boxes that record for real (the archive's signed recipients installed on each, 1 s
+    segments), with their configuration, to find and verify what they recorded."""
+    async with _boxes(tmp_path, broker, devices,
+                      {"media_timeout": 3.0, "join_timeout": 8.0, "video_bitrate": 300_000,
+                       **(call or {})},
+                      {"segment_seconds": 1.0, "reserve_mb": 0, **(recording or {})},
+                      archive) as agents:
+        yield agents
+
+
+@contextlib.asynccontextmanager
+async def points(tmp_path: Path, broker: Mosquitto, devices: list[str],
+                 recording: dict[str, Any] | None = None,
+                 **call: Any) -> AsyncIterator[dict[str, Agent]]:
+    """`recording`: the boxes' `[recording]` settings (e.g. `archive_url`), to record."""
+    async with _boxes(tmp_path, broker, devices,
+                      {"media_timeout": 1.5, "join_timeout": 8.0, "qos_interval": 1.0,
+                       "video_bitrate": 300_000, **call}, recording or {}) as agents:
+        yield {device: agent for device, (agent, _) in agents.items()}
 
 
 @contextlib.asynccontextmanager

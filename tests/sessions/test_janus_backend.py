@@ -6,37 +6,30 @@ it records of it (copied as it arrives) stays verifiable and playable across the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 from pathlib import Path
 
-import av
 import pytest
 
-from tests.recording.rec_support import Archive, decrypt_segment, verified_records
+from tests.recording.rec_support import Archive, received_video_sizes
 from tests.sessions.janus_fixture import janus, janus_bridge, requires_janus
 from tests.sessions.points import (
     BRIDGE,
     hashes,
     hears,
     latest_picture,
-    point_name,
     points,
-    small_profile,
+    recording_points,
     tags_seen,
 )
 from tests.support import (
     eventually,
-    make_agent_config,
     make_controller_config,
-    running_agent,
     running_controller,
 )
 from tiepdan.controller.sessions.bridge import BridgeError
 from tiepdan.controller.sessions.bridge.janus_bridge import JanusSession
 from tiepdan.firmware import protocol
 from tiepdan.firmware.agent.agent import Agent
-from tiepdan.firmware.evidence.identity import Identity
 from tiepdan.tools.broker import Mosquitto
 from tiepdan.tools.janus import Janus
 
@@ -110,24 +103,14 @@ async def test_a_point_on_a_poor_downlink_gets_the_light_picture_and_records_it(
     """The rule's reports are given here (the boxes' own report rarely); the poor-link test
     drives the same switch from a real limited link and the box's own telemetry."""
     archive = Archive.create()
-    profile = str(small_profile(tmp_path))
     devices = ["jl-host", "jl-1"]
     config = make_controller_config(tmp_path, broker,
                                     bridge={**BRIDGE, **janus_bridge(janus), **LIGHT},
                                     sessions={"invite_timeout": 5.0},
                                     archive={"record_bridge": False})
-    async with running_controller(config) as controller, contextlib.AsyncExitStack() as stack:
-        agents = {}
-        for device in devices:
-            box = make_agent_config(
-                tmp_path, broker, device, board={"profile": profile},
-                device={"name": point_name(device)},
-                call={"media_timeout": 3.0, "join_timeout": 8.0, "video_bitrate": 300_000,
-                      "qos_interval": 600.0},
-                recording={"segment_seconds": 1.0, "reserve_mb": 0})
-            archive.install_on_box(box.state_dir)
-            running = await stack.enter_async_context(running_agent(box, profile_name=profile))
-            agents[device] = (running.agent, box)
+    async with running_controller(config) as controller, \
+            recording_points(tmp_path, broker, devices, archive,
+                             call={"qos_interval": 600.0}) as agents:
         await eventually(lambda: all(controller.registry.get(d) for d in devices), 10,
                          what="every box registered")
         session = await controller.sessions.open("jl-host", devices[1:], auto_join=True)
@@ -182,19 +165,7 @@ async def test_a_point_on_a_poor_downlink_gets_the_light_picture_and_records_it(
         await eventually(lambda: poor.recording.recorder is None, 15, what="recording stopped")
     # The box's recording across both switches verifies (hashes, chain, signatures) and every
     # segment of the copied picture plays, at the size it arrived in.
-    directory = box.recording_dir / session.id
-    records = verified_records(directory, "jl-1", session.id,
-                               Identity(box.state_dir).signing_key())
-    sizes: list[tuple[int, int]] = []
-    for record in records:
-        if record.segment is None:
-            continue
-        with av.open(io.BytesIO(decrypt_segment(directory, record, archive))) as container:
-            for stream in container.streams.video:
-                if stream.metadata.get("title") == "received-video":
-                    frames = [(f.width, f.height) for f in container.decode(stream)]
-                    assert frames, record.segment.name
-                    sizes.extend(frames)
+    sizes = received_video_sizes(box.state_dir, box.recording_dir, "jl-1", session.id, archive)
     changes = [size for i, size in enumerate(sizes) if i == 0 or sizes[i - 1] != size]
     assert changes[:1] == [FULL_SIZE] and LIGHT_SIZE in changes and changes[-1] == FULL_SIZE, \
         changes
