@@ -24,6 +24,7 @@ from tiepdan.firmware.update.slots import install_image
 from tiepdan.ota.bundle import SOURCE_ENTRIES, build_bundle, build_wheel
 from tiepdan.ota.repository import Keyring, UpdateRepository
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.server_process import kill_process, stop_process
 
 # name -> (version, {relative file: (old text, new text)})
 VARIANTS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
@@ -227,13 +228,7 @@ class UpdaterProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -287,16 +282,10 @@ class SupervisedBox:
         with self._lock:
             self._stop.set()
             proc = self.proc
-        if proc is not None and proc.poll() is None:
-            if kill:
-                proc.kill()
-            else:
-                proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if kill:
+            kill_process(proc)
+        else:
+            stop_process(proc, 15)
         if self._thread is not None:
             self._thread.join(20)
             assert not self._thread.is_alive(), "supervisor thread did not stop"

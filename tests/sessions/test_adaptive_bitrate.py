@@ -43,6 +43,7 @@ from tiepdan.firmware.agent.agent import Agent
 from tiepdan.tools import netns, poorlink
 from tiepdan.tools.broker import Mosquitto, free_port
 from tiepdan.tools.janus import Janus
+from tiepdan.tools.server_process import stop_process
 
 pytestmark = pytest.mark.skipif(
     not netns.available() or shutil.which("tc") is None or shutil.which("iptables") is None,
@@ -158,12 +159,7 @@ async def test_a_box_on_a_poor_link_adapts_and_stays_in_the_call(
                                      interval=0.5, what="the full picture back after the limit")
                 recovered = await watch.phase("recovered", 4)
         finally:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_process(process, 10)
             broker.stop()
     figures = [p.figures() for p in (clear, limited, recovered)]
     print("poor link:", figures)  # noqa: T201 - the figures, for a reader of -s output

@@ -55,6 +55,7 @@ from tiepdan.firmware.agent.agent import Agent
 from tiepdan.firmware.agent.config import AgentConfig
 from tiepdan.firmware.core.mqtt import Inbound, LinkSettings, MqttLink
 from tiepdan.tools.broker import Mosquitto, free_port
+from tiepdan.tools.server_process import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -415,12 +416,7 @@ def run(agents: int, procs: int, interval: float, window: float, pings: int, spr
             if worker.is_alive():
                 worker.kill()
         try:
-            controller.terminate()
-            try:
-                controller.wait(15)
-            except subprocess.TimeoutExpired:
-                controller.kill()
-                controller.wait(5)
+            stop_process(controller, 15)
         finally:
             broker.stop()  # whatever happened above: no broker outlives the benchmark
             if not keep:  # 10,000 boxes' state folders
